@@ -1,0 +1,16 @@
+"""Callbacks: hooks into fit. Subclass `Callback` and override the hooks you need."""
+
+from torchhouse.callbacks.base import Callback, CallbackList
+from torchhouse.callbacks.csv_logger import CSVLogger
+from torchhouse.callbacks.early_stopping import EarlyStopping
+from torchhouse.callbacks.lambda_callback import LambdaCallback
+from torchhouse.callbacks.model_checkpoint import ModelCheckpoint
+
+__all__ = [
+    "CSVLogger",
+    "Callback",
+    "CallbackList",
+    "EarlyStopping",
+    "LambdaCallback",
+    "ModelCheckpoint",
+]

@@ -1,0 +1,281 @@
+"""Safe files: safetensors for tensors, JSON for everything else, atomic writes.
+
+Nothing here ever unpickles. A nested state (optimizer, scheduler, RNG, callbacks...) is
+split by `flatten` into a JSON tree and a flat dict of tensors, and joined again by
+`unflatten`. Every write goes to a temporary name in the same folder, is fsync'ed, then
+renamed, so a crash mid-write leaves the previous file intact.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from torchhouse.errors import CheckpointError
+
+_TENSOR, _TUPLE, _ITEMS = "__tensor__", "__tuple__", "__items__"
+
+
+# --------------------------------------------------------------------------- nested state
+
+
+def flatten(obj: Any, tensors: dict[str, torch.Tensor], path: str = "s") -> Any:
+    """Return a JSON-able copy of ``obj`` with each tensor moved into ``tensors``."""
+    if isinstance(obj, torch.Tensor):
+        key = path
+        tensors[key] = obj.detach().to("cpu").contiguous()
+        return {_TENSOR: key}
+    if isinstance(obj, np.ndarray):
+        return flatten(torch.from_numpy(obj.copy()), tensors, path)
+    if isinstance(obj, Mapping):
+        if all(isinstance(k, str) and not k.startswith("__") for k in obj):
+            return {k: flatten(v, tensors, f"{path}.{k}") for k, v in obj.items()}
+        return {
+            _ITEMS: [
+                [flatten(k, tensors, f"{path}.k{i}"), flatten(v, tensors, f"{path}.{i}")]
+                for i, (k, v) in enumerate(obj.items())
+            ]
+        }
+    if isinstance(obj, tuple):
+        return {_TUPLE: [flatten(v, tensors, f"{path}.{i}") for i, v in enumerate(obj)]}
+    if isinstance(obj, list):
+        return [flatten(v, tensors, f"{path}.{i}") for i, v in enumerate(obj)]
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    if isinstance(obj, (np.integer, np.floating, np.bool_)):
+        return obj.item()
+    raise CheckpointError(
+        f"cannot save {path} of type {type(obj).__name__}: checkpoints hold only tensors, "
+        "numbers, strings, lists and dicts (no pickled objects)"
+    )
+
+
+def unflatten(obj: Any, tensors: Mapping[str, torch.Tensor]) -> Any:
+    """Inverse of `flatten`."""
+    if isinstance(obj, dict):
+        if _TENSOR in obj:
+            return tensors[obj[_TENSOR]]
+        if _TUPLE in obj:
+            return tuple(unflatten(v, tensors) for v in obj[_TUPLE])
+        if _ITEMS in obj:
+            return {unflatten(k, tensors): unflatten(v, tensors) for k, v in obj[_ITEMS]}
+        return {k: unflatten(v, tensors) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [unflatten(v, tensors) for v in obj]
+    return obj
+
+
+# --------------------------------------------------------------------------- atomic files
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _make_readable(path: str | os.PathLike[str], folder: bool = False) -> None:
+    # mkstemp / mkdtemp create private files (0600 / 0700); give them the usual mode.
+    os.chmod(path, (0o777 if folder else 0o666) & ~_umask())
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # pragma: no cover - not every platform can open a folder
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _check_writable(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CheckpointError(f"cannot create the folder {folder}: {exc.strerror}") from exc
+    if not os.access(folder, os.W_OK):
+        raise CheckpointError(f"the folder {folder} is not writable")
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (temporary file, fsync, rename)."""
+    target = Path(path)
+    _check_writable(target.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        _make_readable(tmp)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(target.parent)
+
+
+def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> None:
+    """Write ``obj`` as indented JSON, atomically."""
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, allow_nan=True) + "\n").encode())
+
+
+def atomic_save_tensors(
+    path: str | os.PathLike[str],
+    tensors: Mapping[str, torch.Tensor],
+    metadata: Mapping[str, str] | None = None,
+) -> str:
+    """Save tensors as safetensors atomically; returns the file's sha256."""
+    target = Path(path)
+    _check_writable(target.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    try:
+        _make_readable(tmp)
+        save_file(_unshared(tensors), tmp, metadata=dict(metadata) if metadata else None)
+        digest = sha256_file(tmp)
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(target.parent)
+    return digest
+
+
+def _unshared(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    # safetensors refuses tensors that share memory (tied weights, views): copy those.
+    seen: set[int] = set()
+    result = {}
+    for name, tensor in tensors.items():
+        tensor = tensor.detach().to("cpu")
+        pointer = tensor.untyped_storage().data_ptr()
+        if pointer in seen or not tensor.is_contiguous():
+            tensor = tensor.clone().contiguous()
+        elif tensor.numel() > 0:
+            seen.add(pointer)
+        result[name] = tensor
+    return result
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+# --------------------------------------------------------------------------- reading safely
+
+
+def _sniff(path: Path) -> str:
+    with open(path, "rb") as handle:
+        head = handle.read(16)
+    if head[:2] == b"PK":
+        return "a zip archive (torch.save format), which holds pickled data"
+    if head[:1] == b"\x80":
+        return "a Python pickle"
+    return ""
+
+
+def read_tensors(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    """Load a safetensors file; refuses pickles and explains corrupt files.
+
+    Never unpickles: a ``.pt`` / ``.pth`` / pickle file is refused without being run.
+    """
+    file = Path(path)
+    if not file.exists():
+        raise CheckpointError(f"{file}: no such file")
+    if file.is_dir():
+        raise CheckpointError(f"{file}: is a folder; expected a .safetensors file")
+    kind = _sniff(file)
+    if kind:
+        raise CheckpointError(
+            f"{file}: is {kind}. torchhouse never unpickles files, because loading a "
+            "pickle can run arbitrary code. If you trust the file, convert it yourself: "
+            "torch.load(path, weights_only=True), then save the state dict with "
+            "safetensors.torch.save_file."
+        )
+    try:
+        return load_file(file)
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(
+            f"{file}: is not a readable safetensors file (truncated or corrupt?): {exc}"
+        ) from exc
+
+
+def read_json(path: str | os.PathLike[str]) -> Any:
+    file = Path(path)
+    if not file.exists():
+        raise CheckpointError(f"{file}: no such file")
+    try:
+        return json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{file}: is not valid JSON (truncated or corrupt?): {exc}") from exc
+
+
+# --------------------------------------------------------------------------- training states
+
+
+STATE_TENSORS, STATE_JSON = "state.safetensors", "state.json"
+FORMAT_VERSION = 1
+
+
+def save_state(folder: str | os.PathLike[str], state: Mapping[str, Any]) -> Path:
+    """Write a full training state as ``folder/state.safetensors`` + ``folder/state.json``.
+
+    The folder is written under a temporary name and renamed when complete, so a state
+    folder either exists whole or not at all.
+    """
+    target = Path(folder)
+    _check_writable(target.parent)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        _make_readable(tmp, folder=True)
+        tensors: dict[str, torch.Tensor] = {}
+        tree = flatten(dict(state), tensors)
+        digest = atomic_save_tensors(tmp / STATE_TENSORS, tensors)
+        atomic_write_json(
+            tmp / STATE_JSON,
+            {"format": FORMAT_VERSION, "sha256": digest, "state": tree},
+        )
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _fsync_dir(target.parent)
+    return target
+
+
+def load_state(folder: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a state written by `save_state`, checking it is whole (sha256)."""
+    source = Path(folder)
+    meta = read_json(source / STATE_JSON)
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT_VERSION or "state" not in meta:
+        raise CheckpointError(f"{source / STATE_JSON}: is not a torchhouse training state")
+    tensor_file = source / STATE_TENSORS
+    if not tensor_file.exists():
+        raise CheckpointError(f"{tensor_file}: no such file")
+    if sha256_file(tensor_file) != meta.get("sha256"):
+        raise CheckpointError(f"{tensor_file}: its checksum does not match (corrupt file)")
+    tensors = read_tensors(tensor_file)
+    state = unflatten(meta["state"], tensors)
+    assert isinstance(state, dict)
+    return state

@@ -1,0 +1,487 @@
+"""User data -> batches.
+
+`fit`, `evaluate` and `predict` accept many kinds of data. This module turns each into a
+`Batches` object with one job: yield `(inputs, target)` batches for one epoch, starting
+at any batch (so a resumed run can continue mid-epoch).
+
+- Arrays, tensors and DataFrames become `ArrayBatches`: the whole data set is converted
+  to tensors once, and a batch is a slice (or, when shuffling, an `index_select` of a
+  seeded permutation). No per-sample ``__getitem__``, no collate.
+- A `Dataset` becomes a `DataLoader` built here with a seeded generator.
+- A `DataLoader` is used as it is (`LoaderBatches`).
+
+The batch rule: a batch is ``(inputs, target)``. A tensor input calls ``net(x)``, a
+tuple or list calls ``net(*x)``, a dict calls ``net(**x)``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset
+
+from torchhouse.errors import DataError
+
+Tree = Any  # a tensor, or a tuple / list / dict of tensors
+Batch = tuple[Tree, Tree]
+
+
+def tree_map(fn: Any, tree: Tree) -> Tree:
+    """Apply ``fn`` to every tensor in a nested tuple / list / dict."""
+    if isinstance(tree, torch.Tensor):
+        return fn(tree)
+    if isinstance(tree, Mapping):
+        return {k: tree_map(fn, v) for k, v in tree.items()}
+    if isinstance(tree, (tuple, list)):
+        return type(tree)(tree_map(fn, v) for v in tree)
+    return tree
+
+
+def tree_leaves(tree: Tree) -> list[torch.Tensor]:
+    """All tensors in a nested tuple / list / dict, in order."""
+    if isinstance(tree, torch.Tensor):
+        return [tree]
+    if isinstance(tree, Mapping):
+        return [leaf for v in tree.values() for leaf in tree_leaves(v)]
+    if isinstance(tree, (tuple, list)):
+        return [leaf for v in tree for leaf in tree_leaves(v)]
+    return []
+
+
+def move_to(tree: Tree, device: torch.device, non_blocking: bool = False) -> Tree:
+    """Move every tensor of ``tree`` to ``device`` (a no-op for tensors already there)."""
+    return tree_map(lambda t: t.to(device, non_blocking=non_blocking), tree)
+
+
+def batch_size_of(tree: Tree) -> int:
+    """Number of samples in a batch: the first dimension of its first tensor."""
+    leaves = tree_leaves(tree)
+    if not leaves or leaves[0].dim() == 0:
+        return 1
+    return int(leaves[0].shape[0])
+
+
+def describe(obj: Any) -> str:
+    """A short description of a value for error messages: type, shape and dtype."""
+    if isinstance(obj, torch.Tensor):
+        return f"Tensor(shape={tuple(obj.shape)}, dtype={obj.dtype})"
+    if isinstance(obj, np.ndarray):
+        return f"ndarray(shape={obj.shape}, dtype={obj.dtype})"
+    if isinstance(obj, Mapping):
+        return "{" + ", ".join(f"{k!r}: {describe(v)}" for k, v in obj.items()) + "}"
+    if isinstance(obj, (tuple, list)):
+        inner = ", ".join(describe(v) for v in obj[:4])
+        more = ", ..." if len(obj) > 4 else ""
+        return f"{type(obj).__name__}({inner}{more})"
+    return type(obj).__name__
+
+
+# --------------------------------------------------------------------------- conversion
+
+
+def _is_dataframe(obj: Any) -> bool:
+    # Recognise pandas objects without importing pandas.
+    module = type(obj).__module__
+    return module.startswith("pandas") and hasattr(obj, "to_numpy")
+
+
+def to_tensor(value: Any, name: str) -> torch.Tensor:
+    """Convert one array-like to a tensor.
+
+    Tensors are used as they are. NumPy arrays, pandas objects and lists are converted:
+    float64 becomes float32 (torch's default dtype) and signed integers become int64
+    (what ``nn.CrossEntropyLoss`` and ``nn.Embedding`` expect).
+    """
+    if isinstance(value, torch.Tensor):
+        return value
+    if _is_dataframe(value):
+        try:
+            value = value.to_numpy()
+        except Exception as exc:  # pragma: no cover - pandas raises many kinds
+            raise DataError(f"{name}: could not convert the DataFrame to an array ({exc})") from exc
+    if isinstance(value, (list, tuple)) or np.isscalar(value):
+        value = np.asarray(value)
+    if not isinstance(value, np.ndarray):
+        raise DataError(
+            f"{name}: expected a tensor, a NumPy array or a pandas DataFrame/Series, "
+            f"got {type(value).__name__}"
+        )
+    kind = value.dtype.kind
+    if kind == "O" or kind in "USV":
+        raise DataError(
+            f"{name}: has dtype {value.dtype}, which is not numeric; convert the columns "
+            "to numbers first (e.g. one-hot encode categories)"
+        )
+    if kind == "f" and value.dtype == np.float64:
+        value = value.astype(np.float32)
+    elif kind == "i" and value.dtype != np.int64:
+        value = value.astype(np.int64)
+    return torch.from_numpy(np.ascontiguousarray(value))
+
+
+def to_tensor_tree(value: Any, name: str) -> Tree:
+    """Convert an array, or a tuple / list / dict of arrays, to tensors."""
+    if isinstance(value, Mapping):
+        return {k: to_tensor(v, f"{name}[{k!r}]") for k, v in value.items()}
+    if isinstance(value, tuple) or (
+        isinstance(value, list) and value and not np.isscalar(value[0]) and _array_like(value[0])
+    ):
+        return tuple(to_tensor(v, f"{name}[{i}]") for i, v in enumerate(value))
+    return to_tensor(value, name)
+
+
+def _array_like(value: Any) -> bool:
+    return isinstance(value, (torch.Tensor, np.ndarray)) or _is_dataframe(value)
+
+
+def _length(tree: Tree, name: str) -> int:
+    lengths = {}
+    for path, leaf in _named_leaves(tree, name):
+        if leaf.dim() == 0:
+            raise DataError(f"{path}: is a scalar; expected an array with one row per sample")
+        lengths[path] = int(leaf.shape[0])
+    if not lengths:
+        raise DataError(f"{name}: holds no array")
+    if len(set(lengths.values())) > 1:
+        sizes = ", ".join(f"{p} has {n}" for p, n in lengths.items())
+        raise DataError(f"{name}: its arrays must have the same number of samples, but {sizes}")
+    return next(iter(lengths.values()))
+
+
+def _named_leaves(tree: Tree, name: str) -> list[tuple[str, torch.Tensor]]:
+    if isinstance(tree, torch.Tensor):
+        return [(name, tree)]
+    if isinstance(tree, Mapping):
+        return [p for k, v in tree.items() for p in _named_leaves(v, f"{name}[{k!r}]")]
+    return [p for i, v in enumerate(tree) for p in _named_leaves(v, f"{name}[{i}]")]
+
+
+# --------------------------------------------------------------------------- batches
+
+
+class Batches:
+    """One epoch's worth of ``(inputs, target)`` batches; see the module docstring."""
+
+    num_samples: int | None
+    on_device: bool = False  # True when batches are already on the training device
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def has_len(self) -> bool:
+        return True
+
+    def iterate(self, generator: torch.Generator | None, start: int = 0) -> Iterator[Batch]:
+        """Yield the batches of one epoch from batch index ``start`` on.
+
+        ``generator`` drives shuffling; its state at the call fully determines the order.
+        """
+        raise NotImplementedError
+
+    def generators(self) -> list[torch.Generator]:
+        """Random generators the data pipeline owns (saved for exact resume)."""
+        return []
+
+
+class ArrayBatches(Batches):
+    """Batches sliced from in-memory tensors."""
+
+    def __init__(
+        self,
+        inputs: Tree,
+        target: Tree | None,
+        batch_size: int,
+        shuffle: bool,
+        drop_last: bool = False,
+    ) -> None:
+        self.inputs = inputs
+        self.target = target
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.drop_last = drop_last
+        self.num_samples = _length(inputs, "x")
+        if target is not None:
+            n_target = _length(target, "y")
+            if n_target != self.num_samples:
+                raise DataError(
+                    f"x and y must have the same number of samples, but x has "
+                    f"{self.num_samples} and y has {n_target}"
+                )
+        if self.num_samples == 0:
+            raise DataError("x is empty: expected at least one sample")
+
+    def __len__(self) -> int:
+        n, b = self.num_samples, self.batch_size
+        assert n is not None
+        return n // b if self.drop_last else math.ceil(n / b)
+
+    def to(self, device: torch.device) -> ArrayBatches:
+        """Move the whole data set to ``device`` once, so batches need no transfer."""
+        self.inputs = move_to(self.inputs, device)
+        if self.target is not None:
+            self.target = move_to(self.target, device)
+        self.on_device = True
+        return self
+
+    def epoch_order(self, generator: torch.Generator | None) -> torch.Tensor | None:
+        if not self.shuffle:
+            return None
+        assert self.num_samples is not None
+        order = torch.randperm(self.num_samples, generator=generator)
+        leaves = tree_leaves(self.inputs)
+        return order.to(leaves[0].device) if leaves else order
+
+    def iterate(self, generator: torch.Generator | None, start: int = 0) -> Iterator[Batch]:
+        order = self.epoch_order(generator)  # drawn now, not at the first batch
+        return self._slices(order, start)
+
+    def _slices(self, order: torch.Tensor | None, start: int) -> Iterator[Batch]:
+        n, size = self.num_samples, self.batch_size
+        assert n is not None
+        inputs, target = self.inputs, self.target
+        for index in range(start, len(self)):
+            lo = index * size
+            hi = min(lo + size, n)
+            if order is None:
+                yield (
+                    tree_map(lambda t: t[lo:hi], inputs),
+                    None if target is None else tree_map(lambda t: t[lo:hi], target),
+                )
+            else:
+                rows = order[lo:hi]
+                yield (
+                    tree_map(lambda t: t.index_select(0, rows), inputs),
+                    None if target is None else tree_map(lambda t: t.index_select(0, rows), target),
+                )
+
+    def split(self, fraction: float) -> tuple[ArrayBatches, ArrayBatches]:
+        """Split off the last ``fraction`` of the samples (before shuffling), as Keras does."""
+        assert self.num_samples is not None
+        n_val = int(round(self.num_samples * fraction))
+        n_train = self.num_samples - n_val
+        if n_val == 0 or n_train == 0:
+            raise DataError(
+                f"validation_split={fraction} of {self.num_samples} samples leaves "
+                f"{n_train} for training and {n_val} for validation; both must be at least 1"
+            )
+
+        def part(tree: Tree, lo: int, hi: int) -> Tree:
+            return None if tree is None else tree_map(lambda t: t[lo:hi], tree)
+
+        n = self.num_samples
+        train = ArrayBatches(
+            part(self.inputs, 0, n_train),
+            part(self.target, 0, n_train),
+            self.batch_size,
+            self.shuffle,
+            self.drop_last,
+        )
+        val = ArrayBatches(
+            part(self.inputs, n_train, n),
+            part(self.target, n_train, n),
+            self.batch_size,
+            shuffle=False,
+        )
+        return train, val
+
+
+class LoaderBatches(Batches):
+    """Batches from a `DataLoader` (given by the user, or built here from a `Dataset`)."""
+
+    def __init__(self, loader: DataLoader, name: str = "x", require_target: bool = True) -> None:
+        self.loader = loader
+        self.name = name
+        self.require_target = require_target
+        self.num_samples = _dataset_length(loader.dataset)
+        if self.num_samples == 0:
+            raise DataError(f"{name}: the dataset is empty; expected at least one sample")
+        if self.has_len() and len(self) == 0:
+            raise DataError(
+                f"{name}: the DataLoader yields no batch (drop_last=True with fewer samples "
+                "than batch_size?)"
+            )
+
+    def has_len(self) -> bool:
+        try:
+            len(self.loader)
+        except TypeError:
+            return False
+        return True
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def generators(self) -> list[torch.Generator]:
+        found: list[torch.Generator] = []
+        candidates = [
+            getattr(self.loader, "generator", None),
+            getattr(self.loader.sampler, "generator", None),
+            getattr(getattr(self.loader.batch_sampler, "sampler", None), "generator", None),
+        ]
+        for gen in candidates:
+            if isinstance(gen, torch.Generator) and all(gen is not g for g in found):
+                found.append(gen)
+        return found
+
+    def iterate(self, generator: torch.Generator | None, start: int = 0) -> Iterator[Batch]:
+        # The loader's sampler draws its order when iteration starts; loading and dropping
+        # the first ``start`` batches now (not lazily) reproduces an interrupted epoch.
+        iterator = iter(self.loader)
+        for skipped in range(start):
+            if next(iterator, None) is None:
+                raise DataError(
+                    f"{self.name}: cannot resume at batch {start}; the loader yields only {skipped}"
+                )
+        return (_as_pair(batch, self.name, self.require_target) for batch in iterator)
+
+
+def _as_pair(batch: Any, name: str, require_target: bool = True) -> Batch:
+    if isinstance(batch, (tuple, list)) and len(batch) == 2:
+        return batch[0], batch[1]
+    if not require_target:
+        if isinstance(batch, (tuple, list)) and len(batch) == 1:
+            return batch[0], None
+        return batch, None
+    raise DataError(
+        f"{name}: a batch must be a pair (inputs, target), but the DataLoader yielded "
+        f"{describe(batch)}. Make the Dataset return (inputs, target), or override "
+        "Model.unpack_batch to read another batch layout."
+    )
+
+
+def _dataset_length(dataset: Any) -> int | None:
+    if isinstance(dataset, IterableDataset):
+        return None
+    try:
+        return len(dataset)
+    except TypeError:
+        return None
+
+
+def make_batches(
+    x: Any,
+    y: Any = None,
+    *,
+    batch_size: int,
+    shuffle: bool,
+    generator: torch.Generator | None,
+    name: str = "x",
+    require_target: bool = True,
+) -> Batches:
+    """Turn user data into `Batches`.
+
+    ``x`` may be a tensor, array, DataFrame, a tuple/dict of those, a `Dataset` or a
+    `DataLoader`. With arrays, ``y`` holds the targets (``None`` is allowed only when
+    ``require_target`` is false, as in `predict`).
+    """
+    if isinstance(x, DataLoader):
+        if y is not None:
+            raise DataError(f"{name} is a DataLoader, so y must be None (the loader yields targets)")
+        return LoaderBatches(x, name, require_target)
+    if isinstance(x, Dataset):
+        if y is not None:
+            raise DataError(f"{name} is a Dataset, so y must be None (the dataset yields targets)")
+        length = _dataset_length(x)
+        if length == 0:
+            raise DataError(f"{name}: the dataset is empty; expected at least one sample")
+        loader = DataLoader(
+            x,
+            batch_size=batch_size,
+            shuffle=shuffle and not isinstance(x, IterableDataset),
+            generator=generator,
+        )
+        return LoaderBatches(loader, name, require_target)
+    if x is None:
+        raise DataError(f"{name}: no data given (None); expected arrays, a Dataset or a DataLoader")
+    if isinstance(x, (str, bytes)):
+        raise DataError(f"{name}: got a string {x!r}; expected arrays, a Dataset or a DataLoader")
+    inputs = to_tensor_tree(x, name)
+    target = None
+    if y is not None:
+        target = to_tensor_tree(y, "y")
+    elif require_target:
+        raise DataError(
+            f"y is missing: {name} is an array, so the targets must be given as y "
+            "(or pass a Dataset / DataLoader that yields (inputs, target))"
+        )
+    return ArrayBatches(inputs, target, batch_size, shuffle)
+
+
+def split_validation(batches: Batches, fraction: float) -> tuple[Batches, Batches]:
+    """Hold out the last ``fraction`` of the training samples for validation."""
+    if isinstance(batches, ArrayBatches):
+        return batches.split(fraction)
+    assert isinstance(batches, LoaderBatches)
+    loader = batches.loader
+    dataset = loader.dataset
+    n = _dataset_length(dataset)
+    if n is None or loader.batch_size is None:
+        raise DataError(
+            "validation_split needs arrays or a Dataset with a length; for a DataLoader "
+            "pass validation_data instead"
+        )
+    n_val = int(round(n * fraction))
+    if n_val == 0 or n_val == n:
+        raise DataError(
+            f"validation_split={fraction} of {n} samples leaves {n - n_val} for training "
+            f"and {n_val} for validation; both must be at least 1"
+        )
+    train_set = Subset(dataset, range(n - n_val))
+    val_set = Subset(dataset, range(n - n_val, n))
+    shuffle = not isinstance(loader.sampler, torch.utils.data.SequentialSampler)
+    train = DataLoader(
+        train_set,
+        batch_size=loader.batch_size,
+        shuffle=shuffle,
+        generator=loader.generator,
+        num_workers=loader.num_workers,
+        collate_fn=loader.collate_fn,
+    )
+    val = DataLoader(
+        val_set,
+        batch_size=loader.batch_size,
+        num_workers=loader.num_workers,
+        collate_fn=loader.collate_fn,
+    )
+    return LoaderBatches(train, batches.name), LoaderBatches(val, "validation_data")
+
+
+def validation_batches(validation_data: Any, batch_size: int) -> Batches:
+    """Turn ``validation_data`` (a pair ``(x_val, y_val)``, a Dataset or a DataLoader) into batches."""
+    if isinstance(validation_data, (DataLoader, Dataset)):
+        return make_batches(
+            validation_data,
+            batch_size=batch_size,
+            shuffle=False,
+            generator=None,
+            name="validation_data",
+        )
+    if isinstance(validation_data, Sequence) and len(validation_data) == 2:
+        x_val, y_val = validation_data
+        return make_batches(
+            x_val,
+            y_val,
+            batch_size=batch_size,
+            shuffle=False,
+            generator=None,
+            name="validation_data[0]",
+        )
+    raise DataError(
+        "validation_data: expected a pair (x_val, y_val), a Dataset or a DataLoader, "
+        f"got {describe(validation_data)}"
+    )
+
+
+def call_net(net: torch.nn.Module, inputs: Tree) -> Any:
+    """Call ``net`` by the batch rule: tensor -> net(x), tuple/list -> net(*x), dict -> net(**x)."""
+    if isinstance(inputs, torch.Tensor):
+        return net(inputs)
+    if isinstance(inputs, Mapping):
+        return net(**inputs)
+    if isinstance(inputs, (tuple, list)):
+        return net(*inputs)
+    return net(inputs)

@@ -1,0 +1,56 @@
+"""Small real data sets shipped with torchhouse, so nothing is downloaded.
+
+``load_digits``: the UCI "Optical Recognition of Handwritten Digits" test set (1,797
+8x8 images of the digits 0-9, pixel values 0-16), by E. Alpaydin and C. Kaynak, 1998.
+Licence: CC BY 4.0 (https://creativecommons.org/licenses/by/4.0/); the same copy that
+scikit-learn ships as ``sklearn.datasets.load_digits``. See LICENSES.md beside this file.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+
+import numpy as np
+import torch
+
+
+def load_digits(as_tensors: bool = True, normalize: bool = True) -> tuple[torch.Tensor, torch.Tensor] | tuple[np.ndarray, np.ndarray]:
+    """The 1,797 handwritten digits: images ``(N, 1, 8, 8)`` and labels ``(N,)``.
+
+    Images are float32 scaled to [0, 1] when ``normalize`` (else uint8 0-16); labels are int64.
+
+    Example:
+        >>> x, y = load_digits()
+        >>> tuple(x.shape), tuple(y.shape), int(y.max())
+        ((1797, 1, 8, 8), (1797,), 9)
+    """
+    with resources.files(__name__).joinpath("digits.npz").open("rb") as handle:
+        data = np.load(handle)
+        images, labels = data["images"], data["labels"]
+    x: np.ndarray = images[:, None, :, :]
+    x = x.astype(np.float32) / 16.0 if normalize else x.copy()
+    y = labels.astype(np.int64)
+    if as_tensors:
+        return torch.from_numpy(x), torch.from_numpy(y)
+    return x, y
+
+
+def train_test_split(
+    x: torch.Tensor, y: torch.Tensor, test_fraction: float = 0.2, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A seeded random split: ``x_train, x_test, y_train, y_test``.
+
+    Example:
+        >>> x, y = load_digits()
+        >>> x_tr, x_te, y_tr, y_te = train_test_split(x, y, 0.2)
+        >>> len(x_tr), len(x_te)
+        (1438, 359)
+    """
+    n = len(x)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    n_test = int(round(n * test_fraction))
+    test, train = order[:n_test], order[n_test:]
+    return x[train], x[test], y[train], y[test]
+
+
+__all__ = ["load_digits", "train_test_split"]

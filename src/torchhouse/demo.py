@@ -1,0 +1,75 @@
+"""The demo: a small CNN on the bundled handwritten digits, end to end."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+from torch import nn
+
+from torchhouse.callbacks import EarlyStopping
+from torchhouse.datasets import load_digits, train_test_split
+from torchhouse.metrics import accuracy
+from torchhouse.model import Model
+
+
+def digits_cnn(channels: int = 32, hidden: int = 128, dropout: float = 0.25) -> nn.Module:
+    """A small CNN for 1x8x8 digit images (about 150k parameters).
+
+    Example:
+        >>> digits_cnn()(torch.zeros(2, 1, 8, 8)).shape
+        torch.Size([2, 10])
+    """
+    return nn.Sequential(
+        nn.Conv2d(1, channels, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(channels, 2 * channels, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(2 * channels * 4 * 4, hidden),
+        nn.ReLU(),
+        nn.Dropout(dropout),
+        nn.Linear(hidden, 10),
+    )
+
+
+def run_demo(
+    epochs: int = 15,
+    batch_size: int = 64,
+    seed: int = 0,
+    run_dir: str | os.PathLike[str] | None = "runs/demo",
+    progress: str = "auto",
+    device: str | None = None,
+    resume: bool = False,
+) -> dict[str, Any]:
+    """Train the digits CNN with validation and early stopping; returns the test metrics.
+
+    Example:
+        >>> result = run_demo(epochs=1, run_dir=None, progress="none")  # doctest: +SKIP
+    """
+    torch.manual_seed(seed)
+    x, y = load_digits()
+    x_train, x_test, y_train, y_test = train_test_split(x, y, test_fraction=0.2, seed=seed)
+    model = Model(
+        digits_cnn(),
+        loss=nn.CrossEntropyLoss(),
+        metrics={"acc": accuracy},
+        device=device,
+    )
+    history = model.fit(
+        x_train,
+        y_train,
+        validation_data=(x_test, y_test),
+        epochs=epochs,
+        batch_size=batch_size,
+        seed=seed,
+        callbacks=[EarlyStopping(monitor="val_acc", patience=5)],
+        progress=progress,
+        run_dir=run_dir,
+        resume=resume,
+        monitor="val_acc",
+    )
+    result = model.evaluate(x_test, y_test, batch_size=256)
+    return {"history": history, "test": result, "model": model}

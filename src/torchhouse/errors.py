@@ -1,0 +1,31 @@
+"""Errors torchhouse raises for bad input. Each message names what was wrong and what was expected."""
+
+from __future__ import annotations
+
+
+class TorchhouseError(Exception):
+    """Base class of torchhouse's own errors."""
+
+
+class DataError(TorchhouseError, ValueError):
+    """The data given to fit / evaluate / predict is not usable."""
+
+
+class ConfigError(TorchhouseError, ValueError):
+    """An argument or configuration value is invalid."""
+
+
+class CheckpointError(TorchhouseError, ValueError):
+    """A checkpoint or weights file is missing, corrupt, unsafe or does not match the model."""
+
+
+class NonFiniteLossError(TorchhouseError, FloatingPointError):
+    """The training loss became NaN or infinite."""
+
+    def __init__(self, epoch: int, step: int, value: float) -> None:
+        self.epoch, self.step, self.value = epoch, step, value
+        super().__init__(
+            f"the training loss is {value} at epoch {epoch}, batch {step} (0-based). Training "
+            "stopped; saved checkpoints are intact. Try a lower learning rate, gradient "
+            "clipping (gradient_clip_val), or on_nonfinite='skip' to skip such batches."
+        )

@@ -1,0 +1,544 @@
+"""The epoch loop behind `Model.fit`, `Model.evaluate` and `Model.predict`.
+
+One fit, in order::
+
+    on_fit_start
+    for each epoch:
+        on_epoch_start
+        for each batch:  train_step -> record loss/metrics on the device -> (progress)
+        read the epoch's values (one host sync), stop on a NaN/inf loss
+        validation (eval_step under no_grad) -> on_validation_end
+        scheduler step (per epoch) -> history -> on_epoch_end -> checkpoint
+    on_fit_end
+
+Nothing in the batch loop waits for the device: the loss and metrics stay in device
+buffers until the epoch ends or the progress bar refreshes.
+
+Exact resume: each saved state holds the RNG states at the start of its epoch and at
+the moment it was saved. A resumed epoch restores the first, re-creates the epoch's
+batch order (skipping the batches already done), then restores the second.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from torchhouse import rng
+from torchhouse.callbacks.base import Callback, CallbackList
+from torchhouse.data import Batches, batch_size_of, describe, move_to, tree_map
+from torchhouse.errors import CheckpointError, DataError, NonFiniteLossError, TorchhouseError
+from torchhouse.history import History
+from torchhouse.metrics import EpochMetrics
+from torchhouse.monitor import is_improvement, resolve_mode
+from torchhouse.progress import Progress
+from torchhouse.progress import resolve_mode as resolve_progress
+from torchhouse.runs import RunDir
+
+if TYPE_CHECKING:
+    from torchhouse.model import Model
+
+_USER_ERRORS = (RuntimeError, ValueError, IndexError, TypeError, AttributeError)
+
+
+class FitLoop:
+    """Runs one `Model.fit` call; see the module docstring."""
+
+    def __init__(
+        self,
+        model: Model,
+        train: Batches,
+        val: Batches | None,
+        *,
+        epochs: int,
+        callbacks: list[Callback],
+        progress: Any,
+        run_dir: str | os.PathLike[str] | None,
+        resume: bool,
+        checkpoint_every: int | None,
+        keep_checkpoints: int,
+        generator: torch.Generator,
+        monitor: str,
+        fit_config: dict[str, Any],
+    ) -> None:
+        self.model = model
+        self.train = train
+        self.val = val
+        self.epochs = epochs
+        self.callbacks = CallbackList(callbacks, model)
+        self.progress = Progress(resolve_progress(progress), epochs)
+        self.run_dir = RunDir(run_dir) if run_dir is not None else None
+        self.resume = resume
+        self.checkpoint_every = checkpoint_every
+        self.keep_checkpoints = keep_checkpoints
+        self.generator = generator
+        self.generators = [generator, *(g for g in train.generators() if g is not generator)]
+        self.monitor = monitor
+        self.monitor_mode = "min"
+        self.best: float | None = None
+        self.fit_config = fit_config
+        steps = len(train) if train.has_len() else 64
+        self.train_metrics = model._train_metrics
+        self.train_metrics.capacity = max(steps, 1)
+        self.train_metrics.reset()
+
+    # ----------------------------------------------------------------------- the fit
+
+    def run(self) -> History:
+        model = self.model
+        model.history = History()
+        model.global_step = 0
+        start_epoch, start_batch = 0, 0
+        state: dict[str, Any] | None = None
+        if self.run_dir is not None and self.resume:
+            state = self._load_resume_state()
+        if state is not None:
+            start_epoch, start_batch = int(state["epoch"]), int(state["batch"])
+            if state.get("finished") and (state.get("stop_training") or start_epoch >= self.epochs):
+                return self._return_finished(state)
+        self.monitor_mode = resolve_mode(self.monitor, "auto", model.metrics)
+        if self.run_dir is not None:
+            self.run_dir.start(self._config(), resumed=state is not None)
+        model.optimizer.zero_grad(set_to_none=True)
+        logs: dict[str, Any] = {}
+        status = "crashed"
+        try:
+            self.callbacks.on_fit_start(dict(logs))
+            for epoch in range(start_epoch, self.epochs):
+                resumed = state if epoch == start_epoch else None
+                logs = self._run_epoch(epoch, start_batch if resumed else 0, resumed)
+                if model.stop_training:
+                    break
+            self.callbacks.on_fit_end(dict(logs))
+            status = "stopped_early" if model.stop_training else "finished"
+        except KeyboardInterrupt:
+            status = "interrupted"
+            raise
+        finally:
+            self.progress.close()
+            if self.run_dir is not None:
+                self._finish_run(status)
+        return model.history
+
+    def _run_epoch(self, epoch: int, start: int, resumed: dict[str, Any] | None) -> dict[str, Any]:
+        model, train, acc = self.model, self.train, self.train_metrics
+        model.epoch = epoch
+        model.net.train()
+        if resumed is not None and start > 0:
+            # Mid-epoch resume: re-create this epoch's order, skip what was done.
+            epoch_rng = resumed["rng_epoch_start"]
+            rng.restore(epoch_rng, self.generators)
+            batches = train.iterate(self.generator, start)
+            rng.restore(resumed["rng"], self.generators)
+            acc.load_state_dict(resumed["train_metrics"])
+        else:
+            if resumed is not None:
+                rng.restore(resumed["rng"], self.generators)
+            self.callbacks.on_epoch_start(epoch, {})
+            epoch_rng = rng.capture(self.generators) if self.checkpoint_every else None
+            acc.reset()
+            batches = train.iterate(self.generator, 0)
+        lr = _current_lr(model.optimizer)
+        steps = len(train) if train.has_len() else None
+        progress = self.progress
+        progress.epoch_start(epoch, steps, start)
+        callbacks = self.callbacks
+        every = self.checkpoint_every
+        last = (steps - 1) if steps is not None else -1
+        on_device = train.on_device
+        device = model.device
+        train_step = model.train_step
+        perf_counter = time.perf_counter
+        index = start
+        for batch in batches:
+            if not on_device:
+                batch = move_to(batch, device, non_blocking=device.type == "cuda")
+            model._last_batch = index == last
+            if index == start:
+                out = _checked(model, train_step, batch, "training")
+            else:
+                out = train_step(batch)
+            acc.update(out, _num_samples(out, batch))
+            model.global_step += 1
+            index += 1
+            if callbacks.batch_end:
+                callbacks.on_train_batch_end(index - 1, out)
+            if perf_counter() >= progress.next_refresh:
+                progress.refresh(index, acc.partial_loss)
+            if every and model.global_step % every == 0 and index != steps:
+                self._check_finite(epoch)
+                self._save(epoch, index, epoch_rng)
+        if index == 0:
+            raise DataError("the training data yielded no batch")
+        model._last_batch = False
+        self._check_finite(epoch)
+        logs = acc.compute()
+        if model.lr_scheduler is not None:
+            logs["lr"] = lr
+        if self.val is not None:
+            val_logs = evaluate(model, self.val, model._eval_metrics)
+            logs.update({f"val_{k}": v for k, v in val_logs.items()})
+            callbacks.on_validation_end({f"val_{k}": v for k, v in val_logs.items()})
+        self._step_scheduler_per_epoch(logs)
+        model.history.append(epoch, logs)
+        progress.epoch_end(epoch, index, logs)
+        callbacks.on_epoch_end(epoch, logs)
+        if self.run_dir is not None:
+            self.run_dir.write_history(model.history)
+            value = logs.get(self.monitor)
+            improved = value is not None and is_improvement(value, self.best, self.monitor_mode)
+            if improved:
+                self.best = value
+            self._save(epoch + 1, 0, None, best=improved)
+        return logs
+
+    def _check_finite(self, epoch: int) -> None:
+        if self.model._skip_nonfinite:
+            return
+        bad = self.train_metrics.first_nonfinite_loss()
+        if bad is not None:
+            raise NonFiniteLossError(epoch, bad[0], bad[1])
+
+    def _step_scheduler_per_epoch(self, logs: dict[str, Any]) -> None:
+        model = self.model
+        scheduler = model.lr_scheduler
+        if scheduler is None or model.lr_scheduler_interval != "epoch":
+            return
+        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            name = model.lr_scheduler_monitor or ("val_loss" if "val_loss" in logs else "loss")
+            if name not in logs:
+                raise DataError(
+                    f"lr_scheduler_monitor={name!r} is not a logged value; fit logs: {', '.join(logs)}"
+                )
+            scheduler.step(logs[name])
+        else:
+            scheduler.step()
+
+    # ----------------------------------------------------------------------- run folder
+
+    def _config(self) -> dict[str, Any]:
+        from torchhouse import __version__
+
+        model = self.model
+        optimizer = model.optimizer
+        return {
+            "torchhouse": __version__,
+            "torch": torch.__version__,
+            "net": {
+                "class": f"{type(model.net).__module__}.{type(model.net).__qualname__}",
+                "parameters": sum(p.numel() for p in model.net.parameters()),
+                "repr": repr(model.net),
+            },
+            "loss": repr(model.loss),
+            "optimizer": {
+                "class": type(optimizer).__name__,
+                "defaults": {k: v for k, v in optimizer.defaults.items() if _jsonable(v)},
+            },
+            "lr_scheduler": type(model.lr_scheduler).__name__ if model.lr_scheduler else None,
+            "metrics": list(model.metrics),
+            "device": str(model.device),
+            "precision": model.precision,
+            "accumulate_grad_batches": model.accumulate_grad_batches,
+            "gradient_clip_val": model.gradient_clip_val,
+            "monitor": self.monitor,
+            "fit": self.fit_config,
+        }
+
+    def _fingerprint(self) -> dict[str, Any]:
+        model = self.model
+        return {
+            "parameters": {k: list(v.shape) for k, v in model.net.state_dict().items()},
+            "optimizer": type(model.optimizer).__name__,
+            "param_groups": [len(g["params"]) for g in model.optimizer.param_groups],
+            "num_samples": self.train.num_samples,
+            "steps_per_epoch": len(self.train) if self.train.has_len() else None,
+        }
+
+    def _save(self, epoch: int, batch: int, epoch_rng: dict[str, Any] | None, best: bool = False) -> None:
+        if self.run_dir is None:
+            return
+        model = self.model
+        state: dict[str, Any] = {
+            "epoch": epoch,
+            "batch": batch,
+            "global_step": model.global_step,
+            "fingerprint": self._fingerprint(),
+            "model": model.net.state_dict(),
+            "optimizer": model.optimizer.state_dict(),
+            "lr_scheduler": model.lr_scheduler.state_dict() if model.lr_scheduler else None,
+            "scaler": model.scaler.state_dict() if model.scaler else None,
+            "grads": {
+                n: p.grad for n, p in model.net.named_parameters() if p.grad is not None
+            },
+            "micro_step": model._micro_step,
+            "rng": rng.capture(self.generators),
+            "rng_epoch_start": epoch_rng,
+            "train_metrics": self.train_metrics.state_dict() if batch > 0 else None,
+            "history": model.history.state_dict(),
+            "callbacks": self.callbacks.state_dict(),
+            "stop_training": model.stop_training,
+            "best": self.best,
+            "finished": False,
+        }
+        self.run_dir.save_state(state, self.keep_checkpoints, best=best)
+
+    def _finish_run(self, status: str) -> None:
+        assert self.run_dir is not None
+        model = self.model
+        if status in ("finished", "stopped_early"):
+            model.save(self.run_dir.path / "model.safetensors")
+            self._mark_last_state_finished()
+        best_epoch = None
+        if self.monitor in model.history.history and len(model.history):
+            try:
+                best_epoch, _ = model.history.best(self.monitor, self.monitor_mode)
+            except ValueError:
+                best_epoch = None
+        self.run_dir.update(
+            status=status,
+            epochs_done=len(model.history),
+            monitor=self.monitor,
+            best=self.best,
+            best_epoch=best_epoch,
+            ended=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        )
+
+    def _mark_last_state_finished(self) -> None:
+        assert self.run_dir is not None
+        from torchhouse.checkpoint import STATE_JSON, atomic_write_json, read_json
+
+        names = self.run_dir.state_names()
+        if not names:
+            return
+        meta_file = self.run_dir.checkpoints / names[-1] / STATE_JSON
+        meta = read_json(meta_file)
+        meta["state"]["finished"] = True
+        meta["state"]["stop_training"] = self.model.stop_training
+        atomic_write_json(meta_file, meta)
+
+    # ----------------------------------------------------------------------- resume
+
+    def _load_resume_state(self) -> dict[str, Any] | None:
+        assert self.run_dir is not None
+        loaded = self.run_dir.load_latest_state()
+        if loaded is None:
+            print(f"resume=True: no saved state in {self.run_dir.path}; starting from scratch.")
+            return None
+        name, state = loaded
+        self._check_fingerprint(state["fingerprint"], self.run_dir.checkpoints / name)
+        model = self.model
+        model.net.load_state_dict(state["model"])
+        model.optimizer.load_state_dict(state["optimizer"])
+        if model.lr_scheduler is not None and state["lr_scheduler"] is not None:
+            model.lr_scheduler.load_state_dict(state["lr_scheduler"])
+        if model.scaler is not None and state["scaler"] is not None:
+            model.scaler.load_state_dict(state["scaler"])
+        params = dict(model.net.named_parameters())
+        for pname, grad in state["grads"].items():
+            params[pname].grad = grad.to(params[pname].device)
+        model._micro_step = int(state["micro_step"])
+        model.history.load_state_dict(state["history"])
+        self.callbacks.load_state_dict(state["callbacks"])
+        model.global_step = int(state["global_step"])
+        model.stop_training = bool(state["stop_training"])
+        self.best = state["best"]
+        print(f"Resuming {self.run_dir.path} from {name} (epoch {state['epoch']}, batch {state['batch']}).")
+        return state
+
+    def _check_fingerprint(self, saved: dict[str, Any], where: Any) -> None:
+        now = self._fingerprint()
+        if saved["parameters"] != now["parameters"]:
+            diffs = [
+                f"{k}: saved {saved['parameters'].get(k)}, now {now['parameters'].get(k)}"
+                for k in sorted(set(saved["parameters"]) | set(now["parameters"]))
+                if saved["parameters"].get(k) != now["parameters"].get(k)
+            ]
+            raise CheckpointError(
+                f"{where}: the model does not match the saved run ({'; '.join(diffs[:5])})"
+            )
+        if saved["optimizer"] != now["optimizer"] or saved["param_groups"] != now["param_groups"]:
+            raise CheckpointError(
+                f"{where}: the optimizer does not match the saved run (saved {saved['optimizer']} "
+                f"with groups {saved['param_groups']}, now {now['optimizer']} with groups "
+                f"{now['param_groups']})"
+            )
+        if saved["num_samples"] != now["num_samples"] or saved["steps_per_epoch"] != now["steps_per_epoch"]:
+            raise CheckpointError(
+                f"{where}: the training data does not match the saved run (saved "
+                f"{saved['num_samples']} samples in {saved['steps_per_epoch']} batches, now "
+                f"{now['num_samples']} samples in {now['steps_per_epoch']} batches)"
+            )
+
+    def _return_finished(self, state: dict[str, Any]) -> History:
+        assert self.run_dir is not None
+        final = self.run_dir.path / "model.safetensors"
+        if final.exists():
+            self.model.load_weights(final)
+        print(f"resume=True: {self.run_dir.path} has already finished; nothing more to train.")
+        return self.model.history
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+def evaluate(model: Model, batches: Batches, acc: EpochMetrics) -> dict[str, float]:
+    """Loss and metrics of ``model`` over ``batches``, under ``torch.no_grad``."""
+    net = model.net
+    was_training = net.training
+    net.eval()
+    if batches.has_len():
+        acc.capacity = max(len(batches), 1)
+    acc.reset()
+    device = model.device
+    try:
+        with torch.no_grad():
+            for index, batch in enumerate(batches.iterate(None)):
+                if not batches.on_device:
+                    batch = move_to(batch, device, non_blocking=device.type == "cuda")
+                if index == 0:
+                    out = _checked(model, model.eval_step, batch, "evaluation")
+                else:
+                    out = model.eval_step(batch)
+                acc.update(out, _num_samples(out, batch))
+        if acc.count == 0:
+            raise DataError("the evaluation data yielded no batch")
+        return acc.compute()
+    finally:
+        net.train(was_training)
+
+
+def predict(model: Model, batches: Batches) -> Any:
+    """All of the net's outputs for ``batches``, concatenated, on the CPU."""
+    net = model.net
+    was_training = net.training
+    net.eval()
+    outputs = []
+    device = model.device
+    try:
+        with torch.no_grad():
+            for batch in batches.iterate(None):
+                if not batches.on_device:
+                    batch = move_to(batch, device, non_blocking=device.type == "cuda")
+                outputs.append(model.predict_step(batch))
+    finally:
+        net.train(was_training)
+    return move_to(_concat(outputs), torch.device("cpu"))
+
+
+def _concat(outputs: list[Any]) -> Any:
+    first = outputs[0]
+    if isinstance(first, torch.Tensor):
+        return torch.cat(outputs) if first.dim() > 0 else torch.stack(outputs)
+    if isinstance(first, dict):
+        return {k: _concat([o[k] for o in outputs]) for k in first}
+    if isinstance(first, (tuple, list)):
+        return type(first)(_concat([o[i] for o in outputs]) for i in range(len(first)))
+    raise DataError(f"predict: the net returned {type(first).__name__}; expected tensors")
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _num_samples(out: dict[str, Any], batch: Any) -> int:
+    target = out.get("target")
+    if type(target) is torch.Tensor and target.dim() > 0:
+        return target.shape[0]
+    size = out.get("batch_size")
+    if size is not None:
+        return int(size)
+    return batch_size_of(target if target is not None else batch)
+
+
+def _current_lr(optimizer: torch.optim.Optimizer) -> float:
+    lr = optimizer.param_groups[0].get("lr", float("nan"))
+    return float(lr)
+
+
+def _jsonable(value: Any) -> bool:
+    return value is None or isinstance(value, (bool, int, float, str, list, tuple))
+
+
+def _checked(model: Model, step: Any, batch: Any, what: str) -> dict[str, Any]:
+    """Run the first step of a loop, turning a deep torch error into a clear one."""
+    try:
+        out = step(batch)
+    except TorchhouseError:
+        raise
+    except _USER_ERRORS as exc:
+        raise _explain(model, batch, exc, what) from exc
+    if not isinstance(out, dict) or "loss" not in out:
+        raise DataError(
+            f"{type(model).__name__}.{'train_step' if what == 'training' else 'eval_step'} "
+            f"must return a dict with a 'loss' tensor, got {describe(out)}"
+        )
+    return out
+
+
+def _explain(model: Model, batch: Any, exc: Exception, what: str) -> Exception:
+    """Find which part of the first step failed (net, loss or a metric) and say why."""
+    try:
+        inputs, target = model.unpack_batch(batch)
+    except Exception:
+        return exc
+    with torch.no_grad():
+        try:
+            preds = model.forward(inputs)
+        except Exception as forward_exc:
+            shapes = describe(inputs)
+            return DataError(
+                f"the net failed on the first {what} batch, whose inputs are {shapes}: "
+                f"{forward_exc}. Check that the input shape matches what the net's first "
+                "layer expects."
+            )
+        try:
+            if model.loss is not None:
+                model.loss(preds, target)
+        except Exception as loss_exc:
+            return DataError(
+                f"the loss {type(model.loss).__name__} failed on preds {describe(preds)} and "
+                f"target {describe(target)}: {loss_exc}{_loss_hint(model.loss, preds, target)}"
+            )
+    for name, metric in model.metrics.items():
+        try:
+            fn = getattr(metric, "update", metric)
+            fn(_detach_tree(preds), target)
+        except Exception as metric_exc:
+            return DataError(
+                f"metric {name!r} failed on preds {describe(preds)} and target "
+                f"{describe(target)}: {metric_exc}"
+            )
+        finally:
+            if hasattr(metric, "reset"):
+                metric.reset()
+    return exc
+
+
+def _detach_tree(tree: Any) -> Any:
+    return tree_map(lambda t: t.detach(), tree)
+
+
+def _loss_hint(loss: Any, preds: Any, target: Any) -> str:
+    if not (isinstance(preds, torch.Tensor) and isinstance(target, torch.Tensor)):
+        return ""
+    name = type(loss).__name__
+    if isinstance(loss, (torch.nn.CrossEntropyLoss, torch.nn.NLLLoss)):
+        if target.is_floating_point() and target.shape != preds.shape:
+            return (
+                f". Hint: {name} takes class indices as int64 of shape {tuple(preds.shape[:1])}; "
+                "convert the target with y.long() (or .astype('int64'))"
+            )
+        if not target.is_floating_point() and target.dim() == preds.dim():
+            return (
+                f". Hint: class-index targets must have shape (N,), not {tuple(target.shape)}; "
+                "use y.squeeze(1) or y.reshape(-1)"
+            )
+        if not target.is_floating_point() and target.numel() and preds.dim() >= 2:
+            return (
+                f". Hint: class indices must lie in [0, {preds.shape[1]}) for a net with "
+                f"{preds.shape[1]} outputs"
+            )
+        return f". Hint: {name} expects logits (N, C) and int64 class indices (N,)"
+    return ""

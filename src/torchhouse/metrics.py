@@ -1,0 +1,298 @@
+"""Metrics: torchmetrics-style objects and plain callables, accumulated on the device.
+
+Two kinds of metric are accepted in ``Model(metrics={...})``:
+
+- A *stateful* metric: any object with ``update``, ``compute`` and ``reset`` methods, such
+  as a ``torchmetrics.Metric``. It is recognised by those methods, so torchmetrics is never
+  imported here. It is updated on the device every step and computed once per epoch.
+- A *function* ``fn(preds, target) -> tensor``: its value is a sample-weighted mean over
+  the epoch, so a short last batch does not count as a full one.
+
+`EpochMetrics` keeps one epoch's values in preallocated device buffers (one slot per
+step), so the step loop never waits for the device; values are read once per epoch, or
+when the progress bar refreshes.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+
+from torchhouse.data import tree_map
+from torchhouse.errors import CheckpointError, ConfigError
+
+MetricLike = Any
+
+RESERVED_NAMES = ("loss", "lr")
+
+
+def is_stateful_metric(obj: Any) -> bool:
+    """True for torchmetrics-style metrics: objects with update / compute / reset methods."""
+    return all(callable(getattr(obj, name, None)) for name in ("update", "compute", "reset"))
+
+
+def accuracy(preds: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Classification accuracy as a plain function, computed on the device.
+
+    ``preds`` are logits or probabilities: ``(N, C)`` for C classes (argmax is taken) or
+    ``(N,)`` / ``(N, 1)`` for binary tasks (threshold 0.5 on probabilities, 0 on logits
+    cannot be told apart, so pass probabilities, or use ``binary_accuracy_logits``).
+
+    >>> accuracy(torch.tensor([[0.1, 0.9], [0.8, 0.2]]), torch.tensor([1, 1]))
+    tensor(0.5000)
+    """
+    if preds.dim() >= 2 and preds.shape[-1] > 1:
+        return (preds.argmax(dim=-1) == target).float().mean()
+    return ((preds.reshape(target.shape) > 0.5) == target.bool()).float().mean()
+
+
+def binary_accuracy_logits(preds: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Binary accuracy for logits (threshold 0).
+
+    >>> binary_accuracy_logits(torch.tensor([2.0, -1.0]), torch.tensor([1.0, 1.0]))
+    tensor(0.5000)
+    """
+    return ((preds.reshape(target.shape) > 0) == target.bool()).float().mean()
+
+
+def normalise_metrics(metrics: Any) -> dict[str, MetricLike]:
+    """Check ``Model(metrics=...)`` and return it as a name -> metric dict."""
+    if metrics is None:
+        return {}
+    if isinstance(metrics, (list, tuple)):
+        named = {}
+        for metric in metrics:
+            name = getattr(metric, "__name__", None) or type(metric).__name__.lower()
+            named[name] = metric
+        metrics = named
+    if not isinstance(metrics, Mapping):
+        raise ConfigError(
+            f"metrics: expected a dict of name -> metric, got {type(metrics).__name__}"
+        )
+    for name, metric in metrics.items():
+        if not isinstance(name, str) or not name.isidentifier():
+            raise ConfigError(f"metrics: names must be identifiers like 'acc', got {name!r}")
+        if name in RESERVED_NAMES or name.startswith("val_"):
+            raise ConfigError(
+                f"metrics: the name {name!r} is reserved (loss, lr and val_* are logged by fit)"
+            )
+        if not (is_stateful_metric(metric) or callable(metric)):
+            raise ConfigError(
+                f"metrics[{name!r}]: expected a torchmetrics Metric (update/compute/reset) or "
+                f"a function fn(preds, target) -> tensor, got {type(metric).__name__}"
+            )
+    return dict(metrics)
+
+
+def copy_metrics(metrics: Mapping[str, MetricLike]) -> dict[str, MetricLike]:
+    """Independent copies of the stateful metrics (train and validation keep separate states)."""
+    return {n: copy.deepcopy(m) if is_stateful_metric(m) else m for n, m in metrics.items()}
+
+
+class EpochMetrics:
+    """Loss and metrics of one epoch (or one evaluation), accumulated on the device.
+
+    >>> acc = EpochMetrics({"acc": accuracy}, torch.device("cpu"), capacity=2)
+    >>> acc.update({"loss": torch.tensor(1.0), "preds": torch.tensor([[0.0, 1.0]]),
+    ...             "target": torch.tensor([1])}, 1)
+    >>> acc.compute()
+    {'loss': 1.0, 'acc': 1.0}
+    """
+
+    def __init__(
+        self,
+        metrics: Mapping[str, MetricLike],
+        device: torch.device,
+        capacity: int,
+        loss_reduction: str = "mean",
+    ) -> None:
+        self.device = device
+        self.stateful = {n: m for n, m in metrics.items() if is_stateful_metric(m)}
+        self.functions: dict[str, Callable[..., Any]] = {
+            n: m for n, m in metrics.items() if not is_stateful_metric(m)
+        }
+        for metric in self.stateful.values():
+            if hasattr(metric, "to"):
+                metric.to(device)
+        self.has_metrics = bool(metrics)
+        self.loss_reduction = loss_reduction
+        self.capacity = max(int(capacity), 1)
+        self.reset()
+
+    # -- per step (no host sync) ----------------------------------------------------------
+
+    def reset(self) -> None:
+        self.count = 0
+        self.sizes: list[int] = []
+        self.columns: dict[str, torch.Tensor] = {
+            name: torch.empty(self.capacity, device=self.device)
+            for name in ("loss", *self.functions)
+        }
+        for metric in self.stateful.values():
+            metric.reset()
+
+    def update(self, out: Mapping[str, Any], n: int) -> None:
+        """Record one step's output: ``out`` holds ``loss`` and, for metrics, ``preds`` and ``target``."""
+        i = self.count
+        if i == self.capacity:
+            self._grow()
+        columns = self.columns
+        columns["loss"][i] = out["loss"].detach()
+        if self.has_metrics:
+            preds = out["preds"]
+            preds = preds.detach() if isinstance(preds, torch.Tensor) else tree_map(_detach, preds)
+            target = out["target"]
+            for metric in self.stateful.values():
+                metric.update(preds, target)
+            for name, fn in self.functions.items():
+                columns[name][i] = fn(preds, target).detach()
+        if len(out) > 3:
+            self._update_extras(out, i)
+        self.sizes.append(n)
+        self.count = i + 1
+
+    def _update_extras(self, out: Mapping[str, Any], i: int) -> None:
+        # Extra scalar tensors returned by a custom train_step/eval_step (e.g. "d_loss").
+        for name, value in out.items():
+            if name in ("loss", "preds", "target") or not isinstance(value, torch.Tensor):
+                continue
+            if value.numel() != 1:
+                continue
+            column = self.columns.get(name)
+            if column is None:
+                column = self.columns[name] = torch.full(
+                    (self.capacity,), float("nan"), device=self.device
+                )
+            column[i] = value.detach().reshape(())
+
+    def _grow(self) -> None:
+        self.capacity *= 2
+        for name, column in self.columns.items():
+            grown = torch.empty(self.capacity, device=self.device)
+            grown[: column.shape[0]] = column
+            self.columns[name] = grown
+
+    # -- reads (each one host sync) -------------------------------------------------------
+
+    def _weighted_means(self) -> dict[str, torch.Tensor]:
+        k = self.count
+        sizes = torch.tensor(self.sizes, dtype=torch.float64, device=self.device)
+        total = sizes.sum()
+        means = {}
+        for name, column in self.columns.items():
+            values = column[:k].double()
+            if name == "loss" and self.loss_reduction == "sum":
+                means[name] = values.sum() / total
+            else:
+                means[name] = (values * sizes).sum() / total
+        return means
+
+    def compute(self) -> dict[str, float]:
+        """The epoch's values as floats: one host sync for all of them."""
+        if self.count == 0:
+            return {}
+        values = self._weighted_means()
+        for name, metric in self.stateful.items():
+            result = metric.compute()
+            if isinstance(result, Mapping):
+                for key, value in result.items():
+                    values[f"{name}_{key}"] = _scalar(value, f"{name}[{key!r}]")
+            else:
+                values[name] = _scalar(result, name)
+        names = list(values)
+        floats = torch.stack([v.double().to(self.device) for v in values.values()]).tolist()
+        ordered = dict(zip(names, floats, strict=True))
+        return ordered
+
+    def partial_loss(self) -> float:
+        """The sample-weighted mean loss so far in this epoch (one host sync; for progress)."""
+        if self.count == 0:
+            return float("nan")
+        return float(self._weighted_means()["loss"])
+
+    def first_nonfinite_loss(self) -> tuple[int, float] | None:
+        """Index and value of the first non-finite loss recorded so far, or None (one sync)."""
+        losses = self.columns["loss"][: self.count]
+        bad = ~torch.isfinite(losses)
+        if not bool(bad.any()):
+            return None
+        index = int(bad.nonzero()[0, 0])
+        return index, float(losses[index])
+
+    def step_losses(self, start: int, stop: int) -> list[float]:
+        """Per-step training losses for steps ``start..stop-1`` of this epoch (one sync)."""
+        return self.columns["loss"][start:stop].tolist()
+
+    # -- exact resume ---------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        k = self.count
+        state: dict[str, Any] = {
+            "count": k,
+            "sizes": list(self.sizes),
+            "columns": {n: c[:k].clone() for n, c in self.columns.items()},
+            "stateful": {n: _metric_state(m, n) for n, m in self.stateful.items()},
+        }
+        return state
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.reset()
+        k = int(state["count"])
+        while self.capacity < k:
+            self._grow()
+        for name, values in state["columns"].items():
+            if name not in self.columns:
+                self.columns[name] = torch.full((self.capacity,), float("nan"), device=self.device)
+            self.columns[name][:k] = values.to(self.device)
+        self.count = k
+        self.sizes = [int(s) for s in state["sizes"]]
+        for name, metric_state in state["stateful"].items():
+            if name not in self.stateful:
+                raise CheckpointError(f"the checkpoint has state for an unknown metric {name!r}")
+            _load_metric_state(self.stateful[name], metric_state, self.device)
+
+
+def _detach(t: torch.Tensor) -> torch.Tensor:
+    return t.detach()
+
+
+def _scalar(value: Any, name: str) -> torch.Tensor:
+    tensor = torch.as_tensor(value)
+    if tensor.numel() != 1:
+        raise ConfigError(
+            f"metric {name!r} computed a tensor of shape {tuple(tensor.shape)}; history "
+            "holds one number per metric and epoch (for torchmetrics, use average='macro' "
+            "or 'micro' rather than None)"
+        )
+    return tensor.reshape(())
+
+
+def _metric_state(metric: Any, name: str) -> dict[str, Any]:
+    defaults = getattr(metric, "_defaults", None)
+    if isinstance(defaults, Mapping):  # torchmetrics.Metric
+        state = {key: getattr(metric, key) for key in defaults}
+        return {"states": state, "update_count": int(getattr(metric, "_update_count", 0))}
+    if callable(getattr(metric, "state_dict", None)):
+        return {"state_dict": metric.state_dict()}
+    raise ConfigError(
+        f"metric {name!r} ({type(metric).__name__}) exposes no state to save mid-epoch; use "
+        "checkpoint_every='epoch', or give it state_dict / load_state_dict methods"
+    )
+
+
+def _load_metric_state(metric: Any, state: Mapping[str, Any], device: torch.device) -> None:
+    if "states" in state:
+        for key, value in state["states"].items():
+            if isinstance(value, list):
+                value = [v.to(device) for v in value]
+            elif isinstance(value, torch.Tensor):
+                value = value.to(device)
+            setattr(metric, key, value)
+        metric._update_count = state["update_count"]
+        if hasattr(metric, "_computed"):
+            metric._computed = None
+    else:
+        metric.load_state_dict(state["state_dict"])

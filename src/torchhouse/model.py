@@ -1,0 +1,651 @@
+"""Model: fit / evaluate / predict / save / load over a plain `nn.Module`.
+
+One training step is `Model.train_step`, five readable lines::
+
+    inputs, target = self.unpack_batch(batch)
+    with self.autocast():
+        preds = self.forward(inputs)
+        loss = self.compute_loss(preds, target)
+    self.backward(loss)
+    self.optimizer_step()
+
+Override one of ``unpack_batch``, ``forward``, ``compute_loss``, ``train_step``,
+``eval_step`` or ``predict_step`` to change what a step does. The epoch loop around the
+steps lives in `torchhouse.loop`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from torchhouse import loop
+from torchhouse.callbacks.base import Callback
+from torchhouse.checkpoint import atomic_save_tensors, atomic_write_json, read_json, read_tensors
+from torchhouse.data import (
+    Batch,
+    Batches,
+    Tree,
+    call_net,
+    make_batches,
+    move_to,
+    split_validation,
+    tree_leaves,
+    validation_batches,
+)
+from torchhouse.errors import CheckpointError, ConfigError, DataError
+from torchhouse.history import History
+from torchhouse.metrics import EpochMetrics, copy_metrics, normalise_metrics
+
+PRECISIONS = ("32", "bf16-mixed", "16-mixed")
+_ELEMENTWISE_LOSSES = (
+    nn.MSELoss,
+    nn.L1Loss,
+    nn.SmoothL1Loss,
+    nn.HuberLoss,
+    nn.BCELoss,
+    nn.BCEWithLogitsLoss,
+    nn.SoftMarginLoss,
+)
+
+
+def default_device() -> torch.device:
+    """cuda if available, else mps, else cpu."""
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def _check_positive_int(name: str, value: Any, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{name}: expected an int >= {minimum}, got {value!r}")
+    return value
+
+
+class Model:
+    """A Keras-style model over a plain PyTorch `nn.Module`.
+
+    Args:
+        net: any ``nn.Module``; it is moved to ``device``.
+        loss: a callable ``loss(preds, target) -> tensor`` such as ``nn.CrossEntropyLoss()``.
+        optimizer: ``None`` (AdamW, lr=1e-3), a ``torch.optim.Optimizer`` over ``net``'s
+            parameters, or a callable ``params -> Optimizer``.
+        metrics: name -> torchmetrics ``Metric`` or function ``fn(preds, target)``.
+        lr_scheduler: a torch scheduler (ReduceLROnPlateau included) or a callable
+            ``optimizer -> scheduler``. Stepped once per epoch unless
+            ``lr_scheduler_interval="step"``.
+        device: ``None`` picks cuda, then mps, then cpu.
+        precision: "32", "bf16-mixed" or "16-mixed" (autocast; a GradScaler for fp16).
+        accumulate_grad_batches: sum gradients over N batches before each optimizer step.
+        gradient_clip_val: clip gradients to this norm (or value); no clipping by default.
+        gradient_clip_algorithm: "norm" or "value".
+        compile: run the net through ``torch.compile`` (eager is the default).
+
+    Example:
+        >>> import torchhouse as th
+        >>> net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+        >>> model = th.Model(net, loss=nn.CrossEntropyLoss(), device="cpu")
+        >>> x, y = torch.randn(64, 4), torch.randint(0, 3, (64,))
+        >>> history = model.fit(x, y, epochs=2, progress="none")
+        >>> len(history.history["loss"])
+        2
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        loss: Callable[..., torch.Tensor] | None = None,
+        optimizer: torch.optim.Optimizer | Callable[..., torch.optim.Optimizer] | None = None,
+        metrics: Mapping[str, Any] | None = None,
+        lr_scheduler: Any = None,
+        device: str | torch.device | None = None,
+        *,
+        precision: str = "32",
+        accumulate_grad_batches: int = 1,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str = "norm",
+        compile: bool = False,
+        lr_scheduler_interval: str = "epoch",
+        lr_scheduler_monitor: str | None = None,
+    ) -> None:
+        if not isinstance(net, nn.Module):
+            raise ConfigError(f"net: expected a torch.nn.Module, got {type(net).__name__}")
+        if loss is not None and not callable(loss):
+            raise ConfigError(f"loss: expected a callable like nn.CrossEntropyLoss(), got {loss!r}")
+        if precision not in PRECISIONS:
+            raise ConfigError(f"precision: expected one of {PRECISIONS}, got {precision!r}")
+        if gradient_clip_algorithm not in ("norm", "value"):
+            raise ConfigError(
+                f"gradient_clip_algorithm: expected 'norm' or 'value', got {gradient_clip_algorithm!r}"
+            )
+        if gradient_clip_val is not None and not gradient_clip_val > 0:
+            raise ConfigError(f"gradient_clip_val: expected a number > 0, got {gradient_clip_val!r}")
+        if lr_scheduler_interval not in ("epoch", "step"):
+            raise ConfigError(
+                f"lr_scheduler_interval: expected 'epoch' or 'step', got {lr_scheduler_interval!r}"
+            )
+        self.device = self._resolve_device(device)
+        self.net = net.to(self.device)
+        self.loss = loss
+        self.metrics = normalise_metrics(metrics)
+        self.precision = precision
+        self.accumulate_grad_batches = _check_positive_int(
+            "accumulate_grad_batches", accumulate_grad_batches
+        )
+        self.gradient_clip_val = gradient_clip_val
+        self.gradient_clip_algorithm = gradient_clip_algorithm
+        self.optimizer = self._build_optimizer(optimizer)
+        self.lr_scheduler = self._build_scheduler(lr_scheduler)
+        self.lr_scheduler_interval = lr_scheduler_interval
+        self.lr_scheduler_monitor = lr_scheduler_monitor
+        self.compiled = compile
+        self._forward_net: Callable[..., Any] = torch.compile(self.net) if compile else self.net
+        self.scaler = self._build_scaler()
+        self._autocast = self._build_autocast()
+        # A plain step (no accumulation, clipping or scaler) takes the shortest path.
+        self._plain_step = (
+            self.accumulate_grad_batches == 1 and gradient_clip_val is None and self.scaler is None
+        )
+        self._micro_step = 0
+        self._last_batch = False
+        self._skip_nonfinite = False
+        self._check_loss_shapes = True
+        self._train_metrics = EpochMetrics(copy_metrics(self.metrics), self.device, 64, self._loss_reduction())
+        self._eval_metrics = EpochMetrics(copy_metrics(self.metrics), self.device, 64, self._loss_reduction())
+        self.history = History()
+        self.stop_training = False
+        self.epoch = 0
+        self.global_step = 0
+        self.log_names: list[str] = []
+
+    # ----------------------------------------------------------------------- construction
+
+    @staticmethod
+    def _resolve_device(device: str | torch.device | None) -> torch.device:
+        if device is None:
+            return default_device()
+        try:
+            return torch.device(device)
+        except (RuntimeError, TypeError) as exc:
+            raise ConfigError(
+                f"device: expected 'cpu', 'cuda', 'cuda:0', 'mps' or a torch.device, got {device!r}"
+            ) from exc
+
+    def _build_optimizer(self, optimizer: Any) -> torch.optim.Optimizer:
+        params = [p for p in self.net.parameters() if p.requires_grad]
+        if optimizer is None:
+            if not params:
+                raise ConfigError("net has no trainable parameters, so there is nothing to optimise")
+            return torch.optim.AdamW(params, lr=1e-3)
+        if isinstance(optimizer, torch.optim.Optimizer):
+            owned = {id(p) for p in self.net.parameters()}
+            for group in optimizer.param_groups:
+                if any(id(p) not in owned for p in group["params"]):
+                    raise ConfigError(
+                        "optimizer: it holds parameters that are not net's; build it from "
+                        "net.parameters() (after creating the net), or pass a callable "
+                        "params -> optimizer"
+                    )
+            return optimizer
+        if callable(optimizer):
+            built = optimizer(params)
+            if not isinstance(built, torch.optim.Optimizer):
+                raise ConfigError(
+                    f"optimizer: the callable returned {type(built).__name__}, expected a "
+                    "torch.optim.Optimizer"
+                )
+            return built
+        raise ConfigError(
+            f"optimizer: expected None, a torch.optim.Optimizer or a callable params -> "
+            f"optimizer, got {type(optimizer).__name__}"
+        )
+
+    def _build_scheduler(self, scheduler: Any) -> Any:
+        if scheduler is None:
+            return None
+        if not hasattr(scheduler, "step") and callable(scheduler):
+            scheduler = scheduler(self.optimizer)
+        if not callable(getattr(scheduler, "step", None)):
+            raise ConfigError(
+                f"lr_scheduler: expected a torch LR scheduler or a callable optimizer -> "
+                f"scheduler, got {type(scheduler).__name__}"
+            )
+        if getattr(scheduler, "optimizer", self.optimizer) is not self.optimizer:
+            raise ConfigError("lr_scheduler: it was built for another optimizer than the model's")
+        return scheduler
+
+    def _build_scaler(self) -> torch.amp.GradScaler | None:
+        if self.precision != "16-mixed":
+            return None
+        return torch.amp.GradScaler(self.device.type)
+
+    def _build_autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self.precision == "32":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.precision == "bf16-mixed" else torch.float16
+        return torch.autocast(device_type=self.device.type, dtype=dtype)
+
+    def _loss_reduction(self) -> str:
+        return str(getattr(self.loss, "reduction", "mean"))
+
+    # ----------------------------------------------------------------------- one step
+
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        """The mixed-precision context for forward and loss (a no-op for precision "32")."""
+        return self._autocast
+
+    def unpack_batch(self, batch: Any) -> tuple[Tree, Tree]:
+        """Split a batch into ``(inputs, target)``. Override for other batch layouts."""
+        return batch[0], batch[1]
+
+    def forward(self, inputs: Tree) -> Any:
+        """Run the net: tensor -> net(x), tuple -> net(*x), dict -> net(**x)."""
+        return call_net(self._forward_net, inputs)  # type: ignore[arg-type]
+
+    def compute_loss(self, preds: Any, target: Any) -> torch.Tensor:
+        """The loss of one batch. Override to combine several losses."""
+        if self.loss is None:
+            raise ConfigError(
+                "loss: no loss was given to Model(...); pass loss=... or override compute_loss"
+            )
+        if self._check_loss_shapes:
+            self._check_loss_shapes = False
+            _check_loss_inputs(self.loss, preds, target)
+        return self.loss(preds, target)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """Backpropagate ``loss`` (scaled for fp16, divided for gradient accumulation)."""
+        if self._plain_step:
+            loss.backward()
+            return
+        if self.accumulate_grad_batches > 1:
+            loss = loss / self.accumulate_grad_batches
+        if self.scaler is not None:
+            loss = self.scaler.scale(loss)
+        loss.backward()
+
+    def optimizer_step(self) -> bool:
+        """Step the optimizer (at the end of an accumulation window); returns True if it stepped."""
+        if self._skip_nonfinite and not self._last_loss_finite():
+            self.optimizer.zero_grad(set_to_none=True)
+            self._micro_step = 0
+            return False
+        if self._plain_step:
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        else:
+            self._micro_step += 1
+            if self._micro_step < self.accumulate_grad_batches and not self._last_batch:
+                return False
+            self._micro_step = 0
+            if self.gradient_clip_val is not None:
+                if self.scaler is not None:
+                    self.scaler.unscale_(self.optimizer)
+                self.clip_gradients()
+            if self.scaler is not None:
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+            else:
+                self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        if self.lr_scheduler is not None and self.lr_scheduler_interval == "step":
+            self.lr_scheduler.step()
+        return True
+
+    def clip_gradients(self) -> None:
+        """Clip gradients by norm or value, as configured."""
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        assert self.gradient_clip_val is not None
+        if self.gradient_clip_algorithm == "norm":
+            nn.utils.clip_grad_norm_(params, self.gradient_clip_val)
+        else:
+            nn.utils.clip_grad_value_(params, self.gradient_clip_val)
+
+    def _last_loss_finite(self) -> bool:
+        return bool(torch.isfinite(self._last_loss).all()) if self._last_loss is not None else True
+
+    _last_loss: torch.Tensor | None = None
+
+    def train_step(self, batch: Batch) -> dict[str, Any]:
+        """One training step: forward, loss, backward, optimizer step.
+
+        Returns a dict with ``loss`` (for the logged epoch loss), and ``preds`` and
+        ``target`` (for the metrics). Extra scalar tensors in the dict are logged too.
+        """
+        inputs, target = self.unpack_batch(batch)
+        with self._autocast:
+            preds = self.forward(inputs)
+            loss = self.compute_loss(preds, target)
+        if self._skip_nonfinite:
+            self._last_loss = loss.detach()
+        self.backward(loss)
+        self.optimizer_step()
+        return {"loss": loss, "preds": preds, "target": target}
+
+    def eval_step(self, batch: Batch) -> dict[str, Any]:
+        """One evaluation step (run under ``torch.no_grad``): forward and loss."""
+        inputs, target = self.unpack_batch(batch)
+        with self._autocast:
+            preds = self.forward(inputs)
+            loss = self.compute_loss(preds, target)
+        return {"loss": loss, "preds": preds, "target": target}
+
+    def predict_step(self, batch: Batch) -> Any:
+        """One prediction step (run under ``torch.no_grad``): the net's output."""
+        inputs, _ = batch
+        with self._autocast:
+            return self.forward(inputs)
+
+    # ----------------------------------------------------------------------- fit
+
+    def fit(
+        self,
+        x: Any,
+        y: Any = None,
+        *,
+        validation_data: Any = None,
+        validation_split: float = 0.0,
+        epochs: int = 1,
+        batch_size: int = 32,
+        shuffle: bool = True,
+        callbacks: Iterable[Callback] | None = None,
+        seed: int | None = None,
+        progress: str | bool = "auto",
+        run_dir: str | os.PathLike[str] | None = None,
+        resume: bool = False,
+        checkpoint_every: str | int = "epoch",
+        keep_checkpoints: int = 3,
+        monitor: str | None = None,
+        on_nonfinite: str = "raise",
+    ) -> History:
+        """Train the net and return its `History`.
+
+        Args:
+            x, y: the training data: arrays / tensors / DataFrames (with ``y``), a tuple
+                or dict of arrays for several inputs, a ``Dataset`` or a ``DataLoader``.
+            validation_data: ``(x_val, y_val)``, a Dataset or a DataLoader.
+            validation_split: hold out this last fraction of ``x`` for validation.
+            epochs: train until this many epochs are done (a resumed run counts the
+                epochs it already did).
+            batch_size: samples per batch for arrays and Datasets.
+            shuffle: reshuffle the training data every epoch (seeded).
+            callbacks: `Callback` objects.
+            seed: seeds Python, NumPy and torch and the shuffling, for repeatable runs.
+            progress: "auto", "bar", "notebook", "epoch" (a line per epoch) or "none".
+            run_dir: a folder for config, history, weights and resumable checkpoints.
+            resume: continue from the newest intact state in ``run_dir``.
+            checkpoint_every: "epoch", or an int N to also save every N batches.
+            keep_checkpoints: how many of the newest states to keep (the best is kept too).
+            monitor: the value that picks the best checkpoint (default ``val_loss`` with
+                validation data, else ``loss``).
+            on_nonfinite: "raise" stops at a NaN/inf training loss; "skip" skips the
+                optimizer step for such a batch (this costs a host sync per step).
+
+        Example:
+            >>> net = nn.Linear(3, 1)
+            >>> model = Model(net, loss=nn.MSELoss(), device="cpu")
+            >>> h = model.fit(torch.randn(32, 3), torch.randn(32, 1), epochs=3, progress="none")
+            >>> h.epoch
+            [0, 1, 2]
+        """
+        epochs = _check_positive_int("epochs", epochs, minimum=0)
+        batch_size = _check_positive_int("batch_size", batch_size)
+        keep_checkpoints = _check_positive_int("keep_checkpoints", keep_checkpoints)
+        if isinstance(validation_split, bool) or not isinstance(validation_split, (int, float)):
+            raise ConfigError(f"validation_split: expected a float in [0, 1), got {validation_split!r}")
+        if not 0.0 <= validation_split < 1.0:
+            raise ConfigError(f"validation_split: expected a float in [0, 1), got {validation_split}")
+        if validation_split and validation_data is not None:
+            raise ConfigError("give either validation_data or validation_split, not both")
+        if on_nonfinite not in ("raise", "skip"):
+            raise ConfigError(f"on_nonfinite: expected 'raise' or 'skip', got {on_nonfinite!r}")
+        if not (checkpoint_every == "epoch" or (isinstance(checkpoint_every, int) and checkpoint_every > 0)):
+            raise ConfigError(
+                f"checkpoint_every: expected 'epoch' or an int > 0 (batches), got {checkpoint_every!r}"
+            )
+        if resume and run_dir is None:
+            raise ConfigError("resume=True needs run_dir, the folder of the run to continue")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise ConfigError(f"seed: expected an int or None, got {seed!r}")
+        callback_list = list(callbacks or [])
+        for callback in callback_list:
+            if not isinstance(callback, Callback):
+                raise ConfigError(
+                    f"callbacks: expected th.callbacks.Callback objects, got {type(callback).__name__}"
+                )
+        if seed is not None:
+            from torchhouse.rng import seed_everything
+
+            seed_everything(seed)
+            data_seed = seed
+        else:
+            data_seed = int(torch.randint(0, 2**62, (1,)).item())
+        generator = torch.Generator().manual_seed(data_seed)
+
+        train = self._batches(x, y, batch_size, shuffle, generator)
+        val: Batches | None = None
+        if validation_split:
+            train, val = split_validation(train, validation_split)
+        elif validation_data is not None:
+            val = self._prepare(validation_batches(validation_data, batch_size))
+
+        self.stop_training = False
+        self._skip_nonfinite = on_nonfinite == "skip"
+        self.log_names = self._log_names(val is not None)
+        config = {
+            "epochs": epochs,
+            "batch_size": batch_size,
+            "shuffle": shuffle,
+            "seed": seed,
+            "validation_split": validation_split,
+            "num_samples": train.num_samples,
+            "checkpoint_every": checkpoint_every,
+        }
+        fit_loop = loop.FitLoop(
+            self,
+            train,
+            val,
+            epochs=epochs,
+            callbacks=callback_list,
+            progress=progress,
+            run_dir=run_dir,
+            resume=resume,
+            checkpoint_every=None if checkpoint_every == "epoch" else int(checkpoint_every),
+            keep_checkpoints=keep_checkpoints,
+            generator=generator,
+            monitor=monitor or ("val_loss" if val is not None else "loss"),
+            fit_config=config,
+        )
+        try:
+            return fit_loop.run()
+        finally:
+            self._skip_nonfinite = False
+
+    def _log_names(self, with_validation: bool) -> list[str]:
+        names = ["loss", *self.metrics]
+        if self.lr_scheduler is not None:
+            names.append("lr")
+        if with_validation:
+            names += ["val_loss", *(f"val_{n}" for n in self.metrics)]
+        return names
+
+    def _batches(
+        self,
+        x: Any,
+        y: Any,
+        batch_size: int,
+        shuffle: bool,
+        generator: torch.Generator | None,
+        require_target: bool = True,
+    ) -> Batches:
+        batches = make_batches(
+            x,
+            y,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            generator=generator,
+            require_target=require_target,
+        )
+        return self._prepare(batches)
+
+    def _prepare(self, batches: Batches) -> Batches:
+        from torchhouse.data import ArrayBatches
+
+        # In-memory data moves to the device once (up to 1 GiB on an accelerator), so
+        # batches are slices there and need no per-step transfer.
+        if isinstance(batches, ArrayBatches) and (
+            self.device.type == "cpu" or _nbytes(batches) <= 1 << 30
+        ):
+            batches.to(self.device)
+        return batches
+
+    # ----------------------------------------------------------------------- evaluate / predict
+
+    def evaluate(self, x: Any, y: Any = None, *, batch_size: int = 32, progress: str | bool = "none") -> dict[str, float]:
+        """Loss and metrics over a whole data set, as sample-weighted means.
+
+        Example:
+            >>> model = Model(nn.Linear(2, 1), loss=nn.MSELoss(), device="cpu")
+            >>> sorted(model.evaluate(torch.randn(10, 2), torch.randn(10, 1)))
+            ['loss']
+        """
+        batch_size = _check_positive_int("batch_size", batch_size)
+        batches = self._batches(x, y, batch_size, shuffle=False, generator=None)
+        self._check_loss_shapes = True
+        return loop.evaluate(self, batches, self._eval_metrics)
+
+    def predict(self, x: Any, *, batch_size: int = 32) -> Any:
+        """The net's outputs for ``x``, all batches concatenated, as CPU tensors.
+
+        ``x`` holds inputs only (arrays, a Dataset, or a DataLoader yielding inputs or
+        ``(inputs, target)`` pairs, whose targets are ignored).
+
+        Example:
+            >>> model = Model(nn.Linear(2, 3), device="cpu")
+            >>> model.predict(torch.randn(5, 2)).shape
+            torch.Size([5, 3])
+        """
+        batch_size = _check_positive_int("batch_size", batch_size)
+        batches = self._batches(x, None, batch_size, shuffle=False, generator=None, require_target=False)
+        return loop.predict(self, batches)
+
+    # ----------------------------------------------------------------------- save / load
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Save the net's weights as safetensors, with a JSON sidecar of metadata.
+
+        ``model.save("m.safetensors")`` writes ``m.safetensors`` and ``m.json``. Both
+        writes are atomic. Nothing is pickled.
+
+        Example:
+            >>> import tempfile, os
+            >>> model = Model(nn.Linear(2, 1), device="cpu")
+            >>> path = model.save(os.path.join(tempfile.mkdtemp(), "m.safetensors"))
+            >>> model.load_weights(path)
+        """
+        target = Path(path)
+        if target.suffix != ".safetensors":
+            raise ConfigError(f"save: the path must end in .safetensors, got {os.fspath(path)!r}")
+        state = self.net.state_dict()
+        atomic_save_tensors(target, state, metadata={"format": "torchhouse-weights"})
+        atomic_write_json(target.with_suffix(".json"), self._metadata(state))
+        return target
+
+    def _metadata(self, state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+        from torchhouse import __version__
+
+        return {
+            "format": "torchhouse-weights",
+            "torchhouse": __version__,
+            "torch": torch.__version__,
+            "net": f"{type(self.net).__module__}.{type(self.net).__qualname__}",
+            "parameters": sum(p.numel() for p in self.net.parameters()),
+            "tensors": {k: {"shape": list(v.shape), "dtype": str(v.dtype)} for k, v in state.items()},
+            "loss": repr(self.loss),
+            "metrics": list(self.metrics),
+            "history": self.history.history,
+            "saved": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+
+    def load_weights(self, path: str | os.PathLike[str], strict: bool = True) -> None:
+        """Load weights saved by `save` (or any safetensors file of a state dict).
+
+        Refuses pickle files (``.pt``/``.pth``) without running them, and names every
+        missing, unexpected or mis-shaped tensor when the file does not fit the net.
+        """
+        tensors = read_tensors(path)
+        check_state_matches(self.net, tensors, os.fspath(path), strict)
+        self.net.load_state_dict(tensors, strict=strict)
+
+    def summary(self, input_size: Any = None, input_data: Any = None, **kwargs: Any) -> Any:
+        """`torchhouse.summary` of the net (a layer table with output shapes and parameters)."""
+        from torchhouse.summary import summary
+
+        return summary(self.net, input_size=input_size, input_data=input_data, device=self.device, **kwargs)
+
+
+def check_state_matches(
+    net: nn.Module, tensors: Mapping[str, torch.Tensor], source: str, strict: bool = True
+) -> None:
+    """Raise a CheckpointError naming every tensor that does not fit ``net``."""
+    expected = net.state_dict()
+    problems = []
+    missing = [k for k in expected if k not in tensors]
+    unexpected = [k for k in tensors if k not in expected]
+    if strict and missing:
+        problems.append(f"missing {_few(missing)}")
+    if strict and unexpected:
+        problems.append(f"unexpected {_few(unexpected)}")
+    for key, value in tensors.items():
+        if key in expected and tuple(expected[key].shape) != tuple(value.shape):
+            problems.append(
+                f"{key} has shape {tuple(value.shape)} in the file but {tuple(expected[key].shape)} in the net"
+            )
+    if problems:
+        raise CheckpointError(
+            f"{source}: does not match the net ({type(net).__name__}): " + "; ".join(problems[:6])
+        )
+
+
+def _few(names: list[str]) -> str:
+    shown = ", ".join(names[:5])
+    return shown + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+
+
+def _nbytes(batches: Any) -> int:
+    return sum(t.numel() * t.element_size() for t in tree_leaves((batches.inputs, batches.target)))
+
+
+def _check_loss_inputs(loss: Any, preds: Any, target: Any) -> None:
+    """Catch the silent broadcasting trap of element-wise losses, on the first batch only."""
+    if not isinstance(loss, _ELEMENTWISE_LOSSES):
+        return
+    if not (isinstance(preds, torch.Tensor) and isinstance(target, torch.Tensor)):
+        return
+    if preds.shape != target.shape:
+        raise DataError(
+            f"{type(loss).__name__} needs preds and target of the same shape, but preds have "
+            f"shape {tuple(preds.shape)} and target {tuple(target.shape)}; torch would "
+            "broadcast them and train on the wrong thing. Reshape y (e.g. y.reshape(-1, 1)) "
+            "or the net's output to match."
+        )
+    if not target.is_floating_point():
+        raise DataError(
+            f"{type(loss).__name__} needs a floating-point target, got {target.dtype}; "
+            "convert y with y.float() (or .astype('float32'))"
+        )
+
+
+def move_batch(batch: Any, device: torch.device) -> Any:
+    """Move a batch to ``device`` (non-blocking from pinned memory on CUDA)."""
+    return move_to(batch, device, non_blocking=device.type == "cuda")

@@ -1,0 +1,180 @@
+"""summary(): a layer table with output shapes and parameter counts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from torchhouse.data import call_net, tree_leaves
+from torchhouse.errors import ConfigError, DataError
+
+
+@dataclass
+class LayerRow:
+    name: str
+    kind: str
+    depth: int
+    output_shape: list[list[int]]
+    params: int
+    trainable: int
+
+
+@dataclass
+class Summary:
+    """What `summary` returns; ``str(summary)`` is the table.
+
+    Parameters shared by several layers are counted once in the totals.
+    """
+
+    net_name: str
+    rows: list[LayerRow] = field(default_factory=list)
+    total_params: int = 0
+    trainable_params: int = 0
+    non_trainable_params: int = 0
+    param_bytes: int = 0
+    buffer_bytes: int = 0
+    output_bytes: int = 0
+
+    @property
+    def non_trainable(self) -> int:
+        return self.non_trainable_params
+
+    def __str__(self) -> str:
+        header = ("Layer (type)", "Output shape", "Params")
+        lines = [
+            (
+                "  " * row.depth + f"{row.name} ({row.kind})",
+                " ".join(str(tuple(s)) for s in row.output_shape) or "-",
+                f"{row.params:,}",
+            )
+            for row in self.rows
+        ]
+        widths = [max(len(r[i]) for r in [header, *lines]) for i in range(3)]
+        rule = "-" * (sum(widths) + 4)
+        out = [f"{self.net_name}", rule, _fmt(header, widths), rule.replace("-", "=")]
+        out += [_fmt(line, widths) for line in lines]
+        out += [
+            rule,
+            f"Total params: {self.total_params:,}",
+            f"Trainable params: {self.trainable_params:,}",
+            f"Non-trainable params: {self.non_trainable_params:,}",
+            f"Params size: {self.param_bytes / 2**20:.2f} MB",
+            f"Buffers size: {self.buffer_bytes / 2**20:.2f} MB",
+            f"Forward outputs size (one pass): {self.output_bytes / 2**20:.2f} MB",
+            rule,
+        ]
+        return "\n".join(out)
+
+    def __repr__(self) -> str:
+        return self.__str__()
+
+
+def _fmt(cells: tuple[str, str, str], widths: list[int]) -> str:
+    return f"{cells[0]:<{widths[0]}}  {cells[1]:<{widths[1]}}  {cells[2]:>{widths[2]}}"
+
+
+def summary(
+    net: nn.Module,
+    input_size: Any = None,
+    input_data: Any = None,
+    *,
+    depth: int = 3,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device | None = None,
+) -> Summary:
+    """Run one forward pass and tabulate every layer's output shape and parameters.
+
+    Give either ``input_size`` (a shape with the batch dimension, or a list of shapes
+    for several inputs) or ``input_data`` (an example input: a tensor, tuple or dict).
+
+    Example:
+        >>> net = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+        >>> s = summary(net, input_size=(1, 1, 8, 8))
+        >>> s.total_params
+        650
+    """
+    if not isinstance(net, nn.Module):
+        raise ConfigError(f"summary: expected an nn.Module, got {type(net).__name__}")
+    if (input_size is None) == (input_data is None):
+        raise ConfigError("summary: give exactly one of input_size or input_data")
+    if device is None:
+        first = next(net.parameters(), None)
+        device = first.device if first is not None else torch.device("cpu")
+    device = torch.device(device)
+    if input_data is None:
+        input_data = _make_input(input_size, dtype, device)
+    result = Summary(net_name=type(net).__name__)
+    rows: dict[nn.Module, LayerRow] = {}
+    order: list[LayerRow] = []
+    hooks = []
+
+    def add_hook(module: nn.Module, name: str, level: int) -> None:
+        row = LayerRow(
+            name=name,
+            kind=type(module).__name__,
+            depth=level,
+            output_shape=[],
+            params=sum(p.numel() for p in module.parameters()),
+            trainable=sum(p.numel() for p in module.parameters() if p.requires_grad),
+        )
+        rows[module] = row
+
+        def hook(mod: nn.Module, args: Any, output: Any) -> None:
+            if not row.output_shape:
+                row.output_shape = [list(t.shape) for t in tree_leaves(output)]
+                result.output_bytes += sum(t.numel() * t.element_size() for t in tree_leaves(output))
+                order.append(row)
+
+        hooks.append(module.register_forward_hook(hook))
+
+    for name, module in net.named_modules():
+        if not name:
+            continue
+        level = name.count(".")
+        if level >= depth:
+            continue
+        add_hook(module, name, level)
+    was_training = net.training
+    net.eval()
+    try:
+        with torch.no_grad():
+            call_net(net, input_data)
+    except Exception as exc:
+        raise DataError(
+            f"summary: the net failed on an input of {_describe_input(input_data)}: {exc}"
+        ) from exc
+    finally:
+        for handle in hooks:
+            handle.remove()
+        net.train(was_training)
+    result.rows = order
+    unique = {id(p): p for p in net.parameters()}.values()
+    result.total_params = sum(p.numel() for p in unique)
+    result.trainable_params = sum(p.numel() for p in unique if p.requires_grad)
+    result.non_trainable_params = result.total_params - result.trainable_params
+    result.param_bytes = sum(p.numel() * p.element_size() for p in unique)
+    result.buffer_bytes = sum(b.numel() * b.element_size() for b in net.buffers())
+    return result
+
+
+def _make_input(input_size: Any, dtype: torch.dtype, device: torch.device) -> Any:
+    if isinstance(input_size, torch.Size) or (
+        isinstance(input_size, (tuple, list)) and all(isinstance(d, int) for d in input_size)
+    ):
+        if any(d <= 0 for d in input_size):
+            raise ConfigError(f"summary: input_size must hold positive sizes, got {tuple(input_size)}")
+        return torch.zeros(*input_size, dtype=dtype, device=device)
+    if isinstance(input_size, (tuple, list)) and input_size:
+        return tuple(_make_input(s, dtype, device) for s in input_size)
+    raise ConfigError(
+        f"summary: input_size must be a shape such as (1, 3, 32, 32) or a list of shapes, got {input_size!r}"
+    )
+
+
+def _describe_input(data: Any) -> str:
+    from torchhouse.data import describe
+
+    return describe(data)
