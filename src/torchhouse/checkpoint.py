@@ -186,6 +186,8 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
 def _sniff(path: Path) -> str:
     with open(path, "rb") as handle:
         head = handle.read(16)
+    if len(head) > 8 and head[8:9] == b"{":
+        return ""  # a safetensors header: 8-byte length, then JSON
     if head[:2] == b"PK":
         return "a zip archive (torch.save format), which holds pickled data"
     if head[:1] == b"\x80":

@@ -120,7 +120,10 @@ def to_tensor(value: Any, name: str) -> torch.Tensor:
         value = value.astype(np.float32)
     elif kind == "i" and value.dtype != np.int64:
         value = value.astype(np.int64)
-    return torch.from_numpy(np.ascontiguousarray(value))
+    value = np.ascontiguousarray(value)
+    if not value.flags.writeable:
+        value = value.copy()
+    return torch.from_numpy(value)
 
 
 def to_tensor_tree(value: Any, name: str) -> Tree:
@@ -292,10 +295,9 @@ class ArrayBatches(Batches):
 class LoaderBatches(Batches):
     """Batches from a `DataLoader` (given by the user, or built here from a `Dataset`)."""
 
-    def __init__(self, loader: DataLoader, name: str = "x", require_target: bool = True) -> None:
+    def __init__(self, loader: DataLoader, name: str = "x") -> None:
         self.loader = loader
         self.name = name
-        self.require_target = require_target
         self.num_samples = _dataset_length(loader.dataset)
         if self.num_samples == 0:
             raise DataError(f"{name}: the dataset is empty; expected at least one sample")
@@ -336,21 +338,25 @@ class LoaderBatches(Batches):
                 raise DataError(
                     f"{self.name}: cannot resume at batch {start}; the loader yields only {skipped}"
                 )
-        return (_as_pair(batch, self.name, self.require_target) for batch in iterator)
+        return iterator
 
 
-def _as_pair(batch: Any, name: str, require_target: bool = True) -> Batch:
+def as_pair(batch: Any) -> Batch:
+    """Split a batch into ``(inputs, target)``, or explain the batch rule."""
     if isinstance(batch, (tuple, list)) and len(batch) == 2:
         return batch[0], batch[1]
-    if not require_target:
-        if isinstance(batch, (tuple, list)) and len(batch) == 1:
-            return batch[0], None
-        return batch, None
     raise DataError(
-        f"{name}: a batch must be a pair (inputs, target), but the DataLoader yielded "
+        "a batch must be a pair (inputs, target), but the data yielded "
         f"{describe(batch)}. Make the Dataset return (inputs, target), or override "
         "Model.unpack_batch to read another batch layout."
     )
+
+
+def inputs_of(batch: Any) -> Tree:
+    """The inputs of a prediction batch: ``x``, ``(x,)`` or ``(x, target)``."""
+    if isinstance(batch, (tuple, list)) and len(batch) in (1, 2):
+        return batch[0]
+    return batch
 
 
 def _dataset_length(dataset: Any) -> int | None:
@@ -381,7 +387,7 @@ def make_batches(
     if isinstance(x, DataLoader):
         if y is not None:
             raise DataError(f"{name} is a DataLoader, so y must be None (the loader yields targets)")
-        return LoaderBatches(x, name, require_target)
+        return LoaderBatches(x, name)
     if isinstance(x, Dataset):
         if y is not None:
             raise DataError(f"{name} is a Dataset, so y must be None (the dataset yields targets)")
@@ -394,7 +400,7 @@ def make_batches(
             shuffle=shuffle and not isinstance(x, IterableDataset),
             generator=generator,
         )
-        return LoaderBatches(loader, name, require_target)
+        return LoaderBatches(loader, name)
     if x is None:
         raise DataError(f"{name}: no data given (None); expected arrays, a Dataset or a DataLoader")
     if isinstance(x, (str, bytes)):

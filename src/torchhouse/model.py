@@ -33,7 +33,9 @@ from torchhouse.data import (
     Batch,
     Batches,
     Tree,
+    as_pair,
     call_net,
+    inputs_of,
     make_batches,
     move_to,
     split_validation,
@@ -246,7 +248,7 @@ class Model:
 
     def unpack_batch(self, batch: Any) -> tuple[Tree, Tree]:
         """Split a batch into ``(inputs, target)``. Override for other batch layouts."""
-        return batch[0], batch[1]
+        return as_pair(batch)
 
     def forward(self, inputs: Tree) -> Any:
         """Run the net: tensor -> net(x), tuple -> net(*x), dict -> net(**x)."""
@@ -342,7 +344,10 @@ class Model:
 
     def predict_step(self, batch: Batch) -> Any:
         """One prediction step (run under ``torch.no_grad``): the net's output."""
-        inputs, _ = batch
+        if type(self).unpack_batch is Model.unpack_batch:
+            inputs = inputs_of(batch)
+        else:
+            inputs, _ = self.unpack_batch(batch)
         with self._autocast:
             return self.forward(inputs)
 

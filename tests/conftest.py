@@ -1,0 +1,35 @@
+import os
+
+import pytest
+import torch
+from torch import nn
+
+os.environ.setdefault("TORCHHOUSE_TEST", "1")
+torch.set_num_threads(1)
+
+
+def make_classification(n=100, features=6, classes=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, features, generator=g)
+    w = torch.randn(features, classes, generator=g)
+    y = (x @ w).argmax(dim=1)
+    return x, y
+
+
+def make_net(features=6, classes=3, seed=0, dropout=0.0):
+    torch.manual_seed(seed)
+    layers = [nn.Linear(features, 16), nn.ReLU()]
+    if dropout:
+        layers.append(nn.Dropout(dropout))
+    layers.append(nn.Linear(16, classes))
+    return nn.Sequential(*layers)
+
+
+@pytest.fixture
+def data():
+    return make_classification()
+
+
+def params_equal(a: nn.Module, b: nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
