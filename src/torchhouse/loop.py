@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -83,6 +84,7 @@ class FitLoop:
         steps = len(train) if train.has_len() else 64
         self.train_metrics = model._train_metrics
         self.train_metrics.capacity = max(steps, 1)
+        self.train_metrics.ignore_nonfinite = model._skip_nonfinite
         self.train_metrics.reset()
 
     # ----------------------------------------------------------------------- the fit
@@ -175,6 +177,13 @@ class FitLoop:
             raise DataError("the training data yielded no batch")
         model._last_batch = False
         self._check_finite(epoch)
+        if model.skipped_batches:
+            warnings.warn(
+                f"epoch {epoch}: skipped {model.skipped_batches} batch(es) with a non-finite "
+                "loss (on_nonfinite='skip'); they are left out of the epoch's values",
+                stacklevel=4,
+            )
+            model.skipped_batches = 0
         logs = acc.compute()
         if model.lr_scheduler is not None:
             logs["lr"] = lr

@@ -119,6 +119,7 @@ class EpochMetrics:
                 metric.to(device)
         self.has_metrics = bool(metrics)
         self.loss_reduction = loss_reduction
+        self.ignore_nonfinite = False  # on_nonfinite="skip": skipped batches are not counted
         self.capacity = max(int(capacity), 1)
         self.reset()
 
@@ -180,10 +181,16 @@ class EpochMetrics:
     def _weighted_means(self) -> dict[str, torch.Tensor]:
         k = self.count
         sizes = torch.tensor(self.sizes, dtype=torch.float64, device=self.device)
+        keep = None
+        if self.ignore_nonfinite:
+            keep = torch.isfinite(self.columns["loss"][:k])
+            sizes = sizes * keep
         total = sizes.sum()
         means = {}
         for name, column in self.columns.items():
             values = column[:k].double()
+            if keep is not None:
+                values = torch.where(keep, values, 0.0)
             if name == "loss" and self.loss_reduction == "sum":
                 means[name] = values.sum() / total
             else:

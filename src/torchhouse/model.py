@@ -166,6 +166,7 @@ class Model:
         self._eval_metrics = EpochMetrics(copy_metrics(self.metrics), self.device, 64, self._loss_reduction())
         self.history = History()
         self.stop_training = False
+        self.skipped_batches = 0
         self.epoch = 0
         self.global_step = 0
         self.log_names: list[str] = []
@@ -281,6 +282,7 @@ class Model:
         if self._skip_nonfinite and not self._last_loss_finite():
             self.optimizer.zero_grad(set_to_none=True)
             self._micro_step = 0
+            self.skipped_batches += 1
             return False
         if self._plain_step:
             self.optimizer.step()
