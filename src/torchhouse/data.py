@@ -120,7 +120,8 @@ def to_tensor(value: Any, name: str) -> torch.Tensor:
         value = value.astype(np.float32)
     elif kind == "i" and value.dtype != np.int64:
         value = value.astype(np.int64)
-    value = np.ascontiguousarray(value)
+    if not value.flags.c_contiguous:
+        value = np.ascontiguousarray(value)
     if not value.flags.writeable:
         value = value.copy()
     return torch.from_numpy(value)

@@ -160,10 +160,10 @@ class FitLoop:
                 batch = move_to(batch, device, non_blocking=device.type == "cuda")
             model._last_batch = index == last
             if index == start:
-                out = _checked(model, train_step, batch, "training")
+                out = _checked(model, train_step, batch, "training", acc)
             else:
                 out = train_step(batch)
-            acc.update(out, _num_samples(out, batch))
+                acc.update(out, _num_samples(out, batch))
             model.global_step += 1
             index += 1
             if callbacks.batch_end:
@@ -408,10 +408,10 @@ def evaluate(model: Model, batches: Batches, acc: EpochMetrics) -> dict[str, flo
                 if not batches.on_device:
                     batch = move_to(batch, device, non_blocking=device.type == "cuda")
                 if index == 0:
-                    out = _checked(model, model.eval_step, batch, "evaluation")
+                    _checked(model, model.eval_step, batch, "evaluation", acc)
                 else:
                     out = model.eval_step(batch)
-                acc.update(out, _num_samples(out, batch))
+                    acc.update(out, _num_samples(out, batch))
         if acc.count == 0:
             raise DataError("the evaluation data yielded no batch")
         return acc.compute()
@@ -470,19 +470,25 @@ def _jsonable(value: Any) -> bool:
     return value is None or isinstance(value, (bool, int, float, str, list, tuple))
 
 
-def _checked(model: Model, step: Any, batch: Any, what: str) -> dict[str, Any]:
-    """Run the first step of a loop, turning a deep torch error into a clear one."""
+def _checked(model: Model, step: Any, batch: Any, what: str, acc: EpochMetrics) -> dict[str, Any]:
+    """Run the first step of a loop and record it, turning a deep torch error into a clear one."""
     try:
         out = step(batch)
     except TorchhouseError:
         raise
     except _USER_ERRORS as exc:
         raise _explain(model, batch, exc, what) from exc
-    if not isinstance(out, dict) or "loss" not in out:
+    if not isinstance(out, dict) or not isinstance(out.get("loss"), torch.Tensor):
         raise DataError(
             f"{type(model).__name__}.{'train_step' if what == 'training' else 'eval_step'} "
             f"must return a dict with a 'loss' tensor, got {describe(out)}"
         )
+    try:
+        acc.update(out, _num_samples(out, batch))
+    except TorchhouseError:
+        raise
+    except _USER_ERRORS as exc:
+        raise _explain(model, batch, exc, what) from exc
     return out
 
 
