@@ -1,0 +1,52 @@
+import json
+import subprocess
+import sys
+
+import torch
+
+import torchhouse as th
+from torchhouse.cli import main
+
+
+def test_demo_writes_a_run_folder_and_reaches_high_accuracy(tmp_path, capsys):
+    code = main(["demo", "--epochs", "15", "--run-dir", str(tmp_path / "demo"), "--progress", "epoch"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert out.count("Epoch ") >= 6
+    accuracy = float(out.split("accuracy ")[1].split()[0])
+    assert accuracy >= 0.97
+    run = tmp_path / "demo"
+    for name in ("config.json", "history.csv", "model.safetensors", "model.json", "run.json"):
+        assert (run / name).exists(), name
+    config = json.loads((run / "config.json").read_text())
+    assert config["fit"]["batch_size"] == 64 and config["loss"] == "CrossEntropyLoss()"
+    header = (run / "history.csv").read_text().splitlines()[0]
+    assert header == "epoch,loss,acc,val_loss,val_acc"
+    # the saved weights reproduce the reported accuracy
+    from torchhouse.datasets import load_digits, train_test_split
+    from torchhouse.demo import digits_cnn
+
+    x, y = load_digits()
+    _, x_test, _, y_test = train_test_split(x, y, 0.2, seed=0)
+    model = th.Model(digits_cnn(), loss=torch.nn.CrossEntropyLoss(), metrics={"acc": th.metrics.accuracy},
+                     device="cpu")
+    model.load_weights(run / "model.safetensors")
+    assert abs(model.evaluate(x_test, y_test)["acc"] - accuracy) < 1e-4
+
+
+def test_help_lists_commands():
+    done = subprocess.run([sys.executable, "-m", "torchhouse.cli", "--help"], capture_output=True, text=True)
+    assert done.returncode == 0 and "demo" in done.stdout
+    done = subprocess.run([sys.executable, "-m", "torchhouse.cli"], capture_output=True, text=True)
+    assert done.returncode == 2
+
+
+def test_import_torchhouse_pulls_no_heavy_package():
+    code = (
+        "import sys, torchhouse; "
+        "heavy = [m for m in ('torchmetrics', 'pandas', 'matplotlib', 'tensorboard', 'optuna', "
+        "'streamlit', 'tqdm.notebook', 'IPython', 'sklearn', 'lightning') if m in sys.modules]; "
+        "print(heavy)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
