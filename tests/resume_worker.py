@@ -62,8 +62,10 @@ def main():
         resume=run_dir != "-",
         checkpoint_every=3,
         keep_checkpoints=2,
-        callbacks=[th.callbacks.EarlyStopping(monitor="val_loss", patience=10, verbose=False),
-                   Killer(kill_at, delay)],
+        callbacks=[
+            th.callbacks.EarlyStopping(monitor="val_loss", patience=10, verbose=False),
+            Killer(kill_at, delay),
+        ],
         progress="none",
     )
     from safetensors.torch import save_file

@@ -4,10 +4,10 @@ import math
 
 import pytest
 import torch
-from conftest import make_classification, make_net
 from torch import nn
 
 import torchhouse as th
+from conftest import make_classification, make_net
 from torchhouse.callbacks import Callback, CSVLogger, EarlyStopping, LambdaCallback, ModelCheckpoint
 
 
@@ -44,11 +44,21 @@ class Recorder(Callback):
 def test_hooks_are_called_in_order():
     x, y = make_classification(n=20)
     recorder = Recorder()
-    model_for().fit(x, y, validation_data=(x, y), epochs=2, batch_size=10, callbacks=[recorder], progress="none")
+    model_for().fit(
+        x, y, validation_data=(x, y), epochs=2, batch_size=10, callbacks=[recorder], progress="none"
+    )
     assert recorder.calls == [
         "fit_start",
-        "epoch_start0", "batch0", "batch1", "val_end", "epoch_end0",
-        "epoch_start1", "batch0", "batch1", "val_end", "epoch_end1",
+        "epoch_start0",
+        "batch0",
+        "batch1",
+        "val_end",
+        "epoch_end0",
+        "epoch_start1",
+        "batch0",
+        "batch1",
+        "val_end",
+        "epoch_end1",
         "fit_end",
     ]
 
@@ -75,7 +85,9 @@ def test_early_stopping_stops_and_restores_best_weights():
     # A huge learning rate makes validation loss get worse after the first epochs.
     model = model_for(optimizer=lambda p: torch.optim.SGD(p, lr=5.0))
     stop = EarlyStopping(monitor="val_loss", patience=2, verbose=False)
-    history = model.fit(x, y, validation_data=(x, y), epochs=30, callbacks=[stop, Snapshot()], progress="none")
+    history = model.fit(
+        x, y, validation_data=(x, y), epochs=30, callbacks=[stop, Snapshot()], progress="none"
+    )
     assert len(history.epoch) < 30
     best_epoch, best_value = history.best("val_loss")
     assert stop.best_epoch == best_epoch and stop.best == best_value
@@ -156,8 +168,13 @@ def test_csv_logger_writes_history(tmp_path):
 def test_lambda_callback():
     x, y = make_classification(n=20)
     seen = []
-    model_for().fit(x, y, epochs=2, callbacks=[LambdaCallback(on_epoch_end=lambda e, logs: seen.append(e))],
-                    progress="none")
+    model_for().fit(
+        x,
+        y,
+        epochs=2,
+        callbacks=[LambdaCallback(on_epoch_end=lambda e, logs: seen.append(e))],
+        progress="none",
+    )
     assert seen == [0, 1]
 
 

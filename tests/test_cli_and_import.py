@@ -28,8 +28,9 @@ def test_demo_writes_a_run_folder_and_reaches_high_accuracy(tmp_path, capsys):
 
     x, y = load_digits()
     _, x_test, _, y_test = train_test_split(x, y, 0.2, seed=0)
-    model = th.Model(digits_cnn(), loss=torch.nn.CrossEntropyLoss(), metrics={"acc": th.metrics.accuracy},
-                     device="cpu")
+    model = th.Model(
+        digits_cnn(), loss=torch.nn.CrossEntropyLoss(), metrics={"acc": th.metrics.accuracy}, device="cpu"
+    )
     model.load_weights(run / "model.safetensors")
     assert abs(model.evaluate(x_test, y_test)["acc"] - accuracy) < 1e-4
 

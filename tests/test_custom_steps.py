@@ -2,11 +2,11 @@
 
 import pytest
 import torch
-from conftest import make_classification, make_net
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 import torchhouse as th
+from conftest import make_classification, make_net
 
 
 class TwoLosses(th.Model):
@@ -44,7 +44,9 @@ class DictBatches(th.Model):
 
 def test_dict_batches_with_unpack_batch_override():
     x, y = make_classification(n=40)
-    model = DictBatches(make_net(), loss=nn.CrossEntropyLoss(), metrics={"acc": th.metrics.accuracy}, device="cpu")
+    model = DictBatches(
+        make_net(), loss=nn.CrossEntropyLoss(), metrics={"acc": th.metrics.accuracy}, device="cpu"
+    )
     history = model.fit(DataLoader(DictDataset(x, y), batch_size=8), epochs=2, progress="none")
     assert len(history.history["acc"]) == 2
 
@@ -60,8 +62,11 @@ class GAN(th.Model):
     """train_step override: two networks, two optimizers, two losses."""
 
     def __init__(self, generator, discriminator):
-        super().__init__(nn.ModuleDict({"g": generator, "d": discriminator}), device="cpu",
-                         optimizer=lambda p: torch.optim.Adam(p, lr=1e-3))
+        super().__init__(
+            nn.ModuleDict({"g": generator, "d": discriminator}),
+            device="cpu",
+            optimizer=lambda p: torch.optim.Adam(p, lr=1e-3),
+        )
         self.opt_g = torch.optim.Adam(generator.parameters(), lr=1e-3)
         self.opt_d = torch.optim.Adam(discriminator.parameters(), lr=1e-3)
 
@@ -85,11 +90,14 @@ class GAN(th.Model):
 def test_gan_train_step_override_logs_extra_losses():
     torch.manual_seed(0)
     real = torch.randn(64, 2) * 0.5 + 2.0
-    model = GAN(nn.Sequential(nn.Linear(2, 8), nn.ReLU(), nn.Linear(8, 2)),
-                nn.Sequential(nn.Linear(2, 8), nn.ReLU(), nn.Linear(8, 1)))
+    model = GAN(
+        nn.Sequential(nn.Linear(2, 8), nn.ReLU(), nn.Linear(8, 2)),
+        nn.Sequential(nn.Linear(2, 8), nn.ReLU(), nn.Linear(8, 1)),
+    )
     before = model.net["g"][0].weight.clone()
     history = model.fit(real, torch.zeros(64), epochs=2, batch_size=16, progress="none")
     assert set(history.history) == {"loss", "d_loss", "g_loss"}
-    assert history.history["loss"][0] == pytest.approx(history.history["d_loss"][0] + history.history["g_loss"][0],
-                                                      rel=1e-5)
+    assert history.history["loss"][0] == pytest.approx(
+        history.history["d_loss"][0] + history.history["g_loss"][0], rel=1e-5
+    )
     assert not torch.equal(before, model.net["g"][0].weight)

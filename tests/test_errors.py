@@ -7,11 +7,11 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import make_classification, make_net
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 import torchhouse as th
+from conftest import make_classification, make_net
 from torchhouse.callbacks import EarlyStopping, ModelCheckpoint
 
 X, Y = make_classification(n=20)
@@ -40,42 +40,154 @@ class Triples(Dataset):
 
 FIT_CASES = [
     # (id, call, error type, message pattern)
-    ("mismatched lengths", lambda: model().fit(X, Y[:10]), th.DataError, "same number of samples.*x has 20 and y has 10"),
+    (
+        "mismatched lengths",
+        lambda: model().fit(X, Y[:10]),
+        th.DataError,
+        "same number of samples.*x has 20 and y has 10",
+    ),
     ("empty arrays", lambda: model().fit(X[:0], Y[:0]), th.DataError, "x is empty"),
     ("empty dataset", lambda: model().fit(TensorDataset(X[:0], Y[:0])), th.DataError, "dataset is empty"),
     ("y missing", lambda: model().fit(X), th.DataError, "y is missing"),
     ("x is None", lambda: model().fit(None, Y), th.DataError, "no data given"),
     ("x is a string", lambda: model().fit("data.csv", Y), th.DataError, "got a string"),
-    ("object dtype", lambda: model().fit(np.array([["a"] * 6] * 20, dtype=object), Y), th.DataError, "not numeric"),
+    (
+        "object dtype",
+        lambda: model().fit(np.array([["a"] * 6] * 20, dtype=object), Y),
+        th.DataError,
+        "not numeric",
+    ),
     ("x a dict", lambda: model().fit({"a": X, "b": X[:5]}, Y), th.DataError, "same number of samples"),
     ("scalar x", lambda: model().fit(np.float32(1.0), Y), th.DataError, "scalar"),
-    ("y with a loader", lambda: model().fit(DataLoader(TensorDataset(X, Y)), Y), th.DataError, "y must be None"),
-    ("loader not yielding pairs", lambda: model().fit(DataLoader(Strings())), th.DataError, "pair \\(inputs, target\\)"),
-    ("loader yielding triples", lambda: model().fit(DataLoader(Triples())), th.DataError, "pair \\(inputs, target\\)"),
+    (
+        "y with a loader",
+        lambda: model().fit(DataLoader(TensorDataset(X, Y)), Y),
+        th.DataError,
+        "y must be None",
+    ),
+    (
+        "loader not yielding pairs",
+        lambda: model().fit(DataLoader(Strings())),
+        th.DataError,
+        "pair \\(inputs, target\\)",
+    ),
+    (
+        "loader yielding triples",
+        lambda: model().fit(DataLoader(Triples())),
+        th.DataError,
+        "pair \\(inputs, target\\)",
+    ),
     ("negative epochs", lambda: model().fit(X, Y, epochs=-1), th.ConfigError, "epochs: expected an int >= 0"),
     ("float epochs", lambda: model().fit(X, Y, epochs=2.5), th.ConfigError, "epochs"),
-    ("zero batch size", lambda: model().fit(X, Y, batch_size=0), th.ConfigError, "batch_size: expected an int >= 1"),
-    ("validation_split 1.0", lambda: model().fit(X, Y, validation_split=1.0), th.ConfigError, r"validation_split: expected a float in \[0, 1\)"),
-    ("validation_split negative", lambda: model().fit(X, Y, validation_split=-0.1), th.ConfigError, "validation_split"),
-    ("validation_split too small", lambda: model().fit(X, Y, validation_split=0.01), th.DataError, "both must be at least 1"),
-    ("split and data", lambda: model().fit(X, Y, validation_split=0.2, validation_data=(X, Y)), th.ConfigError, "either validation_data or validation_split"),
-    ("bad validation_data", lambda: model().fit(X, Y, validation_data=X), th.DataError, "validation_data: expected a pair"),
-    ("split of a loader", lambda: model().fit(DataLoader(TensorDataset(X, Y), batch_size=None), validation_split=0.2), th.DataError, "validation_split needs arrays"),
-    ("unknown monitor", lambda: model().fit(X, Y, callbacks=[EarlyStopping(monitor="acc")]), th.ConfigError, "monitor='acc' is not a logged value"),
-    ("val monitor, no val", lambda: model().fit(X, Y, callbacks=[ModelCheckpoint("m.safetensors")]), th.ConfigError, "no validation data"),
+    (
+        "zero batch size",
+        lambda: model().fit(X, Y, batch_size=0),
+        th.ConfigError,
+        "batch_size: expected an int >= 1",
+    ),
+    (
+        "validation_split 1.0",
+        lambda: model().fit(X, Y, validation_split=1.0),
+        th.ConfigError,
+        r"validation_split: expected a float in \[0, 1\)",
+    ),
+    (
+        "validation_split negative",
+        lambda: model().fit(X, Y, validation_split=-0.1),
+        th.ConfigError,
+        "validation_split",
+    ),
+    (
+        "validation_split too small",
+        lambda: model().fit(X, Y, validation_split=0.01),
+        th.DataError,
+        "both must be at least 1",
+    ),
+    (
+        "split and data",
+        lambda: model().fit(X, Y, validation_split=0.2, validation_data=(X, Y)),
+        th.ConfigError,
+        "either validation_data or validation_split",
+    ),
+    (
+        "bad validation_data",
+        lambda: model().fit(X, Y, validation_data=X),
+        th.DataError,
+        "validation_data: expected a pair",
+    ),
+    (
+        "split of a loader",
+        lambda: model().fit(DataLoader(TensorDataset(X, Y), batch_size=None), validation_split=0.2),
+        th.DataError,
+        "validation_split needs arrays",
+    ),
+    (
+        "unknown monitor",
+        lambda: model().fit(X, Y, callbacks=[EarlyStopping(monitor="acc")]),
+        th.ConfigError,
+        "monitor='acc' is not a logged value",
+    ),
+    (
+        "val monitor, no val",
+        lambda: model().fit(X, Y, callbacks=[ModelCheckpoint("m.safetensors")]),
+        th.ConfigError,
+        "no validation data",
+    ),
     ("not a callback", lambda: model().fit(X, Y, callbacks=[print]), th.ConfigError, "callbacks: expected"),
     ("bad progress", lambda: model().fit(X, Y, progress="loud"), th.ConfigError, "progress: expected one of"),
     ("bad on_nonfinite", lambda: model().fit(X, Y, on_nonfinite="ignore"), th.ConfigError, "on_nonfinite"),
-    ("bad checkpoint_every", lambda: model().fit(X, Y, checkpoint_every=0), th.ConfigError, "checkpoint_every"),
-    ("resume without run_dir", lambda: model().fit(X, Y, resume=True), th.ConfigError, "resume=True needs run_dir"),
+    (
+        "bad checkpoint_every",
+        lambda: model().fit(X, Y, checkpoint_every=0),
+        th.ConfigError,
+        "checkpoint_every",
+    ),
+    (
+        "resume without run_dir",
+        lambda: model().fit(X, Y, resume=True),
+        th.ConfigError,
+        "resume=True needs run_dir",
+    ),
     ("bad seed", lambda: model().fit(X, Y, seed="abc"), th.ConfigError, "seed: expected an int"),
-    ("wrong input width", lambda: model().fit(torch.randn(20, 5), Y), th.DataError, "the net failed on the first training batch.*shape=\\(20, 5\\)"),
-    ("float class targets", lambda: model().fit(X, Y.float()), th.DataError, "CrossEntropyLoss.*y.long\\(\\)"),
+    (
+        "wrong input width",
+        lambda: model().fit(torch.randn(20, 5), Y),
+        th.DataError,
+        "the net failed on the first training batch.*shape=\\(20, 5\\)",
+    ),
+    (
+        "float class targets",
+        lambda: model().fit(X, Y.float()),
+        th.DataError,
+        "CrossEntropyLoss.*y.long\\(\\)",
+    ),
     ("(N,1) class targets", lambda: model().fit(X, Y[:, None]), th.DataError, "shape \\(N,\\).*y.squeeze"),
-    ("class index out of range", lambda: model().fit(X, Y + 5), (th.DataError, IndexError), "class indices must lie in \\[0, 3\\)|out of bounds"),
-    ("MSE broadcast trap", lambda: th.Model(nn.Linear(6, 1), loss=nn.MSELoss(), device="cpu").fit(X, torch.randn(20)), th.DataError, "same shape.*\\(20, 1\\).*\\(20,\\)"),
-    ("BCE integer target", lambda: th.Model(nn.Linear(6, 1), loss=nn.BCEWithLogitsLoss(), device="cpu").fit(X, Y[:, None].clamp(max=1)), th.DataError, "floating-point target.*y.float\\(\\)"),
-    ("metric failing", lambda: model(metrics={"bad": lambda p, t: p @ t}).fit(X, Y), th.DataError, "metric 'bad' failed"),
+    (
+        "class index out of range",
+        lambda: model().fit(X, Y + 5),
+        (th.DataError, IndexError),
+        "class indices must lie in \\[0, 3\\)|out of bounds",
+    ),
+    (
+        "MSE broadcast trap",
+        lambda: th.Model(nn.Linear(6, 1), loss=nn.MSELoss(), device="cpu").fit(X, torch.randn(20)),
+        th.DataError,
+        "same shape.*\\(20, 1\\).*\\(20,\\)",
+    ),
+    (
+        "BCE integer target",
+        lambda: th.Model(nn.Linear(6, 1), loss=nn.BCEWithLogitsLoss(), device="cpu").fit(
+            X, Y[:, None].clamp(max=1)
+        ),
+        th.DataError,
+        "floating-point target.*y.float\\(\\)",
+    ),
+    (
+        "metric failing",
+        lambda: model(metrics={"bad": lambda p, t: p @ t}).fit(X, Y),
+        th.DataError,
+        "metric 'bad' failed",
+    ),
     ("no loss", lambda: th.Model(make_net(), device="cpu").fit(X, Y), th.ConfigError, "no loss was given"),
 ]
 
@@ -92,15 +204,27 @@ MODEL_CASES = [
     ("net not a module", lambda: th.Model(lambda x: x), "net: expected a torch.nn.Module"),
     ("loss not callable", lambda: th.Model(make_net(), loss="mse"), "loss: expected a callable"),
     ("bad optimizer", lambda: th.Model(make_net(), optimizer="adam"), "optimizer: expected None"),
-    ("optimizer of another net", lambda: th.Model(make_net(), optimizer=torch.optim.SGD(make_net().parameters(), lr=1)), "not net's"),
+    (
+        "optimizer of another net",
+        lambda: th.Model(make_net(), optimizer=torch.optim.SGD(make_net().parameters(), lr=1)),
+        "not net's",
+    ),
     ("bad metrics", lambda: th.Model(make_net(), metrics="acc"), "metrics: expected a dict"),
     ("metric not callable", lambda: th.Model(make_net(), metrics={"acc": 3}), "metrics\\['acc'\\]: expected"),
-    ("reserved metric name", lambda: th.Model(make_net(), metrics={"val_acc": th.metrics.accuracy}), "reserved"),
+    (
+        "reserved metric name",
+        lambda: th.Model(make_net(), metrics={"val_acc": th.metrics.accuracy}),
+        "reserved",
+    ),
     ("bad device", lambda: th.Model(make_net(), device="gpu7"), "device: expected"),
     ("bad precision", lambda: th.Model(make_net(), precision="fp8"), "precision: expected one of"),
     ("bad accumulation", lambda: th.Model(make_net(), accumulate_grad_batches=0), "accumulate_grad_batches"),
     ("bad clip", lambda: th.Model(make_net(), gradient_clip_val=-1), "gradient_clip_val"),
-    ("bad clip algorithm", lambda: th.Model(make_net(), gradient_clip_algorithm="l2"), "gradient_clip_algorithm"),
+    (
+        "bad clip algorithm",
+        lambda: th.Model(make_net(), gradient_clip_algorithm="l2"),
+        "gradient_clip_algorithm",
+    ),
     ("bad scheduler", lambda: th.Model(make_net(), lr_scheduler=3), "lr_scheduler: expected"),
     ("bad early stopping mode", lambda: EarlyStopping(mode="up"), "mode must be"),
     ("bad patience", lambda: EarlyStopping(patience=-1), "patience"),
@@ -173,9 +297,14 @@ CLI_CASES = [
 
 @pytest.mark.parametrize("args,code,message", CLI_CASES, ids=[" ".join(c[0]) for c in CLI_CASES])
 def test_cli_usage_errors_exit_2(args, code, message, tmp_path):
-    done = subprocess.run([sys.executable, "-m", "torchhouse.cli", *args, "--run-dir", str(tmp_path / "r")]
-                          if args[0] == "demo" else [sys.executable, "-m", "torchhouse.cli", *args],
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "torchhouse.cli", *args, "--run-dir", str(tmp_path / "r")]
+        if args[0] == "demo"
+        else [sys.executable, "-m", "torchhouse.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == code
     assert message in done.stderr
     assert "Traceback" not in done.stderr

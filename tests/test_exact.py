@@ -1,11 +1,11 @@
 """Exactness: fit gives the same weights as the plain loop, and seeded runs repeat."""
 
 import torch
-from conftest import make_classification, make_net, params_equal
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import torchhouse as th
+from conftest import make_classification, make_net, params_equal
 
 
 def plain_loop(net, loader, opt, loss_fn, epochs):
@@ -23,8 +23,13 @@ def test_fit_on_a_dataloader_is_bit_identical_to_the_plain_loop():
     plain_loop(reference, loader, torch.optim.Adam(reference.parameters(), lr=1e-2), nn.CrossEntropyLoss(), 3)
 
     net = make_net(seed=3)
-    model = th.Model(net, loss=nn.CrossEntropyLoss(), optimizer=torch.optim.Adam(net.parameters(), lr=1e-2),
-                     metrics={"acc": th.metrics.accuracy}, device="cpu")
+    model = th.Model(
+        net,
+        loss=nn.CrossEntropyLoss(),
+        optimizer=torch.optim.Adam(net.parameters(), lr=1e-2),
+        metrics={"acc": th.metrics.accuracy},
+        device="cpu",
+    )
     model.fit(loader, epochs=3, progress="none")
     assert params_equal(net, reference)
 
@@ -33,12 +38,21 @@ def test_fit_on_arrays_is_bit_identical_to_the_plain_loop():
     x, y = make_classification(n=103)
     loader = DataLoader(TensorDataset(x, y), batch_size=16, shuffle=False)
     reference = make_net(seed=4, dropout=0.0)
-    plain_loop(reference, loader, torch.optim.SGD(reference.parameters(), lr=0.1, momentum=0.9),
-               nn.CrossEntropyLoss(), 2)
+    plain_loop(
+        reference,
+        loader,
+        torch.optim.SGD(reference.parameters(), lr=0.1, momentum=0.9),
+        nn.CrossEntropyLoss(),
+        2,
+    )
 
     net = make_net(seed=4)
-    model = th.Model(net, loss=nn.CrossEntropyLoss(), device="cpu",
-                     optimizer=torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9))
+    model = th.Model(
+        net,
+        loss=nn.CrossEntropyLoss(),
+        device="cpu",
+        optimizer=torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9),
+    )
     model.fit(x.numpy(), y.numpy(), epochs=2, batch_size=16, shuffle=False, progress="none")
     assert params_equal(net, reference)
 
@@ -53,13 +67,14 @@ def test_shuffled_arrays_match_a_hand_loop_over_a_seeded_permutation():
     for _ in range(2):
         order = torch.randperm(50, generator=gen)
         for lo in range(0, 50, 16):
-            rows = order[lo:lo + 16]
+            rows = order[lo : lo + 16]
             opt.zero_grad()
             nn.functional.cross_entropy(reference(x[rows]), y[rows]).backward()
             opt.step()
     net = make_net(seed=5)
-    model = th.Model(net, loss=nn.CrossEntropyLoss(), device="cpu",
-                     optimizer=torch.optim.Adam(net.parameters(), lr=1e-2))
+    model = th.Model(
+        net, loss=nn.CrossEntropyLoss(), device="cpu", optimizer=torch.optim.Adam(net.parameters(), lr=1e-2)
+    )
     model.fit(x, y, epochs=2, batch_size=16, seed=7, progress="none")
     assert params_equal(net, reference)
 

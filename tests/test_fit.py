@@ -7,11 +7,11 @@ import pandas as pd
 import pytest
 import torch
 import torchmetrics
-from conftest import make_classification, make_net
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 import torchhouse as th
+from conftest import make_classification, make_net
 
 
 def model_for(net=None, **kwargs):
@@ -118,8 +118,15 @@ def test_torchmetrics_train_and_validation_states_are_separate(data):
     x, y = data
     metric = torchmetrics.classification.MulticlassAccuracy(num_classes=3, average="micro")
     model = model_for(metrics={"acc": metric})
-    model.fit(x[:80], y[:80], validation_data=(x[80:], y[80:]), epochs=1, batch_size=80,
-              shuffle=False, progress="none")
+    model.fit(
+        x[:80],
+        y[:80],
+        validation_data=(x[80:], y[80:]),
+        epochs=1,
+        batch_size=80,
+        shuffle=False,
+        progress="none",
+    )
     history = model.history
     # validation accuracy equals an evaluate on the same data with the final weights
     assert history.history["val_acc"][0] == pytest.approx(model.evaluate(x[80:], y[80:])["acc"])
@@ -165,18 +172,27 @@ def test_lr_scheduler_steps_per_epoch_and_lr_is_logged(data):
     x, y = data
     net = make_net()
     opt = torch.optim.SGD(net.parameters(), lr=0.1)
-    model = th.Model(net, loss=nn.CrossEntropyLoss(), optimizer=opt, device="cpu",
-                     lr_scheduler=torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5))
+    model = th.Model(
+        net,
+        loss=nn.CrossEntropyLoss(),
+        optimizer=opt,
+        device="cpu",
+        lr_scheduler=torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5),
+    )
     history = model.fit(x, y, epochs=3, batch_size=50, progress="none")
     assert history.history["lr"] == pytest.approx([0.1, 0.05, 0.025])
 
 
 def test_lr_scheduler_per_step(data):
     x, y = data
-    model = th.Model(make_net(), loss=nn.CrossEntropyLoss(), device="cpu",
-                     optimizer=lambda p: torch.optim.SGD(p, lr=1.0),
-                     lr_scheduler=lambda o: torch.optim.lr_scheduler.StepLR(o, step_size=1, gamma=0.5),
-                     lr_scheduler_interval="step")
+    model = th.Model(
+        make_net(),
+        loss=nn.CrossEntropyLoss(),
+        device="cpu",
+        optimizer=lambda p: torch.optim.SGD(p, lr=1.0),
+        lr_scheduler=lambda o: torch.optim.lr_scheduler.StepLR(o, step_size=1, gamma=0.5),
+        lr_scheduler_interval="step",
+    )
     model.fit(x, y, epochs=1, batch_size=25, progress="none")  # 4 steps
     assert model.optimizer.param_groups[0]["lr"] == pytest.approx(1.0 / 16)
 

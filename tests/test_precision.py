@@ -2,19 +2,25 @@
 
 import pytest
 import torch
-from conftest import make_classification, make_net
 from torch import nn
 
 import torchhouse as th
+from conftest import make_classification, make_net
 
 
 def test_accumulating_n_batches_equals_one_batch_of_n_times_b():
     torch.manual_seed(0)
     x, y = torch.randn(64, 6), torch.randn(64, 1)
-    big = th.Model(nn.Linear(6, 1), loss=nn.MSELoss(), device="cpu",
-                   optimizer=lambda p: torch.optim.SGD(p, lr=0.1))
-    small = th.Model(nn.Linear(6, 1), loss=nn.MSELoss(), device="cpu", accumulate_grad_batches=4,
-                     optimizer=lambda p: torch.optim.SGD(p, lr=0.1))
+    big = th.Model(
+        nn.Linear(6, 1), loss=nn.MSELoss(), device="cpu", optimizer=lambda p: torch.optim.SGD(p, lr=0.1)
+    )
+    small = th.Model(
+        nn.Linear(6, 1),
+        loss=nn.MSELoss(),
+        device="cpu",
+        accumulate_grad_batches=4,
+        optimizer=lambda p: torch.optim.SGD(p, lr=0.1),
+    )
     small.net.load_state_dict(big.net.state_dict())
     big.fit(x, y, epochs=2, batch_size=32, shuffle=False, progress="none")
     small.fit(x, y, epochs=2, batch_size=8, shuffle=False, progress="none")
@@ -33,7 +39,8 @@ def test_accumulation_steps_the_optimizer_every_n_batches():
             return stepped
 
     Counting(make_net(), loss=nn.CrossEntropyLoss(), device="cpu", accumulate_grad_batches=3).fit(
-        x, y, epochs=1, batch_size=8, progress="none")  # 5 batches: steps after 3 and after the last
+        x, y, epochs=1, batch_size=8, progress="none"
+    )  # 5 batches: steps after 3 and after the last
     assert steps == [False, False, True, False, True]
 
 
@@ -51,21 +58,32 @@ def test_gradient_clipping_by_norm_and_value():
                 else:
                     seen.append(max(g.abs().max().item() for g in grads))
 
-        Spy(make_net(), loss=nn.CrossEntropyLoss(), device="cpu", gradient_clip_val=value,
-            gradient_clip_algorithm=algorithm).fit(x, y, epochs=1, batch_size=16, progress="none")
+        Spy(
+            make_net(),
+            loss=nn.CrossEntropyLoss(),
+            device="cpu",
+            gradient_clip_val=value,
+            gradient_clip_algorithm=algorithm,
+        ).fit(x, y, epochs=1, batch_size=16, progress="none")
         assert seen and seen[0] <= value * 1.0001
 
 
 def test_no_hidden_clipping_by_default():
-    x, y = make_classification(n=16)
+    _x, _y = make_classification(n=16)
     model = th.Model(make_net(), loss=nn.CrossEntropyLoss(), device="cpu")
     assert model.gradient_clip_val is None and model._plain_step
 
 
 def test_bf16_mixed_precision_trains_on_cpu():
     x, y = make_classification(n=200)
-    model = th.Model(make_net(), loss=nn.CrossEntropyLoss(), device="cpu", precision="bf16-mixed",
-                     metrics={"acc": th.metrics.accuracy}, optimizer=lambda p: torch.optim.Adam(p, lr=1e-2))
+    model = th.Model(
+        make_net(),
+        loss=nn.CrossEntropyLoss(),
+        device="cpu",
+        precision="bf16-mixed",
+        metrics={"acc": th.metrics.accuracy},
+        optimizer=lambda p: torch.optim.Adam(p, lr=1e-2),
+    )
     captured = {}
 
     class Peek(th.callbacks.Callback):
@@ -87,18 +105,32 @@ def test_fp16_mixed_precision_uses_a_grad_scaler():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="fp16 autocast training needs a CUDA GPU")
 def test_fp16_mixed_precision_trains_on_gpu():
     x, y = make_classification(n=200)
-    model = th.Model(make_net(), loss=nn.CrossEntropyLoss(), device="cuda", precision="16-mixed",
-                     optimizer=lambda p: torch.optim.Adam(p, lr=1e-2))
+    model = th.Model(
+        make_net(),
+        loss=nn.CrossEntropyLoss(),
+        device="cuda",
+        precision="16-mixed",
+        optimizer=lambda p: torch.optim.Adam(p, lr=1e-2),
+    )
     history = model.fit(x, y, epochs=5, progress="none")
     assert history.history["loss"][-1] < history.history["loss"][0]
 
 
 def test_compile_gives_the_same_training_as_eager():
     x, y = make_classification(n=64)
-    eager = th.Model(make_net(seed=1), loss=nn.CrossEntropyLoss(), device="cpu",
-                     optimizer=lambda p: torch.optim.SGD(p, lr=0.1))
-    compiled = th.Model(make_net(seed=1), loss=nn.CrossEntropyLoss(), device="cpu", compile=True,
-                        optimizer=lambda p: torch.optim.SGD(p, lr=0.1))
+    eager = th.Model(
+        make_net(seed=1),
+        loss=nn.CrossEntropyLoss(),
+        device="cpu",
+        optimizer=lambda p: torch.optim.SGD(p, lr=0.1),
+    )
+    compiled = th.Model(
+        make_net(seed=1),
+        loss=nn.CrossEntropyLoss(),
+        device="cpu",
+        compile=True,
+        optimizer=lambda p: torch.optim.SGD(p, lr=0.1),
+    )
     eager.fit(x, y, epochs=2, batch_size=32, shuffle=False, progress="none")
     compiled.fit(x, y, epochs=2, batch_size=32, shuffle=False, progress="none")
     for a, b in zip(eager.net.parameters(), compiled.net.parameters()):

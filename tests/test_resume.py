@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_classification, make_net
 from safetensors.torch import load_file
 from torch import nn
 
 import torchhouse as th
+from conftest import make_classification, make_net
 
 WORKER = str(Path(__file__).with_name("resume_worker.py"))
 
@@ -22,7 +22,9 @@ WORKER = str(Path(__file__).with_name("resume_worker.py"))
 def run_worker(run_dir, kill_at, out, delay=0.0, data="arrays"):
     return subprocess.run(
         [sys.executable, WORKER, str(run_dir), str(kill_at), str(out), str(delay), data],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 
@@ -82,7 +84,8 @@ def test_sigkill_at_random_moments(reference, tmp_path):
         run = tmp_path / f"run{attempt}"
         process = subprocess.Popen(
             [sys.executable, WORKER, str(run), "-1", str(tmp_path / "out"), "0.03"],
-            stdout=subprocess.PIPE, text=True,
+            stdout=subprocess.PIPE,
+            text=True,
         )
         while process.stdout.readline().strip() != "started":
             pass
@@ -124,17 +127,25 @@ def test_resume_of_a_finished_run_trains_nothing_and_loads_final_weights(tmp_pat
 def test_resume_with_another_model_optimizer_or_data_says_what_differs(tmp_path):
     x, y = make_classification(n=30)
     small_model().fit(x, y, epochs=1, run_dir=tmp_path / "r", progress="none")
-    with pytest.raises(th.CheckpointError, match="the model does not match.*0.weight: saved \\[16, 6\\], now \\[16, 5\\]"):
+    with pytest.raises(
+        th.CheckpointError, match="the model does not match.*0.weight: saved \\[16, 6\\], now \\[16, 5\\]"
+    ):
         x5, _ = make_classification(n=30, features=5)
         small_model(features=5).fit(x5, y, epochs=2, run_dir=tmp_path / "r", resume=True, progress="none")
     with pytest.raises(th.CheckpointError, match="the optimizer does not match.*saved AdamW.*now SGD"):
         small_model(optimizer=lambda p: torch.optim.SGD(p, lr=0.1)).fit(
-            x, y, epochs=2, run_dir=tmp_path / "r", resume=True, progress="none")
-    with pytest.raises(th.CheckpointError, match="the training data does not match.*saved 30 samples.*now 20"):
+            x, y, epochs=2, run_dir=tmp_path / "r", resume=True, progress="none"
+        )
+    with pytest.raises(
+        th.CheckpointError, match="the training data does not match.*saved 30 samples.*now 20"
+    ):
         small_model().fit(x[:20], y[:20], epochs=2, run_dir=tmp_path / "r", resume=True, progress="none")
     # nothing already saved was lost
     assert (tmp_path / "r" / "model.safetensors").exists()
-    assert small_model().fit(x, y, epochs=2, run_dir=tmp_path / "r", resume=True, progress="none").epoch == [0, 1]
+    assert small_model().fit(x, y, epochs=2, run_dir=tmp_path / "r", resume=True, progress="none").epoch == [
+        0,
+        1,
+    ]
 
 
 def test_a_corrupt_newest_state_falls_back_to_the_previous_one(tmp_path):
@@ -152,7 +163,8 @@ def test_a_corrupt_newest_state_falls_back_to_the_previous_one(tmp_path):
 def test_checkpoints_keep_the_last_k_and_the_best(tmp_path):
     x, y = make_classification(n=30)
     small_model(optimizer=lambda p: torch.optim.SGD(p, lr=5.0)).fit(
-        x, y, validation_data=(x, y), epochs=6, run_dir=tmp_path / "r", progress="none", keep_checkpoints=2)
+        x, y, validation_data=(x, y), epochs=6, run_dir=tmp_path / "r", progress="none", keep_checkpoints=2
+    )
     folder = tmp_path / "r" / "checkpoints"
     best = json.loads((folder / "best.json").read_text())["name"]
     names = sorted(p.name for p in folder.glob("ckpt-*"))

@@ -6,10 +6,10 @@ import pickle
 
 import pytest
 import torch
-from conftest import make_classification, make_net, params_equal
 from torch import nn
 
 import torchhouse as th
+from conftest import make_classification, make_net, params_equal
 from torchhouse.checkpoint import atomic_write_bytes, load_state, save_state
 
 
@@ -61,8 +61,10 @@ def test_loading_a_pickle_with_a_payload_refuses_without_running_it(tmp_path):
         def __reduce__(self):
             return (os.system, (f"touch {marker}",))
 
-    for name, writer in [("evil.pt", lambda p: torch.save({"w": Payload()}, p)),
-                         ("evil.pkl", lambda p: p.write_bytes(pickle.dumps(Payload())))]:
+    for name, writer in [
+        ("evil.pt", lambda p: torch.save({"w": Payload()}, p)),
+        ("evil.pkl", lambda p: p.write_bytes(pickle.dumps(Payload()))),
+    ]:
         path = tmp_path / name
         writer(path)
         model = th.Model(make_net(), device="cpu")
@@ -79,8 +81,9 @@ def test_mismatched_weights_name_every_problem(tmp_path):
     with pytest.raises(th.CheckpointError, match=r"0.weight has shape \(16, 6\) in the file but \(16, 5\)"):
         th.Model(make_net(features=5), device="cpu").load_weights(tmp_path / "m.safetensors")
     with pytest.raises(th.CheckpointError, match="missing 3.weight, 3.bias"):
-        th.Model(nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3), nn.Linear(3, 3)),
-                 device="cpu").load_weights(tmp_path / "m.safetensors")
+        th.Model(
+            nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3), nn.Linear(3, 3)), device="cpu"
+        ).load_weights(tmp_path / "m.safetensors")
 
 
 def test_truncated_and_missing_files_give_clear_errors(tmp_path):

@@ -249,23 +249,15 @@ class ArrayBatches(Batches):
         inputs, target = self.inputs, self.target
         for index in range(start, len(self)):
             lo = index * size
-            hi = min(lo + size, n)
-            if order is None:
-                yield (
-                    tree_map(lambda t: t[lo:hi], inputs),
-                    None if target is None else tree_map(lambda t: t[lo:hi], target),
-                )
-            else:
-                rows = order[lo:hi]
-                yield (
-                    tree_map(lambda t: t.index_select(0, rows), inputs),
-                    None if target is None else tree_map(lambda t: t.index_select(0, rows), target),
-                )
+            rows: slice | torch.Tensor = slice(lo, min(lo + size, n))
+            if order is not None:
+                rows = order[rows]
+            yield _take(inputs, rows), _take(target, rows)
 
     def split(self, fraction: float) -> tuple[ArrayBatches, ArrayBatches]:
         """Split off the last ``fraction`` of the samples (before shuffling), as Keras does."""
         assert self.num_samples is not None
-        n_val = int(round(self.num_samples * fraction))
+        n_val = round(self.num_samples * fraction)
         n_train = self.num_samples - n_val
         if n_val == 0 or n_train == 0:
             raise DataError(
@@ -293,6 +285,15 @@ class ArrayBatches(Batches):
         return train, val
 
 
+def _take(tree: Tree, rows: slice | torch.Tensor) -> Tree:
+    """Rows of every tensor in ``tree``: a view for a slice, a gather for an index tensor."""
+    if isinstance(tree, torch.Tensor):
+        return tree[rows] if isinstance(rows, slice) else tree.index_select(0, rows)
+    if tree is None:
+        return None
+    return tree_map(lambda t: _take(t, rows), tree)
+
+
 class LoaderBatches(Batches):
     """Batches from a `DataLoader` (given by the user, or built here from a `Dataset`)."""
 
@@ -304,8 +305,7 @@ class LoaderBatches(Batches):
             raise DataError(f"{name}: the dataset is empty; expected at least one sample")
         if self.has_len() and len(self) == 0:
             raise DataError(
-                f"{name}: the DataLoader yields no batch (drop_last=True with fewer samples "
-                "than batch_size?)"
+                f"{name}: the DataLoader yields no batch (drop_last=True with fewer samples than batch_size?)"
             )
 
     def has_len(self) -> bool:
@@ -431,7 +431,7 @@ def split_validation(batches: Batches, fraction: float) -> tuple[Batches, Batche
             "validation_split needs arrays or a Dataset with a length; for a DataLoader "
             "pass validation_data instead"
         )
-    n_val = int(round(n * fraction))
+    n_val = round(n * fraction)
     if n_val == 0 or n_val == n:
         raise DataError(
             f"validation_split={fraction} of {n} samples leaves {n - n_val} for training "

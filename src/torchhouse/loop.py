@@ -279,9 +279,7 @@ class FitLoop:
             "optimizer": model.optimizer.state_dict(),
             "lr_scheduler": model.lr_scheduler.state_dict() if model.lr_scheduler else None,
             "scaler": model.scaler.state_dict() if model.scaler else None,
-            "grads": {
-                n: p.grad for n, p in model.net.named_parameters() if p.grad is not None
-            },
+            "grads": {n: p.grad for n, p in model.net.named_parameters() if p.grad is not None},
             "micro_step": model._micro_step,
             "rng": rng.capture(self.generators),
             "rng_epoch_start": epoch_rng,
@@ -365,9 +363,7 @@ class FitLoop:
                 for k in sorted(set(saved["parameters"]) | set(now["parameters"]))
                 if saved["parameters"].get(k) != now["parameters"].get(k)
             ]
-            raise CheckpointError(
-                f"{where}: the model does not match the saved run ({'; '.join(diffs[:5])})"
-            )
+            raise CheckpointError(f"{where}: the model does not match the saved run ({'; '.join(diffs[:5])})")
         if saved["optimizer"] != now["optimizer"] or saved["param_groups"] != now["param_groups"]:
             raise CheckpointError(
                 f"{where}: the optimizer does not match the saved run (saved {saved['optimizer']} "
@@ -518,7 +514,7 @@ def _explain(model: Model, batch: Any, exc: Exception, what: str) -> Exception:
             )
     for name, metric in model.metrics.items():
         try:
-            fn = getattr(metric, "update", metric)
+            fn: Any = getattr(metric, "update", metric)
             fn(_detach_tree(preds), target)
         except Exception as metric_exc:
             return DataError(

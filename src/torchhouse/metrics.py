@@ -69,9 +69,7 @@ def normalise_metrics(metrics: Any) -> dict[str, MetricLike]:
             named[name] = metric
         metrics = named
     if not isinstance(metrics, Mapping):
-        raise ConfigError(
-            f"metrics: expected a dict of name -> metric, got {type(metrics).__name__}"
-        )
+        raise ConfigError(f"metrics: expected a dict of name -> metric, got {type(metrics).__name__}")
     for name, metric in metrics.items():
         if not isinstance(name, str) or not name.isidentifier():
             raise ConfigError(f"metrics: names must be identifiers like 'acc', got {name!r}")
@@ -129,8 +127,7 @@ class EpochMetrics:
         self.count = 0
         self.sizes: list[int] = []
         self.columns: dict[str, torch.Tensor] = {
-            name: torch.empty(self.capacity, device=self.device)
-            for name in ("loss", *self.functions)
+            name: torch.empty(self.capacity, device=self.device) for name in ("loss", *self.functions)
         }
         for metric in self.stateful.values():
             metric.reset()
@@ -164,9 +161,7 @@ class EpochMetrics:
                 continue
             column = self.columns.get(name)
             if column is None:
-                column = self.columns[name] = torch.full(
-                    (self.capacity,), float("nan"), device=self.device
-                )
+                column = self.columns[name] = torch.full((self.capacity,), float("nan"), device=self.device)
             column[i] = value.detach().reshape(())
 
     def _grow(self) -> None:

@@ -28,7 +28,7 @@ from torch import nn
 
 from torchhouse import loop
 from torchhouse.callbacks.base import Callback
-from torchhouse.checkpoint import atomic_save_tensors, atomic_write_json, read_json, read_tensors
+from torchhouse.checkpoint import atomic_save_tensors, atomic_write_json, read_tensors
 from torchhouse.data import (
     Batch,
     Batches,
@@ -141,9 +141,7 @@ class Model:
         self.loss = loss
         self.metrics = normalise_metrics(metrics)
         self.precision = precision
-        self.accumulate_grad_batches = _check_positive_int(
-            "accumulate_grad_batches", accumulate_grad_batches
-        )
+        self.accumulate_grad_batches = _check_positive_int("accumulate_grad_batches", accumulate_grad_batches)
         self.gradient_clip_val = gradient_clip_val
         self.gradient_clip_algorithm = gradient_clip_algorithm
         self.optimizer = self._build_optimizer(optimizer)
@@ -162,7 +160,9 @@ class Model:
         self._last_batch = False
         self._skip_nonfinite = False
         self._check_loss_shapes = True
-        self._train_metrics = EpochMetrics(copy_metrics(self.metrics), self.device, 64, self._loss_reduction())
+        self._train_metrics = EpochMetrics(
+            copy_metrics(self.metrics), self.device, 64, self._loss_reduction()
+        )
         self._eval_metrics = EpochMetrics(copy_metrics(self.metrics), self.device, 64, self._loss_reduction())
         self.history = History()
         self.stop_training = False
@@ -258,9 +258,7 @@ class Model:
     def compute_loss(self, preds: Any, target: Any) -> torch.Tensor:
         """The loss of one batch. Override to combine several losses."""
         if self.loss is None:
-            raise ConfigError(
-                "loss: no loss was given to Model(...); pass loss=... or override compute_loss"
-            )
+            raise ConfigError("loss: no loss was given to Model(...); pass loss=... or override compute_loss")
         if self._check_loss_shapes:
             self._check_loss_shapes = False
             _check_loss_inputs(self.loss, preds, target)
@@ -510,15 +508,15 @@ class Model:
 
         # In-memory data moves to the device once (up to 1 GiB on an accelerator), so
         # batches are slices there and need no per-step transfer.
-        if isinstance(batches, ArrayBatches) and (
-            self.device.type == "cpu" or _nbytes(batches) <= 1 << 30
-        ):
+        if isinstance(batches, ArrayBatches) and (self.device.type == "cpu" or _nbytes(batches) <= 1 << 30):
             batches.to(self.device)
         return batches
 
     # ----------------------------------------------------------------------- evaluate / predict
 
-    def evaluate(self, x: Any, y: Any = None, *, batch_size: int = 32, progress: str | bool = "none") -> dict[str, float]:
+    def evaluate(
+        self, x: Any, y: Any = None, *, batch_size: int = 32, progress: str | bool = "none"
+    ) -> dict[str, float]:
         """Loss and metrics over a whole data set, as sample-weighted means.
 
         Example:
@@ -615,9 +613,8 @@ def check_state_matches(
         problems.append(f"unexpected {_few(unexpected)}")
     for key, value in tensors.items():
         if key in expected and tuple(expected[key].shape) != tuple(value.shape):
-            problems.append(
-                f"{key} has shape {tuple(value.shape)} in the file but {tuple(expected[key].shape)} in the net"
-            )
+            file_shape, net_shape = tuple(value.shape), tuple(expected[key].shape)
+            problems.append(f"{key} has shape {file_shape} in the file but {net_shape} in the net")
     if problems:
         raise CheckpointError(
             f"{source}: does not match the net ({type(net).__name__}): " + "; ".join(problems[:6])

@@ -41,8 +41,7 @@ def resolve_mode(monitor: str, mode: str, metrics: Mapping[str, Any] | None = No
     if any(word in lowered for word in _HIGHER):
         return "max"
     raise ConfigError(
-        f"mode='auto' cannot tell whether {monitor!r} should go up or down; pass "
-        "mode='min' or mode='max'"
+        f"mode='auto' cannot tell whether {monitor!r} should go up or down; pass mode='min' or mode='max'"
     )
 
 
@@ -69,6 +68,5 @@ def check_monitor(owner: str, monitor: str, available: list[str]) -> None:
     if monitor.startswith("val_") and monitor[4:] in available:
         hint = " (there is no validation data: pass validation_data or validation_split)"
     raise ConfigError(
-        f"{owner}: monitor={monitor!r} is not a logged value{hint}; fit logs: "
-        + ", ".join(available)
+        f"{owner}: monitor={monitor!r} is not a logged value{hint}; fit logs: " + ", ".join(available)
     )

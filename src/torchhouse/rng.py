@@ -23,7 +23,8 @@ def seed_everything(seed: int) -> None:
 def capture(generators: list[torch.Generator] | None = None) -> dict[str, Any]:
     """Every RNG state, as tensors and plain lists (JSON + safetensors friendly)."""
     py_version, py_state, py_gauss = random.getstate()
-    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    np_state: Any = np.random.get_state()
+    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np_state
     state: dict[str, Any] = {
         "python": [py_version, list(py_state), py_gauss],
         "numpy": [np_name, torch.from_numpy(np_keys.astype(np.int64)), np_pos, np_has_gauss, np_gauss],

@@ -1,11 +1,11 @@
 """Run folders: what one fit writes when given ``run_dir``.
 
-    run_dir/
-      config.json          what was trained and how
-      run.json             status (running / finished / stopped_early / crashed), times, best
-      history.csv          one row per epoch
-      model.safetensors    the final weights (+ model.json beside them)
-      checkpoints/         full training states for exact resume (the last K, and the best)
+run_dir/
+  config.json          what was trained and how
+  run.json             status (running / finished / stopped_early / crashed), times, best
+  history.csv          one row per epoch
+  model.safetensors    the final weights (+ model.json beside them)
+  checkpoints/         full training states for exact resume (the last K, and the best)
 """
 
 from __future__ import annotations

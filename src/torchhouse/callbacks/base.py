@@ -94,9 +94,7 @@ class CallbackList:
             callback.on_validation_end(logs)
 
     def state_dict(self) -> list[dict[str, Any]]:
-        return [
-            {"type": type(c).__name__, "state": c.state_dict()} for c in self.callbacks
-        ]
+        return [{"type": type(c).__name__, "state": c.state_dict()} for c in self.callbacks]
 
     def load_state_dict(self, states: list[dict[str, Any]]) -> None:
         from torchhouse.errors import CheckpointError
@@ -104,8 +102,6 @@ class CallbackList:
         names = [type(c).__name__ for c in self.callbacks]
         saved = [s["type"] for s in states]
         if names != saved:
-            raise CheckpointError(
-                f"the callbacks do not match the saved run: saved {saved}, given {names}"
-            )
+            raise CheckpointError(f"the callbacks do not match the saved run: saved {saved}, given {names}")
         for callback, state in zip(self.callbacks, states, strict=True):
             callback.load_state_dict(state["state"])

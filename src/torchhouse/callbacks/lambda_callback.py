@@ -7,6 +7,9 @@ from typing import Any
 
 from torchhouse.callbacks.base import Callback
 
+LogsFn = Callable[[dict[str, Any]], None]
+EpochFn = Callable[[int, dict[str, Any]], None]
+
 
 class LambdaCallback(Callback):
     """Build a callback from functions, e.g. ``LambdaCallback(on_epoch_end=lambda e, logs: ...)``.
@@ -18,36 +21,34 @@ class LambdaCallback(Callback):
 
     def __init__(
         self,
-        on_fit_start: Callable[[dict[str, Any]], None] | None = None,
-        on_fit_end: Callable[[dict[str, Any]], None] | None = None,
-        on_epoch_start: Callable[[int, dict[str, Any]], None] | None = None,
-        on_epoch_end: Callable[[int, dict[str, Any]], None] | None = None,
-        on_validation_end: Callable[[dict[str, Any]], None] | None = None,
+        on_fit_start: LogsFn | None = None,
+        on_fit_end: LogsFn | None = None,
+        on_epoch_start: EpochFn | None = None,
+        on_epoch_end: EpochFn | None = None,
+        on_validation_end: LogsFn | None = None,
     ) -> None:
-        self._fns = {
-            "on_fit_start": on_fit_start,
-            "on_fit_end": on_fit_end,
-            "on_epoch_start": on_epoch_start,
-            "on_epoch_end": on_epoch_end,
-            "on_validation_end": on_validation_end,
-        }
+        self._fit_start = on_fit_start
+        self._fit_end = on_fit_end
+        self._epoch_start = on_epoch_start
+        self._epoch_end = on_epoch_end
+        self._validation_end = on_validation_end
 
     def on_fit_start(self, logs: dict[str, Any]) -> None:
-        if self._fns["on_fit_start"]:
-            self._fns["on_fit_start"](logs)
+        if self._fit_start:
+            self._fit_start(logs)
 
     def on_fit_end(self, logs: dict[str, Any]) -> None:
-        if self._fns["on_fit_end"]:
-            self._fns["on_fit_end"](logs)
+        if self._fit_end:
+            self._fit_end(logs)
 
     def on_epoch_start(self, epoch: int, logs: dict[str, Any]) -> None:
-        if self._fns["on_epoch_start"]:
-            self._fns["on_epoch_start"](epoch, logs)
+        if self._epoch_start:
+            self._epoch_start(epoch, logs)
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any]) -> None:
-        if self._fns["on_epoch_end"]:
-            self._fns["on_epoch_end"](epoch, logs)
+        if self._epoch_end:
+            self._epoch_end(epoch, logs)
 
     def on_validation_end(self, logs: dict[str, Any]) -> None:
-        if self._fns["on_validation_end"]:
-            self._fns["on_validation_end"](logs)
+        if self._validation_end:
+            self._validation_end(logs)

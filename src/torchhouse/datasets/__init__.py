@@ -14,10 +14,11 @@ import numpy as np
 import torch
 
 
-def load_digits(as_tensors: bool = True, normalize: bool = True) -> tuple[torch.Tensor, torch.Tensor] | tuple[np.ndarray, np.ndarray]:
-    """The 1,797 handwritten digits: images ``(N, 1, 8, 8)`` and labels ``(N,)``.
+def load_digits(normalize: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """The 1,797 handwritten digits as tensors: images ``(N, 1, 8, 8)`` and labels ``(N,)``.
 
-    Images are float32 scaled to [0, 1] when ``normalize`` (else uint8 0-16); labels are int64.
+    Images are float32 scaled to [0, 1] when ``normalize`` (else uint8 0-16); labels are
+    int64. ``x.numpy()`` gives NumPy arrays.
 
     Example:
         >>> x, y = load_digits()
@@ -29,10 +30,7 @@ def load_digits(as_tensors: bool = True, normalize: bool = True) -> tuple[torch.
         images, labels = data["images"], data["labels"]
     x: np.ndarray = images[:, None, :, :]
     x = x.astype(np.float32) / 16.0 if normalize else x.copy()
-    y = labels.astype(np.int64)
-    if as_tensors:
-        return torch.from_numpy(x), torch.from_numpy(y)
-    return x, y
+    return torch.from_numpy(x), torch.from_numpy(labels.astype(np.int64))
 
 
 def train_test_split(
@@ -48,7 +46,7 @@ def train_test_split(
     """
     n = len(x)
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    n_test = int(round(n * test_fraction))
+    n_test = round(n * test_fraction)
     test, train = order[:n_test], order[n_test:]
     return x[train], x[test], y[train], y[test]
 
