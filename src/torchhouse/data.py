@@ -190,6 +190,10 @@ class Batches:
         """Random generators the data pipeline owns (saved for exact resume)."""
         return []
 
+    def needs_transfer(self, device: torch.device) -> bool:
+        """Whether each batch must be moved to ``device`` (loaders yield CPU tensors)."""
+        return not self.on_device and device.type != "cpu"
+
 
 class ArrayBatches(Batches):
     """Batches sliced from in-memory tensors."""

@@ -150,13 +150,13 @@ class FitLoop:
         callbacks = self.callbacks
         every = self.checkpoint_every
         last = (steps - 1) if steps is not None else -1
-        on_device = train.on_device
+        transfer = train.needs_transfer(model.device)
         device = model.device
         train_step = model.train_step
         perf_counter = time.perf_counter
         index = start
         for batch in batches:
-            if not on_device:
+            if transfer:
                 batch = move_to(batch, device, non_blocking=device.type == "cuda")
             model._last_batch = index == last
             if index == start:
@@ -398,10 +398,11 @@ def evaluate(model: Model, batches: Batches, acc: EpochMetrics) -> dict[str, flo
         acc.capacity = max(len(batches), 1)
     acc.reset()
     device = model.device
+    transfer = batches.needs_transfer(device)
     try:
         with torch.no_grad():
             for index, batch in enumerate(batches.iterate(None)):
-                if not batches.on_device:
+                if transfer:
                     batch = move_to(batch, device, non_blocking=device.type == "cuda")
                 if index == 0:
                     _checked(model, model.eval_step, batch, "evaluation", acc)
@@ -422,10 +423,11 @@ def predict(model: Model, batches: Batches) -> Any:
     net.eval()
     outputs = []
     device = model.device
+    transfer = batches.needs_transfer(device)
     try:
         with torch.no_grad():
             for batch in batches.iterate(None):
-                if not batches.on_device:
+                if transfer:
                     batch = move_to(batch, device, non_blocking=device.type == "cuda")
                 outputs.append(model.predict_step(batch))
     finally:

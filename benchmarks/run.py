@@ -1,0 +1,168 @@
+"""Side-by-side benchmark: torchhouse vs a careful hand loop, the textbook loop and peers.
+
+Each (runner, workload) run is a fresh process; repeats are interleaved; the first epoch
+of every run is a warm-up and is excluded. Prints one markdown table per workload with
+the median s/epoch, min-max over runs, the ratio to the hand loop, the final train loss
+(every row trains the same model) and the peak RSS; then the import cost.
+
+    python benchmarks/run.py                       # everything, 3 repeats
+    python benchmarks/run.py --quick               # 1 repeat, fewer epochs
+    python benchmarks/run.py --workloads digits --repeats 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+EPOCHS = {"tabular": 4, "digits": 11, "wide": 3, "probe": 3}
+
+
+def worker(runner: str, workload: str, epochs: int) -> None:
+    import torch
+
+    from workloads import RUNNERS, WORKLOADS
+
+    torch.set_num_threads(int(torch.get_num_threads()))
+    times, loss = RUNNERS[runner](WORKLOADS[workload], epochs)
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"times": times, "loss": loss, "peak_mb": peak_mb}))
+
+
+def run_one(runner: str, workload: str, epochs: int) -> dict:
+    done = subprocess.run(
+        [sys.executable, __file__, "--worker", runner, workload, str(epochs)],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"{runner} on {workload} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def import_cost(repeats: int) -> dict[str, float]:
+    """Median wall time of `import X` over `import torch`, fresh processes, interleaved."""
+    modules = {"torch": "import torch", "torchhouse": "import torch, torchhouse",
+               "torchmetrics": "import torch, torchmetrics"}
+    for name in ("lightning", "torchkeras", "keras"):
+        if importlib.util.find_spec(name):
+            modules[name] = f"import torch, {name}"
+    samples: dict[str, list[float]] = {k: [] for k in modules}
+    env = {**os.environ, "KERAS_BACKEND": "torch"}
+    for _ in range(repeats):
+        for name, code in modules.items():
+            start = time.perf_counter()
+            subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, env=env)
+            samples[name].append(time.perf_counter() - start)
+    base = statistics.median(samples["torch"])
+    return {name: statistics.median(s) - base if name != "torch" else base for name, s in samples.items()}
+
+
+def available_runners(names: list[str]) -> list[str]:
+    from workloads import OPTIONAL, RUNNERS
+
+    chosen = []
+    for name in names or list(RUNNERS):
+        module = OPTIONAL.get(name)
+        if module and importlib.util.find_spec(module) is None:
+            print(f"(skipping {name}: `{module}` is not installed; pip install .[bench])", file=sys.stderr)
+            continue
+        chosen.append(name)
+    return chosen
+
+
+def table(workload: str, results: dict[str, list[dict]], title: str) -> str:
+    hand = statistics.median(statistics.median(r["times"][1:]) for r in results["hand loop"])
+    lines = [f"### {title}", "",
+             "| runner | median s/epoch | min-max | ratio to hand loop | final train loss | peak RSS MB |",
+             "|---|---|---|---|---|---|"]
+    for runner, runs in results.items():
+        per_run = [statistics.median(r["times"][1:]) for r in runs]
+        median = statistics.median(per_run)
+        lines.append(
+            f"| {runner} | {median:.4f} | {min(per_run):.4f}-{max(per_run):.4f} | {median / hand:.3f}x | "
+            f"{runs[-1]['loss']:.6f} | {statistics.median(r['peak_mb'] for r in runs):.0f} |"
+        )
+    if workload == "probe":
+        steps = 4000
+        per_step = {k: statistics.median(statistics.median(r["times"][1:]) for r in v) / steps * 1e6
+                    for k, v in results.items()}
+        lines.append("")
+        lines.append("Per step: " + ", ".join(f"{k} {v:.1f} us" for k, v in per_step.items()))
+        if "torchhouse (arrays)" in per_step:
+            lines.append(f"torchhouse fixed cost over the hand loop: "
+                         f"{per_step['torchhouse (arrays)'] - per_step['hand loop']:+.1f} us/step")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--worker", nargs=3, metavar=("RUNNER", "WORKLOAD", "EPOCHS"), help=argparse.SUPPRESS)
+    parser.add_argument("--workloads", nargs="*", default=["tabular", "digits", "wide", "probe"])
+    parser.add_argument("--runners", nargs="*", default=[])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="1 repeat, 2 epochs (1 measured)")
+    parser.add_argument("--out", default=str(HERE / "results" / "latest.md"))
+    args = parser.parse_args()
+    if args.worker:
+        runner, workload, epochs = args.worker
+        worker(runner, workload, int(epochs))
+        return
+
+    import torch
+
+    from workloads import WORKLOADS
+
+    repeats = 1 if args.quick else args.repeats
+    runners = available_runners(args.runners)
+    report = [
+        "# torchhouse benchmark",
+        "",
+        f"- date: {time.strftime('%Y-%m-%d %H:%M')}",
+        f"- machine: {platform.machine()}, {platform.processor() or 'cpu'}, "
+        f"{torch.get_num_threads()} torch threads, Python {platform.python_version()}",
+        f"- torch {torch.__version__}; repeats {repeats} (interleaved, fresh process each); warm-up epoch excluded",
+        "",
+    ]
+    print("\n".join(report), flush=True)
+    for workload in args.workloads:
+        epochs = 2 if args.quick else EPOCHS[workload]
+        results: dict[str, list[dict]] = {r: [] for r in runners}
+        for _ in range(repeats):
+            for runner in runners:
+                results[runner].append(run_one(runner, workload, epochs))
+        text = table(workload, results, WORKLOADS[workload].title)
+        print(text + "\n", flush=True)
+        report += [text, ""]
+        write(args.out, report)
+    costs = import_cost(5 if not args.quick else 3)
+    lines = ["### Import cost (median wall time, fresh process)", "",
+             f"`import torch`: {costs.pop('torch'):.3f} s; over it:", ""]
+    lines += [f"- `{name}`: +{value:.3f} s" for name, value in costs.items()]
+    print("\n".join(lines))
+    report += lines
+    write(args.out, report)
+    print(f"\nwritten to {args.out}")
+
+
+def write(path: str, report: list[str]) -> None:
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(report) + "\n")
+
+
+if __name__ == "__main__":
+    main()

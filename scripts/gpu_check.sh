@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# GPU checks for a machine with a CUDA GPU (under 5 minutes): the GPU tests (fp16 and bf16
+# mixed precision, compile, pinned transfers, resume with CUDA RNG), the CPU-side exactness
+# tests on that machine, and the benchmark's GPU rows. Prints a summary; writes logs to
+# $OUT (or ./gpu-check) when set.
+#   bash scripts/gpu_check.sh
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out="${OUT:-gpu-check}"
+mkdir -p "$out"
+export PYTHONPATH="$PWD/src:${PYTHONPATH:-}" PYTHONUNBUFFERED=1
+python3 - <<'PY' | tee "$out/device.txt"
+import torch
+assert torch.cuda.is_available(), "no CUDA GPU visible"
+print(f"torch {torch.__version__}, {torch.cuda.get_device_name()}, {torch.cuda.device_count()} GPU(s)")
+PY
+[ "${PIPESTATUS[0]}" -eq 0 ] || exit 1
+
+python3 -m pytest -p no:cacheprovider -q -rs tests/test_gpu.py tests/test_precision.py tests/test_exact.py \
+  2>&1 | tee "$out/tests.log"
+tests_rc=${PIPESTATUS[0]}
+
+TORCHHOUSE_BENCH_DEVICE=cuda timeout 200 python3 benchmarks/run.py --workloads tabular digits wide \
+  --runners "hand loop" "textbook DataLoader" "torchhouse (arrays)" "torchhouse (DataLoader)" \
+  --repeats 2 --out "$out/bench-gpu.md" 2>&1 | tee "$out/bench.log"
+bench_rc=${PIPESTATUS[0]}
+
+echo
+echo "== summary =="
+cat "$out/device.txt"
+echo "tests: $(tail -n 1 "$out/tests.log") (exit $tests_rc)"
+echo "benchmark: exit $bench_rc, tables in $out/bench-gpu.md"
+[ "$tests_rc" -eq 0 ] && [ "$bench_rc" -eq 0 ]
