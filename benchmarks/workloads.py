@@ -7,6 +7,7 @@ loss. The runners differ only in the loop around the step.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,6 +17,8 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 SEED = 0
+# The benchmark's GPU rows set TORCHHOUSE_BENCH_DEVICE=cuda (scripts/gpu_check.sh).
+DEVICE = torch.device(os.environ.get("TORCHHOUSE_BENCH_DEVICE", "cpu"))
 
 
 @dataclass
@@ -81,7 +84,7 @@ WORKLOADS = {
 def _setup(workload: Workload) -> tuple[torch.Tensor, torch.Tensor, nn.Module, torch.optim.Optimizer]:
     x, y = workload.make_data()
     torch.manual_seed(SEED)
-    net = workload.make_net()
+    net = workload.make_net().to(DEVICE)
     return x, y, net, torch.optim.Adam(net.parameters(), lr=1e-3)
 
 
@@ -92,6 +95,7 @@ def hand_loop(workload: Workload, epochs: int) -> tuple[list[float], float]:
     """A careful hand-written loop: pre-loaded tensors, index-sliced batches of a seeded
     permutation, loss (and accuracy) accumulated on-tensor, one sync per epoch."""
     x, y, net, opt = _setup(workload)
+    x, y = x.to(DEVICE), y.to(DEVICE)
     loss_fn = workload.loss()
     gen = torch.Generator().manual_seed(SEED)
     n, b = len(x), workload.batch_size
@@ -100,9 +104,9 @@ def hand_loop(workload: Workload, epochs: int) -> tuple[list[float], float]:
     for _ in range(epochs):
         start = time.perf_counter()
         net.train()
-        order = torch.randperm(n, generator=gen)
-        loss_sum = torch.zeros(())
-        correct = torch.zeros((), dtype=torch.long)
+        order = torch.randperm(n, generator=gen).to(DEVICE)
+        loss_sum = torch.zeros((), device=DEVICE)
+        correct = torch.zeros((), dtype=torch.long, device=DEVICE)
         for lo in range(0, n, b):
             rows = order[lo : lo + b]
             xb, yb = x.index_select(0, rows), y.index_select(0, rows)
@@ -134,6 +138,7 @@ def textbook_loader(workload: Workload, epochs: int) -> tuple[list[float], float
         net.train()
         total, count = 0.0, 0
         for xb, yb in loader:
+            xb, yb = xb.to(DEVICE, non_blocking=True), yb.to(DEVICE, non_blocking=True)
             opt.zero_grad()
             loss = loss_fn(net(xb), yb)
             loss.backward()
@@ -150,7 +155,7 @@ def _torchhouse(workload: Workload, epochs: int, loader: bool, **model_kwargs: o
 
     x, y, net, opt = _setup(workload)
     metrics = {"acc": th.metrics.accuracy} if workload.classification else None
-    model = th.Model(net, loss=workload.loss(), optimizer=opt, metrics=metrics, device="cpu", **model_kwargs)
+    model = th.Model(net, loss=workload.loss(), optimizer=opt, metrics=metrics, device=DEVICE, **model_kwargs)
     times: list[float] = []
     clock: list[float] = []
     timer = th.callbacks.LambdaCallback(
@@ -159,7 +164,7 @@ def _torchhouse(workload: Workload, epochs: int, loader: bool, **model_kwargs: o
     )
     if loader:
         data = DataLoader(TensorDataset(x, y), batch_size=workload.batch_size, shuffle=True,
-                          generator=torch.Generator().manual_seed(SEED))
+                          generator=torch.Generator().manual_seed(SEED), pin_memory=DEVICE.type == "cuda")
         history = model.fit(data, epochs=epochs, callbacks=[timer], progress="bar", seed=SEED)
     else:
         history = model.fit(x, y, epochs=epochs, batch_size=workload.batch_size, callbacks=[timer],
@@ -184,7 +189,7 @@ def torchhouse_fused(workload: Workload, epochs: int) -> tuple[list[float], floa
     x, y, net, _ = _setup(workload)
     opt = torch.optim.Adam(net.parameters(), lr=1e-3, fused=True)
     metrics = {"acc": th.metrics.accuracy} if workload.classification else None
-    model = th.Model(net, loss=workload.loss(), optimizer=opt, metrics=metrics, device="cpu")
+    model = th.Model(net, loss=workload.loss(), optimizer=opt, metrics=metrics, device=DEVICE)
     times: list[float] = []
     clock: list[float] = []
     timer = th.callbacks.LambdaCallback(

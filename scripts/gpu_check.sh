@@ -20,7 +20,7 @@ python3 -m pytest -p no:cacheprovider -q -rs tests/test_gpu.py tests/test_precis
   2>&1 | tee "$out/tests.log"
 tests_rc=${PIPESTATUS[0]}
 
-TORCHHOUSE_BENCH_DEVICE=cuda timeout 200 python3 benchmarks/run.py --workloads tabular digits wide \
+TORCHHOUSE_BENCH_DEVICE=cuda timeout 240 python3 benchmarks/run.py --workloads tabular digits wide \
   --runners "hand loop" "textbook DataLoader" "torchhouse (arrays)" "torchhouse (DataLoader)" \
   --repeats 2 --out "$out/bench-gpu.md" 2>&1 | tee "$out/bench.log"
 bench_rc=${PIPESTATUS[0]}
