@@ -16,7 +16,7 @@ print(f"torch {torch.__version__}, {torch.cuda.get_device_name()}, {torch.cuda.d
 PY
 [ "${PIPESTATUS[0]}" -eq 0 ] || exit 1
 
-python3 -m pytest -p no:cacheprovider -q -rs tests/test_gpu.py tests/test_precision.py tests/test_exact.py \
+python3 -m pytest -p no:cacheprovider -rs tests/test_gpu.py tests/test_precision.py tests/test_exact.py \
   2>&1 | tee "$out/tests.log"
 tests_rc=${PIPESTATUS[0]}
 
