@@ -32,7 +32,6 @@ EPOCHS = {"tabular": 4, "digits": 11, "wide": 3, "probe": 3}
 
 def worker(runner: str, workload: str, epochs: int) -> None:
     import torch
-
     from workloads import RUNNERS, WORKLOADS
 
     torch.set_num_threads(int(torch.get_num_threads()))
@@ -55,8 +54,11 @@ def run_one(runner: str, workload: str, epochs: int) -> dict:
 
 def import_cost(repeats: int) -> dict[str, float]:
     """Median wall time of `import X` over `import torch`, fresh processes, interleaved."""
-    modules = {"torch": "import torch", "torchhouse": "import torch, torchhouse",
-               "torchmetrics": "import torch, torchmetrics"}
+    modules = {
+        "torch": "import torch",
+        "torchhouse": "import torch, torchhouse",
+        "torchmetrics": "import torch, torchmetrics",
+    }
     for name in ("lightning", "torchkeras", "keras"):
         if importlib.util.find_spec(name):
             modules[name] = f"import torch, {name}"
@@ -86,9 +88,12 @@ def available_runners(names: list[str]) -> list[str]:
 
 def table(workload: str, results: dict[str, list[dict]], title: str) -> str:
     hand = statistics.median(statistics.median(r["times"][1:]) for r in results["hand loop"])
-    lines = [f"### {title}", "",
-             "| runner | median s/epoch | min-max | ratio to hand loop | final train loss | peak RSS MB |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        f"### {title}",
+        "",
+        "| runner | median s/epoch | min-max | ratio to hand loop | final train loss | peak RSS MB |",
+        "|---|---|---|---|---|---|",
+    ]
     for runner, runs in results.items():
         per_run = [statistics.median(r["times"][1:]) for r in runs]
         median = statistics.median(per_run)
@@ -98,18 +103,24 @@ def table(workload: str, results: dict[str, list[dict]], title: str) -> str:
         )
     if workload == "probe":
         steps = 4000
-        per_step = {k: statistics.median(statistics.median(r["times"][1:]) for r in v) / steps * 1e6
-                    for k, v in results.items()}
+        per_step = {
+            k: statistics.median(statistics.median(r["times"][1:]) for r in v) / steps * 1e6
+            for k, v in results.items()
+        }
         lines.append("")
         lines.append("Per step: " + ", ".join(f"{k} {v:.1f} us" for k, v in per_step.items()))
         if "torchhouse (arrays)" in per_step:
-            lines.append(f"torchhouse fixed cost over the hand loop: "
-                         f"{per_step['torchhouse (arrays)'] - per_step['hand loop']:+.1f} us/step")
+            lines.append(
+                f"torchhouse fixed cost over the hand loop: "
+                f"{per_step['torchhouse (arrays)'] - per_step['hand loop']:+.1f} us/step"
+            )
     return "\n".join(lines)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--worker", nargs=3, metavar=("RUNNER", "WORKLOAD", "EPOCHS"), help=argparse.SUPPRESS)
     parser.add_argument("--workloads", nargs="*", default=["tabular", "digits", "wide", "probe"])
     parser.add_argument("--runners", nargs="*", default=[])
@@ -123,7 +134,6 @@ def main() -> None:
         return
 
     import torch
-
     from workloads import WORKLOADS
 
     repeats = 1 if args.quick else args.repeats
@@ -149,8 +159,12 @@ def main() -> None:
         report += [text, ""]
         write(args.out, report)
     costs = import_cost(5 if not args.quick else 3)
-    lines = ["### Import cost (median wall time, fresh process)", "",
-             f"`import torch`: {costs.pop('torch'):.3f} s; over it:", ""]
+    lines = [
+        "### Import cost (median wall time, fresh process)",
+        "",
+        f"`import torch`: {costs.pop('torch'):.3f} s; over it:",
+        "",
+    ]
     lines += [f"- `{name}`: +{value:.3f} s" for name, value in costs.items()]
     print("\n".join(lines))
     report += lines

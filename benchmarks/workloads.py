@@ -7,6 +7,7 @@ loss. The runners differ only in the loop around the step.
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 from collections.abc import Callable
@@ -63,7 +64,9 @@ def _cnn() -> nn.Module:
 
 
 def _wide_mlp() -> nn.Module:
-    return nn.Sequential(nn.Linear(512, 2048), nn.ReLU(), nn.Linear(2048, 2048), nn.ReLU(), nn.Linear(2048, 1))
+    return nn.Sequential(
+        nn.Linear(512, 2048), nn.ReLU(), nn.Linear(2048, 2048), nn.ReLU(), nn.Linear(2048, 1)
+    )
 
 
 def _probe_data() -> tuple[torch.Tensor, torch.Tensor]:
@@ -73,11 +76,24 @@ def _probe_data() -> tuple[torch.Tensor, torch.Tensor]:
 
 
 WORKLOADS = {
-    "tabular": Workload("tabular", "tiny tabular MLP (200k x 32, batch 256)", 256, _tabular, _mlp, nn.CrossEntropyLoss, True),
-    "digits": Workload("digits", "small CNN on digits (8x8, batch 64)", 64, _digits, _cnn, nn.CrossEntropyLoss, True),
-    "wide": Workload("wide", "wide MLP 512-2048-2048-1 (4096 x 512, batch 256)", 256, _wide, _wide_mlp, nn.MSELoss, False),
-    "probe": Workload("probe", "fixed-cost probe: Linear(4, 1), batch 8, 4000 steps", 8, _probe_data,
-                      lambda: nn.Linear(4, 1), nn.MSELoss, False),
+    "tabular": Workload(
+        "tabular", "tiny tabular MLP (200k x 32, batch 256)", 256, _tabular, _mlp, nn.CrossEntropyLoss, True
+    ),
+    "digits": Workload(
+        "digits", "small CNN on digits (8x8, batch 64)", 64, _digits, _cnn, nn.CrossEntropyLoss, True
+    ),
+    "wide": Workload(
+        "wide", "wide MLP 512-2048-2048-1 (4096 x 512, batch 256)", 256, _wide, _wide_mlp, nn.MSELoss, False
+    ),
+    "probe": Workload(
+        "probe",
+        "fixed-cost probe: Linear(4, 1), batch 8, 4000 steps",
+        8,
+        _probe_data,
+        lambda: nn.Linear(4, 1),
+        nn.MSELoss,
+        False,
+    ),
 }
 
 
@@ -129,8 +145,12 @@ def textbook_loader(workload: Workload, epochs: int) -> tuple[list[float], float
     """The textbook loop: TensorDataset + DataLoader(shuffle=True) and loss.item() per step."""
     x, y, net, opt = _setup(workload)
     loss_fn = workload.loss()
-    loader = DataLoader(TensorDataset(x, y), batch_size=workload.batch_size, shuffle=True,
-                        generator=torch.Generator().manual_seed(SEED))
+    loader = DataLoader(
+        TensorDataset(x, y),
+        batch_size=workload.batch_size,
+        shuffle=True,
+        generator=torch.Generator().manual_seed(SEED),
+    )
     times, last = [], 0.0
     torch.manual_seed(SEED)
     for _ in range(epochs):
@@ -150,7 +170,9 @@ def textbook_loader(workload: Workload, epochs: int) -> tuple[list[float], float
     return times, last
 
 
-def _torchhouse(workload: Workload, epochs: int, loader: bool, **model_kwargs: object) -> tuple[list[float], float]:
+def _torchhouse(
+    workload: Workload, epochs: int, loader: bool, **model_kwargs: object
+) -> tuple[list[float], float]:
     import torchhouse as th
 
     x, y, net, opt = _setup(workload)
@@ -163,12 +185,18 @@ def _torchhouse(workload: Workload, epochs: int, loader: bool, **model_kwargs: o
         on_epoch_end=lambda e, logs: times.append(time.perf_counter() - clock[-1]),
     )
     if loader:
-        data = DataLoader(TensorDataset(x, y), batch_size=workload.batch_size, shuffle=True,
-                          generator=torch.Generator().manual_seed(SEED), pin_memory=DEVICE.type == "cuda")
+        data = DataLoader(
+            TensorDataset(x, y),
+            batch_size=workload.batch_size,
+            shuffle=True,
+            generator=torch.Generator().manual_seed(SEED),
+            pin_memory=DEVICE.type == "cuda",
+        )
         history = model.fit(data, epochs=epochs, callbacks=[timer], progress="bar", seed=SEED)
     else:
-        history = model.fit(x, y, epochs=epochs, batch_size=workload.batch_size, callbacks=[timer],
-                            progress="bar", seed=SEED)
+        history = model.fit(
+            x, y, epochs=epochs, batch_size=workload.batch_size, callbacks=[timer], progress="bar", seed=SEED
+        )
     return times, history.history["loss"][-1]
 
 
@@ -196,14 +224,15 @@ def torchhouse_fused(workload: Workload, epochs: int) -> tuple[list[float], floa
         on_epoch_start=lambda e, logs: clock.append(time.perf_counter()),
         on_epoch_end=lambda e, logs: times.append(time.perf_counter() - clock[-1]),
     )
-    history = model.fit(x, y, epochs=epochs, batch_size=workload.batch_size, callbacks=[timer],
-                        progress="bar", seed=SEED)
+    history = model.fit(
+        x, y, epochs=epochs, batch_size=workload.batch_size, callbacks=[timer], progress="bar", seed=SEED
+    )
     return times, history.history["loss"][-1]
 
 
 def lightning(workload: Workload, epochs: int) -> tuple[list[float], float]:
     """PyTorch Lightning 2.x as its docs show: a LightningModule, Trainer, DataLoader."""
-    import lightning as L  # noqa: N812
+    import lightning as L
 
     x, y, net, _ = _setup(workload)
     loss_fn = workload.loss()
@@ -231,10 +260,21 @@ def lightning(workload: Workload, epochs: int) -> tuple[list[float], float]:
         def on_train_epoch_end(self, trainer, module):  # type: ignore[no-untyped-def]
             times.append(time.perf_counter() - self.start)
 
-    loader = DataLoader(TensorDataset(x, y), batch_size=workload.batch_size, shuffle=True,
-                        generator=torch.Generator().manual_seed(SEED))
-    trainer = L.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, logger=False,
-                        enable_checkpointing=False, callbacks=[Timer()], enable_model_summary=False)
+    loader = DataLoader(
+        TensorDataset(x, y),
+        batch_size=workload.batch_size,
+        shuffle=True,
+        generator=torch.Generator().manual_seed(SEED),
+    )
+    trainer = L.Trainer(
+        max_epochs=epochs,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        callbacks=[Timer()],
+        enable_model_summary=False,
+    )
     module = Module()
     trainer.fit(module, loader)
     return times, float(trainer.callback_metrics["loss"])
@@ -247,8 +287,12 @@ def torchkeras_runner(workload: Workload, epochs: int) -> tuple[list[float], flo
     from torchkeras import KerasModel
 
     x, y, net, opt = _setup(workload)
-    loader = DataLoader(TensorDataset(x, y), batch_size=workload.batch_size, shuffle=True,
-                        generator=torch.Generator().manual_seed(SEED))
+    loader = DataLoader(
+        TensorDataset(x, y),
+        batch_size=workload.batch_size,
+        shuffle=True,
+        generator=torch.Generator().manual_seed(SEED),
+    )
     marks: list[float] = []
 
     class Timer:
@@ -260,9 +304,18 @@ def torchkeras_runner(workload: Workload, epochs: int) -> tuple[list[float], flo
 
     model = KerasModel(net, loss_fn=workload.loss(), optimizer=opt, metrics_dict={})
     with tempfile.TemporaryDirectory() as folder:
-        history = model.fit(train_data=loader, epochs=epochs, ckpt_path=f"{folder}/ckpt", monitor="train_loss",
-                            mode="min", patience=epochs + 1, plot=False, cpu=True, callbacks=[Timer()])
-    times = [b - a for a, b in zip(marks, marks[1:])]
+        history = model.fit(
+            train_data=loader,
+            epochs=epochs,
+            ckpt_path=f"{folder}/ckpt",
+            monitor="train_loss",
+            mode="min",
+            patience=epochs + 1,
+            plot=False,
+            cpu=True,
+            callbacks=[Timer()],
+        )
+    times = [b - a for a, b in itertools.pairwise(marks)]
     return times, float(history["train_loss"].iloc[-1])
 
 
@@ -298,8 +351,15 @@ def keras3(workload: Workload, epochs: int) -> tuple[list[float], float]:
         def on_epoch_end(self, epoch, logs=None):  # type: ignore[no-untyped-def]
             times.append(time.perf_counter() - self.start)
 
-    history = model.fit(x.numpy(), y.numpy(), batch_size=workload.batch_size, epochs=epochs, shuffle=True,
-                        callbacks=[Timer()], verbose=2)
+    history = model.fit(
+        x.numpy(),
+        y.numpy(),
+        batch_size=workload.batch_size,
+        epochs=epochs,
+        shuffle=True,
+        callbacks=[Timer()],
+        verbose=2,
+    )
     return times, float(history.history["loss"][-1])
 
 

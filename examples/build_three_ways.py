@@ -3,6 +3,7 @@
 All three train the same way with th.Model. Run: python examples/build_three_ways.py
 """
 
+import itertools
 import os
 
 import torch
@@ -34,7 +35,7 @@ class ConvNet(nn.Module):
 class BlockNet(nn.Module):
     def __init__(self, widths: tuple[int, ...] = (64, 48, 32)) -> None:
         super().__init__()
-        self.blocks = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths, widths[1:]))
+        self.blocks = nn.ModuleList(nn.Linear(a, b) for a, b in itertools.pairwise(widths))
         self.heads = nn.ModuleDict({"digits": nn.Linear(widths[-1], 10)})
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -51,7 +51,9 @@ def main() -> dict[str, float]:
     function_net = train_function(make_net(), x_train, y_train, EPOCHS)
 
     # 3. The Model class (AdamW lr=1e-3 is its default optimizer).
-    model = th.Model(make_net(), loss=nn.CrossEntropyLoss(), metrics={"acc": th.metrics.accuracy}, device="cpu")
+    model = th.Model(
+        make_net(), loss=nn.CrossEntropyLoss(), metrics={"acc": th.metrics.accuracy}, device="cpu"
+    )
     model.fit(x_train, y_train, epochs=EPOCHS, batch_size=BATCH, shuffle=False, progress="none")
 
     results = {}

@@ -13,8 +13,14 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 def test_quickstart_runs_end_to_end(tmp_path):
     env = {**os.environ, "EPOCHS": "4"}
-    done = subprocess.run([sys.executable, str(EXAMPLES / "quickstart.py")], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, str(EXAMPLES / "quickstart.py")],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     accuracy = float(done.stdout.split("test accuracy ")[1].split()[0])
     assert accuracy > 0.5  # chance is 0.1

@@ -2,11 +2,11 @@
 
 import pytest
 import torch
-from conftest import make_classification, make_net
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import torchhouse as th
+from conftest import make_classification, make_net
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -73,8 +73,18 @@ def run(tmp_path, crash_at=-1, resume=False, name="r"):
     x, y = make_classification(n=200)
     torch.manual_seed(0)
     model = cuda_model()
-    history = model.fit(x, y, epochs=4, batch_size=32, seed=1, run_dir=tmp_path / name, resume=resume,
-                        checkpoint_every=3, callbacks=[CrashAt(crash_at)], progress="none")
+    history = model.fit(
+        x,
+        y,
+        epochs=4,
+        batch_size=32,
+        seed=1,
+        run_dir=tmp_path / name,
+        resume=resume,
+        checkpoint_every=3,
+        callbacks=[CrashAt(crash_at)],
+        progress="none",
+    )
     return model, history
 
 
