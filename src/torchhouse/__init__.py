@@ -12,6 +12,7 @@ pandas, matplotlib, tensorboard, optuna and streamlit are imported only when use
 """
 
 from torchhouse import callbacks, datasets, metrics
+from torchhouse.distributed import launch
 from torchhouse.errors import CheckpointError, ConfigError, DataError, NonFiniteLossError, TorchhouseError
 from torchhouse.history import History
 from torchhouse.model import Model
@@ -32,6 +33,7 @@ __all__ = [
     "__version__",
     "callbacks",
     "datasets",
+    "launch",
     "metrics",
     "seed_everything",
     "summary",

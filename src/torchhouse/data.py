@@ -194,6 +194,34 @@ class Batches:
         """Whether each batch must be moved to ``device`` (loaders yield CPU tensors)."""
         return not self.on_device and device.type != "cpu"
 
+    # Under several processes each rank sees every K-th sample of the epoch order, padded
+    # (as DistributedSampler pads) so that all ranks run the same number of steps. The
+    # padded samples sit at the end of a rank's last batch and are left out of the logs.
+    rank: int = 0
+    world: int = 1
+
+    def shard(self, rank: int, world: int, seed: int) -> Batches:
+        """Keep only this rank's share of each epoch."""
+        raise NotImplementedError
+
+    def set_epoch(self, epoch: int) -> None:
+        """Tell a DistributedSampler which epoch it is (its shuffle depends on it)."""
+
+    def padding(self) -> tuple[int, int] | None:
+        """(index of the batch holding padded samples, real samples in it), or None."""
+        n = self.num_samples
+        if self.world == 1 or n is None or not self.has_len():
+            return None
+        real = len(range(self.rank, n, self.world))
+        per_rank = math.ceil(n / self.world)
+        if real == per_rank:
+            return None
+        last = len(self) - 1
+        return last, real - last * self._batch_size()
+
+    def _batch_size(self) -> int:
+        raise NotImplementedError
+
 
 class ArrayBatches(Batches):
     """Batches sliced from in-memory tensors."""
@@ -225,7 +253,16 @@ class ArrayBatches(Batches):
     def __len__(self) -> int:
         n, b = self.num_samples, self.batch_size
         assert n is not None
+        if self.world > 1:
+            n = math.ceil(n / self.world)
         return n // b if self.drop_last else math.ceil(n / b)
+
+    def _batch_size(self) -> int:
+        return self.batch_size
+
+    def shard(self, rank: int, world: int, seed: int) -> ArrayBatches:
+        self.rank, self.world = rank, world
+        return self
 
     def to(self, device: torch.device) -> ArrayBatches:
         """Move the whole data set to ``device`` once, so batches need no transfer."""
@@ -245,10 +282,20 @@ class ArrayBatches(Batches):
 
     def iterate(self, generator: torch.Generator | None, start: int = 0) -> Iterator[Batch]:
         order = self.epoch_order(generator)  # drawn now, not at the first batch
+        if self.world > 1:
+            n = self.num_samples
+            assert n is not None
+            if order is None:
+                order = torch.arange(n, device=tree_leaves(self.inputs)[0].device)
+            total = math.ceil(n / self.world) * self.world
+            if total > n:
+                order = torch.cat([order, order[: total - n]])
+            order = order[self.rank :: self.world]
         return self._slices(order, start)
 
     def _slices(self, order: torch.Tensor | None, start: int) -> Iterator[Batch]:
-        n, size = self.num_samples, self.batch_size
+        n = self.num_samples if order is None else len(order)
+        size = self.batch_size
         assert n is not None
         inputs, target = self.inputs, self.target
         for index in range(start, len(self)):
@@ -321,6 +368,55 @@ class LoaderBatches(Batches):
 
     def __len__(self) -> int:
         return len(self.loader)
+
+    def _batch_size(self) -> int:
+        return int(self.loader.batch_size or 1)
+
+    def shard(self, rank: int, world: int, seed: int) -> LoaderBatches:
+        from torch.utils.data import DistributedSampler, RandomSampler, SequentialSampler
+
+        loader = self.loader
+        sampler = loader.sampler
+        if isinstance(sampler, DistributedSampler):
+            self.rank, self.world = sampler.rank, sampler.num_replicas
+            return self
+        if isinstance(loader.dataset, IterableDataset) or loader.batch_size is None:
+            raise DataError(
+                f"{self.name}: under several processes torchhouse shards a Dataset with a "
+                "DistributedSampler; this DataLoader has an IterableDataset or no batch_size. "
+                "Give it a DistributedSampler yourself (or shard the IterableDataset by rank)."
+            )
+        if not isinstance(sampler, (RandomSampler, SequentialSampler)):
+            raise DataError(
+                f"{self.name}: under several processes torchhouse replaces the DataLoader's "
+                f"sampler with a DistributedSampler, but it has a custom {type(sampler).__name__}; "
+                "pass a DataLoader built with sampler=DistributedSampler(...) instead"
+            )
+        distributed: DistributedSampler[Any] = DistributedSampler(
+            loader.dataset,
+            num_replicas=world,
+            rank=rank,
+            shuffle=isinstance(sampler, RandomSampler),
+            seed=seed,
+        )
+        self.loader = DataLoader(
+            loader.dataset,
+            batch_size=loader.batch_size,
+            sampler=distributed,
+            num_workers=loader.num_workers,
+            collate_fn=loader.collate_fn,
+            pin_memory=loader.pin_memory,
+            drop_last=loader.drop_last,
+            worker_init_fn=loader.worker_init_fn,
+            persistent_workers=loader.persistent_workers,
+        )
+        self.rank, self.world = rank, world
+        return self
+
+    def set_epoch(self, epoch: int) -> None:
+        set_epoch = getattr(self.loader.sampler, "set_epoch", None)
+        if callable(set_epoch):
+            set_epoch(epoch)
 
     def generators(self) -> list[torch.Generator]:
         found: list[torch.Generator] = []

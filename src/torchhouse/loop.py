@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from torchhouse import rng
+from torchhouse import distributed, rng
 from torchhouse.callbacks.base import Callback, CallbackList
 from torchhouse.data import Batches, batch_size_of, describe, move_to, tree_map
 from torchhouse.errors import CheckpointError, DataError, NonFiniteLossError, TorchhouseError
@@ -64,13 +64,16 @@ class FitLoop:
         generator: torch.Generator,
         monitor: str,
         fit_config: dict[str, Any],
+        context: distributed.Context | None = None,
     ) -> None:
         self.model = model
+        self.context = context
+        self.is_main = context is None or context.is_main
         self.train = train
         self.val = val
         self.epochs = epochs
         self.callbacks = CallbackList(callbacks, model)
-        self.progress = Progress(resolve_progress(progress), epochs)
+        self.progress = Progress(resolve_progress(progress) if self.is_main else "none", epochs)
         self.run_dir = RunDir(run_dir) if run_dir is not None else None
         self.resume = resume
         self.checkpoint_every = checkpoint_every
@@ -85,6 +88,7 @@ class FitLoop:
         self.train_metrics = model._train_metrics
         self.train_metrics.capacity = max(steps, 1)
         self.train_metrics.ignore_nonfinite = model._skip_nonfinite
+        self.train_metrics.sync = model._eval_metrics.sync = context is not None
         self.train_metrics.reset()
 
     # ----------------------------------------------------------------------- the fit
@@ -102,7 +106,7 @@ class FitLoop:
             if state.get("finished") and (state.get("stop_training") or start_epoch >= self.epochs):
                 return self._return_finished(state)
         self.monitor_mode = resolve_mode(self.monitor, "auto", model.metrics)
-        if self.run_dir is not None:
+        if self.run_dir is not None and self.is_main:
             self.run_dir.start(self._config(), resumed=state is not None)
         model.optimizer.zero_grad(set_to_none=True)
         logs: dict[str, Any] = {}
@@ -121,7 +125,7 @@ class FitLoop:
             raise
         finally:
             self.progress.close()
-            if self.run_dir is not None:
+            if self.run_dir is not None and self.is_main:
                 self._finish_run(status)
         return model.history
 
@@ -129,6 +133,7 @@ class FitLoop:
         model, train, acc = self.model, self.train, self.train_metrics
         model.epoch = epoch
         model.net.train()
+        train.set_epoch(epoch)
         if resumed is not None and start > 0:
             # Mid-epoch resume: re-create this epoch's order, skip what was done.
             epoch_rng = resumed["rng_epoch_start"]
@@ -150,6 +155,7 @@ class FitLoop:
         callbacks = self.callbacks
         every = self.checkpoint_every
         last = (steps - 1) if steps is not None else -1
+        padded_index, real = train.padding() or (-1, 0)
         transfer = train.needs_transfer(model.device)
         device = model.device
         train_step = model.train_step
@@ -160,10 +166,13 @@ class FitLoop:
                 batch = move_to(batch, device, non_blocking=device.type == "cuda")
             model._last_batch = index == last
             if index == start:
-                out = _checked(model, train_step, batch, "training", acc)
+                out = _checked(model, train_step, batch, "training", acc, index == padded_index, real)
             else:
                 out = train_step(batch)
-                acc.update(out, _num_samples(out, batch))
+                if index == padded_index:
+                    _update_without_padding(model, acc, out, batch, real)
+                else:
+                    acc.update(out, _num_samples(out, batch))
             model.global_step += 1
             index += 1
             if callbacks.batch_end:
@@ -177,6 +186,8 @@ class FitLoop:
             raise DataError("the training data yielded no batch")
         model._last_batch = False
         self._check_finite(epoch)
+        if self.context is not None:
+            model.stop_training = distributed.any_rank(model.stop_training, model.device)
         if model.skipped_batches:
             warnings.warn(
                 f"epoch {epoch}: skipped {model.skipped_batches} batch(es) with a non-finite "
@@ -196,7 +207,8 @@ class FitLoop:
         progress.epoch_end(epoch, index, logs)
         callbacks.on_epoch_end(epoch, logs)
         if self.run_dir is not None:
-            self.run_dir.write_history(model.history)
+            if self.is_main:
+                self.run_dir.write_history(model.history)
             value = logs.get(self.monitor)
             improved = value is not None and is_improvement(value, self.best, self.monitor_mode)
             if improved:
@@ -208,6 +220,9 @@ class FitLoop:
         if self.model._skip_nonfinite:
             return
         bad = self.train_metrics.first_nonfinite_loss()
+        if self.context is not None and distributed.any_rank(bad is not None, self.model.device):
+            # Every rank stops together, so none waits forever in a collective.
+            raise NonFiniteLossError(epoch, *(bad or (-1, float("nan"))))
         if bad is not None:
             raise NonFiniteLossError(epoch, bad[0], bad[1])
 
@@ -264,6 +279,7 @@ class FitLoop:
             "param_groups": [len(g["params"]) for g in model.optimizer.param_groups],
             "num_samples": self.train.num_samples,
             "steps_per_epoch": len(self.train) if self.train.has_len() else None,
+            "world_size": 1 if self.context is None else self.context.world_size,
         }
 
     def _save(self, epoch: int, batch: int, epoch_rng: dict[str, Any] | None, best: bool = False) -> None:
@@ -281,16 +297,26 @@ class FitLoop:
             "scaler": model.scaler.state_dict() if model.scaler else None,
             "grads": {n: p.grad for n, p in model.net.named_parameters() if p.grad is not None},
             "micro_step": model._micro_step,
-            "rng": rng.capture(self.generators),
-            "rng_epoch_start": epoch_rng,
-            "train_metrics": self.train_metrics.state_dict() if batch > 0 else None,
             "history": model.history.state_dict(),
             "callbacks": self.callbacks.state_dict(),
             "stop_training": model.stop_training,
             "best": self.best,
             "finished": False,
         }
-        self.run_dir.save_state(state, self.keep_checkpoints, best=best)
+        own = {
+            "rng": rng.capture(self.generators),
+            "rng_epoch_start": epoch_rng,
+            "train_metrics": self.train_metrics.state_dict() if batch > 0 else None,
+        }
+        if self.context is None:
+            state.update(own)
+        else:
+            # Each rank has its own RNG streams and partial epoch values: keep them all.
+            state["ranks"] = distributed.gather_objects(_to_cpu(own))
+        if self.is_main:
+            self.run_dir.save_state(state, self.keep_checkpoints, best=best)
+        if self.context is not None:
+            distributed.barrier()
 
     def _finish_run(self, status: str) -> None:
         assert self.run_dir is not None
@@ -336,6 +362,8 @@ class FitLoop:
             return None
         name, state = loaded
         self._check_fingerprint(state["fingerprint"], self.run_dir.checkpoints / name)
+        if "ranks" in state:
+            state.update(state["ranks"][0 if self.context is None else self.context.rank])
         model = self.model
         model.net.load_state_dict(state["model"])
         model.optimizer.load_state_dict(state["optimizer"])
@@ -357,6 +385,11 @@ class FitLoop:
 
     def _check_fingerprint(self, saved: dict[str, Any], where: Any) -> None:
         now = self._fingerprint()
+        if saved.get("world_size", 1) != now["world_size"]:
+            raise CheckpointError(
+                f"{where}: the run was saved with {saved.get('world_size', 1)} processes, now "
+                f"{now['world_size']}; resume with the same number of processes"
+            )
         if saved["parameters"] != now["parameters"]:
             diffs = [
                 f"{k}: saved {saved['parameters'].get(k)}, now {now['parameters'].get(k)}"
@@ -399,17 +432,21 @@ def evaluate(model: Model, batches: Batches, acc: EpochMetrics) -> dict[str, flo
     acc.reset()
     device = model.device
     transfer = batches.needs_transfer(device)
+    padded_index, real = batches.padding() or (-1, 0)
     try:
         with torch.no_grad():
             for index, batch in enumerate(batches.iterate(None)):
                 if transfer:
                     batch = move_to(batch, device, non_blocking=device.type == "cuda")
                 if index == 0:
-                    _checked(model, model.eval_step, batch, "evaluation", acc)
+                    _checked(model, model.eval_step, batch, "evaluation", acc, index == padded_index, real)
                 else:
                     out = model.eval_step(batch)
-                    acc.update(out, _num_samples(out, batch))
-        if acc.count == 0:
+                    if index == padded_index:
+                        _update_without_padding(model, acc, out, batch, real)
+                    else:
+                        acc.update(out, _num_samples(out, batch))
+        if acc.count == 0 and not acc.sync:
             raise DataError("the evaluation data yielded no batch")
         return acc.compute()
     finally:
@@ -449,6 +486,24 @@ def _concat(outputs: list[Any]) -> Any:
 # --------------------------------------------------------------------------- helpers
 
 
+def _update_without_padding(
+    model: Model, acc: EpochMetrics, out: dict[str, Any], batch: Any, real: int
+) -> None:
+    trimmed = model._trim_padding(out, real)
+    if trimmed is not None:
+        acc.update(trimmed, _num_samples(trimmed, batch))
+
+
+def _to_cpu(tree: Any) -> Any:
+    if isinstance(tree, torch.Tensor):
+        return tree.detach().cpu()
+    if isinstance(tree, dict):
+        return {k: _to_cpu(v) for k, v in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return type(tree)(_to_cpu(v) for v in tree)
+    return tree
+
+
 def _num_samples(out: dict[str, Any], batch: Any) -> int:
     target = out.get("target")
     if type(target) is torch.Tensor and target.dim() > 0:
@@ -468,7 +523,15 @@ def _jsonable(value: Any) -> bool:
     return value is None or isinstance(value, (bool, int, float, str, list, tuple))
 
 
-def _checked(model: Model, step: Any, batch: Any, what: str, acc: EpochMetrics) -> dict[str, Any]:
+def _checked(
+    model: Model,
+    step: Any,
+    batch: Any,
+    what: str,
+    acc: EpochMetrics,
+    padded: bool = False,
+    real: int = 0,
+) -> dict[str, Any]:
     """Run the first step of a loop and record it, turning a deep torch error into a clear one."""
     try:
         out = step(batch)
@@ -482,7 +545,10 @@ def _checked(model: Model, step: Any, batch: Any, what: str, acc: EpochMetrics) 
             f"must return a dict with a 'loss' tensor, got {describe(out)}"
         )
     try:
-        acc.update(out, _num_samples(out, batch))
+        if padded:
+            _update_without_padding(model, acc, out, batch, real)
+        else:
+            acc.update(out, _num_samples(out, batch))
     except TorchhouseError:
         raise
     except _USER_ERRORS as exc:

@@ -118,6 +118,7 @@ class EpochMetrics:
         self.has_metrics = bool(metrics)
         self.loss_reduction = loss_reduction
         self.ignore_nonfinite = False  # on_nonfinite="skip": skipped batches are not counted
+        self.sync = False  # under several processes: sum the epoch's values over all ranks
         self.capacity = max(int(capacity), 1)
         self.reset()
 
@@ -173,28 +174,32 @@ class EpochMetrics:
 
     # -- reads (each one host sync) -------------------------------------------------------
 
-    def _weighted_means(self) -> dict[str, torch.Tensor]:
+    def _weighted_means(self, sync: bool = True) -> dict[str, torch.Tensor]:
         k = self.count
         sizes = torch.tensor(self.sizes, dtype=torch.float64, device=self.device)
         keep = None
         if self.ignore_nonfinite:
             keep = torch.isfinite(self.columns["loss"][:k])
             sizes = sizes * keep
-        total = sizes.sum()
-        means = {}
+        sums = []
         for name, column in self.columns.items():
             values = column[:k].double()
             if keep is not None:
                 values = torch.where(keep, values, 0.0)
             if name == "loss" and self.loss_reduction == "sum":
-                means[name] = values.sum() / total
+                sums.append(values.sum())
             else:
-                means[name] = (values * sizes).sum() / total
-        return means
+                sums.append((values * sizes).sum())
+        totals = torch.stack([*sums, sizes.sum()])
+        if self.sync and sync:
+            from torchhouse.distributed import all_sum
+
+            totals = all_sum(totals)
+        return {name: totals[i] / totals[-1] for i, name in enumerate(self.columns)}
 
     def compute(self) -> dict[str, float]:
         """The epoch's values as floats: one host sync for all of them."""
-        if self.count == 0:
+        if self.count == 0 and not self.sync:
             return {}
         values = self._weighted_means()
         for name, metric in self.stateful.items():
@@ -213,7 +218,7 @@ class EpochMetrics:
         """The sample-weighted mean loss so far in this epoch (one host sync; for progress)."""
         if self.count == 0:
             return float("nan")
-        return float(self._weighted_means()["loss"])
+        return float(self._weighted_means(sync=False)["loss"])
 
     def first_nonfinite_loss(self) -> tuple[int, float] | None:
         """Index and value of the first non-finite loss recorded so far, or None (one sync)."""

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from torchhouse import loop
+from torchhouse import distributed, loop
 from torchhouse.callbacks.base import Callback
 from torchhouse.checkpoint import atomic_save_tensors, atomic_write_json, read_tensors
 from torchhouse.data import (
@@ -40,6 +40,7 @@ from torchhouse.data import (
     move_to,
     split_validation,
     tree_leaves,
+    tree_map,
     validation_batches,
 )
 from torchhouse.errors import CheckpointError, ConfigError, DataError
@@ -59,8 +60,10 @@ _ELEMENTWISE_LOSSES = (
 
 
 def default_device() -> torch.device:
-    """cuda if available, else mps, else cpu."""
+    """cuda if available (``cuda:LOCAL_RANK`` under torchrun), else mps, else cpu."""
     if torch.cuda.is_available():
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
         return torch.device("cuda")
     mps = getattr(torch.backends, "mps", None)
     if mps is not None and mps.is_available():
@@ -443,6 +446,11 @@ class Model:
             train, val = split_validation(train, validation_split)
         elif validation_data is not None:
             val = self._prepare(validation_batches(validation_data, batch_size))
+        context = distributed.setup(self.device)
+        if context is not None:
+            train = train.shard(context.rank, context.world_size, data_seed)
+            if val is not None:
+                val = val.shard(context.rank, context.world_size, data_seed)
 
         self.stop_training = False
         self._skip_nonfinite = on_nonfinite == "skip"
@@ -470,11 +478,35 @@ class Model:
             generator=generator,
             monitor=monitor or ("val_loss" if val is not None else "loss"),
             fit_config=config,
+            context=context,
         )
+        plain_forward = self._forward_net
+        if context is not None:
+            self._forward_net = self._wrap_ddp()
         try:
             return fit_loop.run()
         finally:
             self._skip_nonfinite = False
+            self._forward_net = plain_forward  # fit drops its DDP wrapper when it returns
+
+    def _wrap_ddp(self) -> Callable[..., Any]:
+        from torch.nn.parallel import DistributedDataParallel
+
+        device_ids = [self.device.index] if self.device.type == "cuda" else None
+        wrapped = DistributedDataParallel(self.net, device_ids=device_ids)
+        return torch.compile(wrapped) if self.compiled else wrapped
+
+    def _trim_padding(self, out: dict[str, Any], real: int) -> dict[str, Any] | None:
+        """The step output without the padded samples at the end of a rank's last batch."""
+        if real <= 0:
+            return None
+        if "preds" not in out or "target" not in out:
+            return out
+        preds = tree_map(lambda t: t[:real], out["preds"])
+        target = tree_map(lambda t: t[:real], out["target"])
+        with torch.no_grad(), self._autocast:
+            loss = self.compute_loss(preds, target)
+        return {**out, "loss": loss, "preds": preds, "target": target}
 
     def _log_names(self, with_validation: bool) -> list[str]:
         names = ["loss", *self.metrics]
@@ -526,7 +558,11 @@ class Model:
         """
         batch_size = _check_positive_int("batch_size", batch_size)
         batches = self._batches(x, y, batch_size, shuffle=False, generator=None)
+        context = distributed.setup(self.device)
+        if context is not None:
+            batches = batches.shard(context.rank, context.world_size, 0)
         self._check_loss_shapes = True
+        self._eval_metrics.sync = context is not None
         return loop.evaluate(self, batches, self._eval_metrics)
 
     def predict(self, x: Any, *, batch_size: int = 32) -> Any:

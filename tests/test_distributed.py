@@ -1,0 +1,101 @@
+"""Several processes on CPU with gloo: torchrun and th.launch give single-process results."""
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import torchhouse as th
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import ddp_worker  # noqa: E402
+
+pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed missing")
+
+
+def torchrun(nprocs, out, mode="fit", timeout=180):
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc-per-node={nprocs}",
+            str(HERE / "ddp_worker.py"),
+            str(out),
+            mode,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def single(out, world):
+    done = subprocess.run(
+        [sys.executable, str(HERE / "ddp_worker.py"), str(out), "fit", str(world)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(Path(out).read_text())
+
+
+def assert_close_results(a, b):
+    assert a["history"].keys() == b["history"].keys()
+    for key in a["history"]:
+        assert a["history"][key] == pytest.approx(b["history"][key], rel=1e-5, abs=1e-6), key
+    for key in a["evaluate"]:
+        assert a["evaluate"][key] == pytest.approx(b["evaluate"][key], rel=1e-5, abs=1e-6), key
+    for key in a["params"]:
+        torch.testing.assert_close(
+            torch.tensor(a["params"][key]), torch.tensor(b["params"][key]), rtol=1e-5, atol=1e-6
+        )
+
+
+@pytest.mark.parametrize("nprocs", [2, 3])
+def test_torchrun_matches_one_process_with_the_same_global_batch(tmp_path, nprocs):
+    done = torchrun(nprocs, tmp_path / "ddp.json")
+    assert done.returncode == 0, done.stderr[-3000:]
+    ddp = json.loads((tmp_path / "ddp.json").read_text())
+    reference = single(tmp_path / "one.json", nprocs)
+    assert ddp["ddp_dropped"]
+    # evaluate over 37 samples (which 2 or 3 ranks cannot split evenly): loss and metrics
+    # equal one process's, so no padded duplicate is counted
+    for key, value in reference["initial_evaluate"].items():
+        assert ddp["initial_evaluate"][key] == pytest.approx(value, rel=1e-6), key
+    if nprocs == 2:
+        # 160 samples split into global batches of 32: the same training, step for step
+        assert_close_results(ddp, reference)
+
+
+def test_launch_returns_rank_zeros_result():
+    result = th.launch(ddp_worker.train, "fit", nprocs=2)
+    reference = ddp_worker.train("fit", world=2)
+    assert_close_results(result, reference)
+
+
+def test_a_failing_rank_stops_the_others_under_launch():
+    start = time.monotonic()
+    with pytest.raises(RuntimeError, match="(?s)rank 1 raised.*fails on purpose"):
+        th.launch(ddp_worker.train, "raise", nprocs=2)
+    assert time.monotonic() - start < 90
+
+
+def test_a_failing_rank_stops_the_others_under_torchrun(tmp_path):
+    start = time.monotonic()
+    done = torchrun(2, tmp_path / "x.json", mode="raise", timeout=150)
+    assert done.returncode != 0
+    assert "fails on purpose" in done.stderr
+    assert time.monotonic() - start < 120
+
+
+def test_launch_rejects_bad_nprocs():
+    with pytest.raises(th.ConfigError, match="nprocs"):
+        th.launch(print, nprocs=0)
