@@ -24,6 +24,28 @@ def data():
     return x, y, x_val, y_val
 
 
+class CrashAtStep(th.callbacks.Callback):
+    def __init__(self, step=-1):
+        self.step = step
+
+    def on_train_batch_end(self, batch, logs):
+        if self.model.global_step == self.step and int(os.environ.get("RANK", "0")) == 1:
+            raise RuntimeError("rank 1 crashes mid-epoch")
+
+
+def train_with_checkpoints(run_dir, crash_at):
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    net = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Dropout(0.3), nn.Linear(16, 3))
+    model = th.Model(net, loss=nn.CrossEntropyLoss(), metrics={"acc": th.metrics.accuracy}, device="cpu")
+    x, y, x_val, y_val = data()
+    history = model.fit(
+        x, y, validation_data=(x_val, y_val), epochs=3, batch_size=16, seed=5, progress="none",
+        run_dir=run_dir, resume=True, checkpoint_every=3, callbacks=[CrashAtStep(crash_at)],
+    )
+    return {"history": history.history, "params": {k: v.tolist() for k, v in model.net.state_dict().items()}}
+
+
 class RaiseAt(th.callbacks.Callback):
     def on_epoch_end(self, epoch, logs):
         if epoch == 1 and int(os.environ.get("RANK", "0")) == 1:
@@ -70,8 +92,11 @@ def train(mode="fit", world=None):
 
 def main():
     out, mode = sys.argv[1], sys.argv[2]
-    world = int(sys.argv[3]) if len(sys.argv) > 3 else None
-    result = train(mode, world)
+    if mode == "checkpoints":
+        result = train_with_checkpoints(out + ".run", int(sys.argv[3]))
+    else:
+        world = int(sys.argv[3]) if len(sys.argv) > 3 else None
+        result = train(mode, world)
     if int(os.environ.get("RANK", "0")) == 0:
         with open(out, "w") as handle:
             json.dump(result, handle)

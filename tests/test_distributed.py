@@ -18,7 +18,7 @@ import ddp_worker  # noqa: E402
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed missing")
 
 
-def torchrun(nprocs, out, mode="fit", timeout=180):
+def torchrun(nprocs, out, mode="fit", timeout=180, *extra):
     return subprocess.run(
         [
             sys.executable,
@@ -29,6 +29,7 @@ def torchrun(nprocs, out, mode="fit", timeout=180):
             str(HERE / "ddp_worker.py"),
             str(out),
             mode,
+            *extra,
         ],
         capture_output=True,
         text=True,
@@ -94,6 +95,23 @@ def test_a_failing_rank_stops_the_others_under_torchrun(tmp_path):
     assert done.returncode != 0
     assert "fails on purpose" in done.stderr
     assert time.monotonic() - start < 120
+
+
+def test_two_process_run_resumes_bit_identical_after_a_crash(tmp_path):
+    # 160 samples / 2 ranks / batch 16 = 5 steps per epoch; states every 3 steps and per epoch.
+    done = torchrun(2, tmp_path / "ref", "checkpoints", 180, "-1")
+    assert done.returncode == 0, done.stderr[-3000:]
+    crashed = torchrun(2, tmp_path / "run", "checkpoints", 180, "8")
+    assert crashed.returncode != 0 and "crashes mid-epoch" in crashed.stderr
+    resumed = torchrun(2, tmp_path / "run", "checkpoints", 180, "-1")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "Resuming" in resumed.stdout
+    ref = json.loads((tmp_path / "ref").read_text())
+    got = json.loads((tmp_path / "run").read_text())
+    assert got["history"] == ref["history"]
+    assert got["params"] == ref["params"]
+    with pytest.raises(th.CheckpointError, match="saved with 2 processes, now 1"):
+        ddp_worker.train_with_checkpoints(str(tmp_path / "run.run"), -1)
 
 
 def test_launch_rejects_bad_nprocs():
