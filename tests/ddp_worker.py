@@ -40,8 +40,17 @@ def train_with_checkpoints(run_dir, crash_at):
     model = th.Model(net, loss=nn.CrossEntropyLoss(), metrics={"acc": th.metrics.accuracy}, device="cpu")
     x, y, x_val, y_val = data()
     history = model.fit(
-        x, y, validation_data=(x_val, y_val), epochs=3, batch_size=16, seed=5, progress="none",
-        run_dir=run_dir, resume=True, checkpoint_every=3, callbacks=[CrashAtStep(crash_at)],
+        x,
+        y,
+        validation_data=(x_val, y_val),
+        epochs=3,
+        batch_size=16,
+        seed=5,
+        progress="none",
+        run_dir=run_dir,
+        resume=True,
+        checkpoint_every=3,
+        callbacks=[CrashAtStep(crash_at)],
     )
     return {"history": history.history, "params": {k: v.tolist() for k, v in model.net.state_dict().items()}}
 

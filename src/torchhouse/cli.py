@@ -40,6 +40,29 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--progress", default="auto", choices=["auto", "bar", "epoch", "none"], help="progress display"
     )
+    runs = commands.add_parser(
+        "runs",
+        help="list the runs in a folder",
+        description="A table of the run folders under DIR: name, start, epochs, best monitored "
+        "value and its epoch, and status (finished / stopped early / crashed / running).",
+    )
+    runs.add_argument("dir", nargs="?", default="runs", help="folder of run folders (default runs)")
+
+    show = commands.add_parser(
+        "show",
+        help="print a run's config, model and history",
+        description="Print a run folder's config, model summary and per-epoch history.",
+    )
+    show.add_argument("run", help="a run folder")
+
+    board = commands.add_parser(
+        "tensorboard",
+        help="start TensorBoard on a folder (127.0.0.1)",
+        description="Start TensorBoard on DIR bound to 127.0.0.1, or print the command to run "
+        "when the tensorboard package is missing.",
+    )
+    board.add_argument("dir", nargs="?", default="runs", help="log folder (default runs)")
+    board.add_argument("--port", type=int, default=6006, help="port (default 6006)")
     return parser
 
 
@@ -52,6 +75,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "demo":
             return _demo(args)
+        if args.command == "runs":
+            from torchhouse.runs import runs_table
+
+            print(runs_table(args.dir))
+            return 0
+        if args.command == "show":
+            from torchhouse.runs import describe_run
+
+            print(describe_run(args.run))
+            return 0
+        if args.command == "tensorboard":
+            return _tensorboard(args)
     except TorchhouseError as exc:
         print(f"torchhouse {args.command}: error: {exc}", file=sys.stderr)
         return 2 if not isinstance(exc, FloatingPointError) else 1
@@ -78,6 +113,39 @@ def _demo(args: argparse.Namespace) -> int:
     print(f"Test (held-out 20%): loss {test['loss']:.4f}, accuracy {test['acc']:.4f}")
     print(f"Run folder: {args.run_dir}")
     return 0
+
+
+def _tensorboard(args: argparse.Namespace) -> int:
+    import os
+    import subprocess
+    from importlib.util import find_spec
+
+    command = [
+        sys.executable,
+        "-m",
+        "tensorboard.main",
+        "--logdir",
+        args.dir,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(args.port),
+    ]
+    if find_spec("tensorboard") is None:
+        print("tensorboard is not installed. Install it and run:")
+        print(
+            f"  pip install 'torchhouse[tensorboard]' && tensorboard --logdir {args.dir} "
+            f"--host 127.0.0.1 --port {args.port}"
+        )
+        return 1
+    if not os.path.isdir(args.dir):
+        print(f"torchhouse tensorboard: error: {args.dir}: no such folder", file=sys.stderr)
+        return 2
+    print(f"TensorBoard on http://127.0.0.1:{args.port}/ (Ctrl-C to stop)")
+    try:
+        return subprocess.call(command)
+    except KeyboardInterrupt:
+        return 0
 
 
 if __name__ == "__main__":

@@ -71,6 +71,15 @@ class History:
 
         return pd.DataFrame({"epoch": self.epoch, **self.history})
 
+    def plot(self, path: Any = None, monitor: str | None = None, mode: str = "auto") -> Any:
+        """Loss and each metric per epoch, train vs validation, best epoch marked (matplotlib).
+
+        Saves a PNG when ``path`` is given; returns the matplotlib figure.
+        """
+        from torchhouse.plotting import plot_history
+
+        return plot_history(self, monitor=monitor, mode=mode, path=path)
+
     def to_csv(self, path: Any) -> None:
         """Write one row per epoch to ``path`` (no pandas needed)."""
         from torchhouse.runs import write_history_csv

@@ -72,6 +72,9 @@ class FitLoop:
         self.train = train
         self.val = val
         self.epochs = epochs
+        if context is not None and not context.is_main:
+            # Only rank 0 writes files: drop writers fit added by itself on other ranks.
+            callbacks = [c for c in callbacks if not c.auto]
         self.callbacks = CallbackList(callbacks, model)
         self.progress = Progress(resolve_progress(progress) if self.is_main else "none", epochs)
         self.run_dir = RunDir(run_dir) if run_dir is not None else None
@@ -324,6 +327,8 @@ class FitLoop:
         if status in ("finished", "stopped_early"):
             model.save(self.run_dir.path / "model.safetensors")
             self._mark_last_state_finished()
+        if len(model.history):
+            _write_plot(model.history, self.monitor, self.run_dir.path / "history.png")
         best_epoch = None
         if self.monitor in model.history.history and len(model.history):
             try:
@@ -484,6 +489,18 @@ def _concat(outputs: list[Any]) -> Any:
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def _write_plot(history: History, monitor: str, path: Any) -> None:
+    from importlib.util import find_spec
+
+    if find_spec("matplotlib") is None:
+        return  # plots are an optional extra
+    import matplotlib.pyplot as plt
+
+    from torchhouse.plotting import plot_history
+
+    plt.close(plot_history(history, monitor=monitor, path=path))
 
 
 def _update_without_padding(

@@ -173,6 +173,7 @@ class Model:
         self.epoch = 0
         self.global_step = 0
         self.log_names: list[str] = []
+        self.fit_params: dict[str, Any] = {}
 
     # ----------------------------------------------------------------------- construction
 
@@ -375,6 +376,8 @@ class Model:
         keep_checkpoints: int = 3,
         monitor: str | None = None,
         on_nonfinite: str = "raise",
+        plot: str | None = None,
+        tensorboard: bool | None = None,
     ) -> History:
         """Train the net and return its `History`.
 
@@ -398,6 +401,9 @@ class Model:
                 validation data, else ``loss``).
             on_nonfinite: "raise" stops at a NaN/inf training loss; "skip" skips the
                 optimizer step for such a batch (this costs a host sync per step).
+            plot: "live" redraws the training curves once per epoch in Jupyter.
+            tensorboard: write TensorBoard events to ``run_dir/tensorboard`` (default: when
+                ``run_dir`` is given and the tensorboard package is installed).
 
         Example:
             >>> net = nn.Linear(3, 1)
@@ -431,6 +437,9 @@ class Model:
                 raise ConfigError(
                     f"callbacks: expected th.callbacks.Callback objects, got {type(callback).__name__}"
                 )
+        if plot not in (None, "live"):
+            raise ConfigError(f"plot: expected None or 'live', got {plot!r}")
+        callback_list += self._automatic_callbacks(callback_list, run_dir, plot, tensorboard)
         if seed is not None:
             from torchhouse.rng import seed_everything
 
@@ -454,6 +463,7 @@ class Model:
 
         self.stop_training = False
         self._skip_nonfinite = on_nonfinite == "skip"
+        self.fit_params = {"epochs": epochs, "batch_size": batch_size, "seed": seed}
         self.log_names = self._log_names(val is not None)
         config = {
             "epochs": epochs,
@@ -507,6 +517,25 @@ class Model:
         with torch.no_grad(), self._autocast:
             loss = self.compute_loss(preds, target)
         return {**out, "loss": loss, "preds": preds, "target": target}
+
+    @staticmethod
+    def _automatic_callbacks(
+        given: list[Callback], run_dir: Any, plot: str | None, tensorboard: bool | None
+    ) -> list[Callback]:
+        from torchhouse.callbacks import LivePlot, TensorBoard
+        from torchhouse.callbacks.tensorboard import tensorboard_available
+
+        added: list[Callback] = []
+        if plot == "live":
+            added.append(LivePlot())
+        wants_tb = tensorboard if tensorboard is not None else tensorboard_available()
+        if tensorboard and run_dir is None:
+            raise ConfigError("tensorboard=True writes to run_dir/tensorboard: give run_dir too")
+        if run_dir is not None and wants_tb and not any(isinstance(c, TensorBoard) for c in given):
+            added.append(TensorBoard(Path(run_dir) / "tensorboard"))
+        for callback in added:
+            callback.auto = True
+        return added
 
     def _log_names(self, with_validation: bool) -> list[str]:
         names = ["loss", *self.metrics]

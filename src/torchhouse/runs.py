@@ -142,3 +142,130 @@ class RunDir:
 
 def finite_or_none(value: float | None) -> float | None:
     return value if value is not None and math.isfinite(value) else None
+
+
+# --------------------------------------------------------------------------- reading runs
+
+
+def _pid_alive(pid: Any) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (OSError, ValueError, TypeError):
+        return False
+    return True
+
+
+def run_status(info: dict[str, Any]) -> str:
+    """finished / stopped early / crashed / interrupted / running, from run.json.
+
+    A run whose process died without a word (SIGKILL, power loss) still says "running";
+    if its process is gone, it is reported as crashed.
+    """
+    status = str(info.get("status", "unknown"))
+    if status == "running" and not _pid_alive(info.get("pid")):
+        return "crashed"
+    return status.replace("_", " ")
+
+
+def list_runs(folder: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """One row per run folder (a folder holding run.json) under ``folder``, newest first."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise CheckpointError(f"{root}: no such folder")
+    rows = []
+    candidates = [root] if (root / "run.json").exists() else sorted(p for p in root.iterdir() if p.is_dir())
+    for path in candidates:
+        if not (path / "run.json").exists():
+            continue
+        try:
+            info = RunDir(path).info()
+        except CheckpointError:
+            info = {"status": "unreadable"}
+        history = {}
+        if (path / "history.csv").exists():
+            try:
+                history = read_history_csv(path / "history.csv")
+            except (OSError, ValueError, KeyError):
+                history = {}
+        rows.append(
+            {
+                "name": path.name,
+                "path": str(path),
+                "started": info.get("started", ""),
+                "epochs": len(history.get("epoch", [])) or info.get("epochs_done", 0),
+                "monitor": info.get("monitor", ""),
+                "best": info.get("best"),
+                # displayed epochs count from 1, as the progress lines do
+                "best_epoch": None if info.get("best_epoch") is None else int(info["best_epoch"]) + 1,
+                "status": run_status(info),
+            }
+        )
+    rows.sort(key=lambda r: str(r["started"]), reverse=True)
+    return rows
+
+
+def format_table(rows: list[dict[str, Any]], columns: list[tuple[str, str]]) -> str:
+    """A plain text table: ``columns`` are (key, header) pairs."""
+    cells = [[header for _, header in columns]]
+    for row in rows:
+        cells.append([_cell(row.get(key)) for key, _ in columns])
+    widths = [max(len(line[i]) for line in cells) for i in range(len(columns))]
+    lines = ["  ".join(cell.ljust(widths[i]) for i, cell in enumerate(line)).rstrip() for line in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def runs_table(folder: str | os.PathLike[str]) -> str:
+    rows = list_runs(folder)
+    if not rows:
+        return f"no runs in {folder}"
+    return format_table(
+        rows,
+        [
+            ("name", "run"),
+            ("started", "started"),
+            ("epochs", "epochs"),
+            ("monitor", "monitor"),
+            ("best", "best"),
+            ("best_epoch", "best epoch"),
+            ("status", "status"),
+        ],
+    )
+
+
+def describe_run(path: str | os.PathLike[str]) -> str:
+    """A run's config, model summary and history as text (``torchhouse show RUN``)."""
+    run = RunDir(path)
+    if not (run.path / "run.json").exists():
+        raise CheckpointError(f"{run.path}: not a run folder (no run.json)")
+    config = read_json(run.path / "config.json") if (run.path / "config.json").exists() else {}
+    info = run.info()
+    net = config.get("net", {})
+    lines = [
+        f"run: {run.path}",
+        f"status: {run_status(info)}   started: {info.get('started', '-')}   ended: {info.get('ended', '-')}",
+        "",
+        "config:",
+    ]
+    for key in ("loss", "optimizer", "lr_scheduler", "metrics", "device", "precision", "monitor", "fit"):
+        if key in config:
+            lines.append(f"  {key}: {config[key]}")
+    lines += ["", f"model: {net.get('class', '?')} ({net.get('parameters', 0):,} parameters)"]
+    lines += ["  " + line for line in str(net.get("repr", "")).splitlines()]
+    history_file = run.path / "history.csv"
+    if history_file.exists():
+        history = read_history_csv(history_file)
+        names = list(history)
+        rows = [{n: history[n][i] for n in names} for i in range(len(history.get("epoch", [])))]
+        for row in rows:
+            row["epoch"] = int(row["epoch"]) + 1
+        lines += ["", "history:", format_table(rows, [(n, n) for n in names])]
+    return "\n".join(lines)

@@ -4,7 +4,9 @@ from torchhouse.callbacks.base import Callback, CallbackList
 from torchhouse.callbacks.csv_logger import CSVLogger
 from torchhouse.callbacks.early_stopping import EarlyStopping
 from torchhouse.callbacks.lambda_callback import LambdaCallback
+from torchhouse.callbacks.live_plot import LivePlot
 from torchhouse.callbacks.model_checkpoint import ModelCheckpoint
+from torchhouse.callbacks.tensorboard import TensorBoard
 
 __all__ = [
     "CSVLogger",
@@ -12,5 +14,7 @@ __all__ = [
     "CallbackList",
     "EarlyStopping",
     "LambdaCallback",
+    "LivePlot",
     "ModelCheckpoint",
+    "TensorBoard",
 ]

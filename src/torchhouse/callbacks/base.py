@@ -25,6 +25,7 @@ class Callback:
     """
 
     model: Model
+    auto = False  # added by fit itself (e.g. TensorBoard for run_dir): not part of resume checks
 
     def set_model(self, model: Model) -> None:
         self.model = model
@@ -93,15 +94,19 @@ class CallbackList:
         for callback in self.callbacks:
             callback.on_validation_end(logs)
 
+    def _user(self) -> list[Callback]:
+        # Callbacks fit added by itself (TensorBoard for run_dir) hold no resumable state.
+        return [c for c in self.callbacks if not c.auto]
+
     def state_dict(self) -> list[dict[str, Any]]:
-        return [{"type": type(c).__name__, "state": c.state_dict()} for c in self.callbacks]
+        return [{"type": type(c).__name__, "state": c.state_dict()} for c in self._user()]
 
     def load_state_dict(self, states: list[dict[str, Any]]) -> None:
         from torchhouse.errors import CheckpointError
 
-        names = [type(c).__name__ for c in self.callbacks]
+        names = [type(c).__name__ for c in self._user()]
         saved = [s["type"] for s in states]
         if names != saved:
             raise CheckpointError(f"the callbacks do not match the saved run: saved {saved}, given {names}")
-        for callback, state in zip(self.callbacks, states, strict=True):
+        for callback, state in zip(self._user(), states, strict=True):
             callback.load_state_dict(state["state"])
