@@ -40,6 +40,46 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--progress", default="auto", choices=["auto", "bar", "epoch", "none"], help="progress display"
     )
+    fit = commands.add_parser(
+        "fit",
+        help="train from a YAML/JSON config",
+        description="Train the model a config describes, evaluate it on the held-out test split, "
+        "and write the run folder (with run_config.json, enough to rebuild the model). The config is "
+        "checked before training starts. See docs/config.md.",
+    )
+    fit.add_argument("config", help="a .yaml or .json config file")
+    fit.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set fit.epochs=5 (repeatable)",
+    )
+    fit.add_argument("--run-dir", default=None, help="run folder (default runs/<name>)")
+    fit.add_argument("--resume", action="store_true", help="continue the run in the run folder")
+    fit.add_argument("--progress", default=None, choices=["auto", "bar", "epoch", "none"])
+
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="evaluate a trained run on its held-out split (or a CSV)",
+        description="Rebuild a run's model from its folder and print the loss and metrics on the "
+        "run's held-out test split, or on a CSV with the same columns.",
+    )
+    evaluate.add_argument("run", help="a run folder written by `torchhouse fit`")
+    evaluate.add_argument("--csv", default=None, help="a CSV with the feature and target columns")
+
+    predict = commands.add_parser(
+        "predict",
+        help="predict the rows of a CSV with a trained run",
+        description="Rebuild a run's model from its folder and predict each row of INPUT (a CSV with "
+        "the training features as columns). Prints a CSV: the prediction and, for classifiers, "
+        "the probability of each class.",
+    )
+    predict.add_argument("run", help="a run folder written by `torchhouse fit`")
+    predict.add_argument("input", help="a CSV of feature rows")
+    predict.add_argument("--output", default=None, help="write the predictions to this CSV")
+
     runs = commands.add_parser(
         "runs",
         help="list the runs in a folder",
@@ -75,6 +115,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "demo":
             return _demo(args)
+        if args.command == "fit":
+            return _fit(args)
+        if args.command == "evaluate":
+            return _evaluate(args)
+        if args.command == "predict":
+            return _predict(args)
         if args.command == "runs":
             from torchhouse.runs import runs_table
 
@@ -90,6 +136,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TorchhouseError as exc:
         print(f"torchhouse {args.command}: error: {exc}", file=sys.stderr)
         return 2 if not isinstance(exc, FloatingPointError) else 1
+    except Exception as exc:  # a failure inside training: exit 1 with the reason, not a usage error
+        if args.command not in ("fit", "demo"):
+            raise
+        print(f"torchhouse {args.command}: training failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
     parser.error(f"unknown command {args.command}")
     return 2
 
@@ -112,6 +163,97 @@ def _demo(args: argparse.Namespace) -> int:
     test = result["test"]
     print(f"Test (held-out 20%): loss {test['loss']:.4f}, accuracy {test['acc']:.4f}")
     print(f"Run folder: {args.run_dir}")
+    return 0
+
+
+def _fit(args: argparse.Namespace) -> int:
+    from torchhouse.config import load_config, train_from_config
+
+    config = load_config(args.config, args.overrides)
+    result = train_from_config(config, run_dir=args.run_dir, resume=args.resume, progress=args.progress)
+    test = result["test"]
+    if test:
+        print("Test (held-out split): " + ", ".join(f"{k} {v:.4f}" for k, v in test.items()))
+    print(f"Run folder: {result['run_dir']}")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from torchhouse.config import _read_csv, load_data, load_run, prepare_inputs
+
+    config, model = load_run(args.run)
+    info = config["data"]
+    if args.csv:
+        target = info.get("target") or config["data"].get("target")
+        with open(args.csv, newline="") as handle:
+            x, y, _ = _read_csv(handle, target, info.get("feature_names"), "--csv")
+        x = prepare_inputs(x, info)
+        y = y.astype("int64") if info["task"] == "classification" else y.astype("float32").reshape(len(y), -1)
+    else:
+        data = load_data(config)
+        if data.x_test is None:
+            print(
+                "torchhouse evaluate: error: the run has no held-out split (test_fraction 0); give --csv",
+                file=sys.stderr,
+            )
+            return 2
+        x, y = data.x_test, data.y_test
+    result = model.evaluate(x, y, batch_size=256)
+    print(", ".join(f"{k} {v:.4f}" for k, v in result.items()))
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    import csv
+    import io
+
+    from torchhouse.config import _read_csv, load_run, prepare_inputs
+
+    config, model = load_run(args.run)
+    info = config["data"]
+    try:
+        with open(args.input, newline="") as handle:
+            rows, _, _ = _read_csv(handle, None, info.get("feature_names"), "input")
+    except OSError as exc:
+        print(f"torchhouse predict: error: {args.input}: {exc.strerror}", file=sys.stderr)
+        return 2
+    expected = 1
+    for size in info.get("input_shape") or []:
+        expected *= int(size)
+    if rows.shape[1] != expected:
+        print(
+            f"torchhouse predict: error: {args.input}: rows have {rows.shape[1]} values, the model "
+            f"expects {expected} (columns: {info.get('feature_names') or 'any'})",
+            file=sys.stderr,
+        )
+        return 2
+    outputs = model.predict(prepare_inputs(rows, info), batch_size=256)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    if info["task"] == "classification":
+        probabilities = outputs.softmax(dim=1)
+        writer.writerow(["prediction", *(f"p{c}" for c in range(probabilities.shape[1]))])
+        for row in probabilities.tolist():
+            writer.writerow([max(range(len(row)), key=row.__getitem__), *(f"{p:.6f}" for p in row)])
+    elif info["task"] == "binary":
+        probabilities = outputs.sigmoid().reshape(-1)
+        writer.writerow(["prediction", "p1"])
+        for p in probabilities.tolist():
+            writer.writerow([int(p > 0.5), f"{p:.6f}"])
+    else:
+        flat = outputs.reshape(len(outputs), -1)
+        writer.writerow(
+            [f"prediction{i}" if flat.shape[1] > 1 else "prediction" for i in range(flat.shape[1])]
+        )
+        for row in flat.tolist():
+            writer.writerow([f"{v:.6g}" for v in row])
+    if args.output:
+        from torchhouse.checkpoint import atomic_write_bytes
+
+        atomic_write_bytes(args.output, buffer.getvalue().encode())
+        print(f"wrote {len(rows)} predictions to {args.output}")
+    else:
+        print(buffer.getvalue(), end="")
     return 0
 
 

@@ -71,7 +71,7 @@ class EarlyStopping(Callback):
             if self.verbose:
                 print(
                     f"EarlyStopping: {self.monitor} has not improved for {self.wait} epochs "
-                    f"(best {self.best:.4g} at epoch {self.best_epoch}); stopping."
+                    f"(best {self.best:.4g} at epoch {(self.best_epoch or 0) + 1}); stopping."
                 )
 
     def on_fit_end(self, logs: dict[str, Any]) -> None:
