@@ -18,6 +18,7 @@ from torchhouse.history import History
 from torchhouse.model import Model
 from torchhouse.rng import seed_everything
 from torchhouse.summary import Summary, summary
+from torchhouse.tuning import tune
 
 __version__ = "0.1.0"
 
@@ -37,4 +38,5 @@ __all__ = [
     "metrics",
     "seed_everything",
     "summary",
+    "tune",
 ]

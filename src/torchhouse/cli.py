@@ -80,6 +80,26 @@ def _parser() -> argparse.ArgumentParser:
     predict.add_argument("input", help="a CSV of feature rows")
     predict.add_argument("--output", default=None, help="write the predictions to this CSV")
 
+    tune = commands.add_parser(
+        "tune",
+        help="search hyperparameters of a config with Optuna",
+        description="Run Optuna trials over the config's `search` section (see docs/config.md). Each "
+        "trial is a run folder under the tuning folder; the study is stored in SQLite there by default, "
+        "so a killed search resumes. Give --storage (e.g. postgresql://...) to share one study between "
+        "several workers.",
+    )
+    tune.add_argument("config", help="a .yaml or .json config with a `search` section")
+    tune.add_argument("--trials", type=int, default=20, help="finished trials the study should reach")
+    tune.add_argument(
+        "--storage", default=None, help="an Optuna RDB URL (default SQLite in the tuning folder)"
+    )
+    tune.add_argument("--study-name", default=None, help="study name (default: the config's name)")
+    tune.add_argument(
+        "--timeout", type=float, default=None, help="stop starting trials after this many seconds"
+    )
+    tune.add_argument("--tune-dir", default=None, help="tuning folder (default runs/<name>-tune)")
+    tune.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+
     runs = commands.add_parser(
         "runs",
         help="list the runs in a folder",
@@ -121,6 +141,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _evaluate(args)
         if args.command == "predict":
             return _predict(args)
+        if args.command == "tune":
+            return _tune(args)
         if args.command == "runs":
             from torchhouse.runs import runs_table
 
@@ -254,6 +276,22 @@ def _predict(args: argparse.Namespace) -> int:
         print(f"wrote {len(rows)} predictions to {args.output}")
     else:
         print(buffer.getvalue(), end="")
+    return 0
+
+
+def _tune(args: argparse.Namespace) -> int:
+    from torchhouse.config import load_config
+    from torchhouse.tuning import best_trials_table, tune_from_config
+
+    if args.trials < 1:
+        print("torchhouse tune: error: --trials must be >= 1", file=sys.stderr)
+        return 2
+    config = load_config(args.config, args.overrides)
+    study = tune_from_config(config, args.trials, args.storage, args.study_name, args.timeout, args.tune_dir)
+    print(best_trials_table(study))
+    if study.best_run_dir is not None:
+        print(f"best trial's run folder: {study.best_run_dir}")
+    print(f"dashboard: optuna-dashboard {study.storage_url}")
     return 0
 
 

@@ -126,6 +126,10 @@ class FitLoop:
         except KeyboardInterrupt:
             status = "interrupted"
             raise
+        except Exception as exc:
+            if type(exc).__name__ == "TrialPruned":  # optuna's, raised by OptunaPruning
+                status = "pruned"
+            raise
         finally:
             self.progress.close()
             if self.run_dir is not None and self.is_main:
@@ -208,10 +212,10 @@ class FitLoop:
         self._step_scheduler_per_epoch(logs)
         model.history.append(epoch, logs)
         progress.epoch_end(epoch, index, logs)
+        if self.run_dir is not None and self.is_main:
+            self.run_dir.write_history(model.history)
         callbacks.on_epoch_end(epoch, logs)
         if self.run_dir is not None:
-            if self.is_main:
-                self.run_dir.write_history(model.history)
             value = logs.get(self.monitor)
             improved = value is not None and is_improvement(value, self.best, self.monitor_mode)
             if improved:

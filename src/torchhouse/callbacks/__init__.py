@@ -6,6 +6,7 @@ from torchhouse.callbacks.early_stopping import EarlyStopping
 from torchhouse.callbacks.lambda_callback import LambdaCallback
 from torchhouse.callbacks.live_plot import LivePlot
 from torchhouse.callbacks.model_checkpoint import ModelCheckpoint
+from torchhouse.callbacks.optuna_pruning import OptunaPruning
 from torchhouse.callbacks.tensorboard import TensorBoard
 
 __all__ = [
@@ -16,5 +17,6 @@ __all__ = [
     "LambdaCallback",
     "LivePlot",
     "ModelCheckpoint",
+    "OptunaPruning",
     "TensorBoard",
 ]

@@ -1,0 +1,64 @@
+"""OptunaPruning: report a monitored value to an Optuna trial and stop pruned trials."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from torchhouse.callbacks.base import Callback
+from torchhouse.errors import ConfigError
+from torchhouse.monitor import check_monitor
+
+INSTALL_HINT = "tuning needs Optuna: pip install 'torchhouse[tune]'"
+
+
+def _optuna() -> Any:
+    try:
+        import optuna
+    except ImportError as exc:
+        raise ConfigError(INSTALL_HINT) from exc
+    return optuna
+
+
+class OptunaPruning(Callback):
+    """Report ``monitor`` to an Optuna trial after every epoch and stop a pruned trial at once.
+
+    Raises ``optuna.TrialPruned`` out of ``fit`` when the pruner says so (the run folder is
+    marked "pruned"). Under torchrun, rank 0 reports and decides, and the decision is
+    broadcast so that every rank stops together; other ranks may pass ``trial=None``.
+
+    Example::
+
+        def objective(trial):
+            model = th.Model(net, loss=..., optimizer=...)
+            model.fit(x, y, validation_split=0.2, epochs=20,
+                      callbacks=[th.callbacks.OptunaPruning(trial, monitor="val_loss")])
+            return model.history.best("val_loss")[1]
+    """
+
+    def __init__(self, trial: Any = None, monitor: str = "val_loss") -> None:
+        self.trial = trial
+        self.monitor = monitor
+        self.pruned_at: int | None = None
+
+    def on_fit_start(self, logs: dict[str, Any]) -> None:
+        check_monitor("OptunaPruning", self.monitor, self.model.log_names)
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any]) -> None:
+        from torchhouse import distributed
+
+        optuna = _optuna()
+        value = logs.get(self.monitor, math.nan)
+        prune = False
+        if self.trial is not None:
+            if math.isfinite(value):
+                self.trial.report(value, epoch)
+            prune = bool(self.trial.should_prune())
+        context = distributed.setup(self.model.device) if torch.distributed.is_initialized() else None
+        if context is not None:
+            prune = bool(distributed.broadcast_object(prune, src=0))
+        if prune:
+            self.pruned_at = epoch
+            raise optuna.TrialPruned(f"pruned at epoch {epoch} with {self.monitor}={value:.6g}")

@@ -1,0 +1,315 @@
+"""Optuna tuning: pruning, failed trials, resumable studies, reproducibility, several workers."""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import torchhouse as th
+from torchhouse.cli import main
+
+optuna = pytest.importorskip("optuna")
+optuna.logging.set_verbosity(optuna.logging.ERROR)
+
+HERE = Path(__file__).resolve().parent
+
+
+def data():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(120, 5, generator=g)
+    y = (x[:, :2].sum(1) > 0).long()
+    return x, y
+
+
+def build(trial):
+    width = trial.suggest_int("width", 4, 32, log=True)
+    lr = trial.suggest_float("lr", 1e-3, 1e-1, log=True)
+    net = nn.Sequential(nn.Linear(5, width), nn.ReLU(), nn.Linear(width, 2))
+    return th.Model(
+        net,
+        loss=nn.CrossEntropyLoss(),
+        optimizer=lambda p: torch.optim.Adam(p, lr=lr),
+        device="cpu",
+        metrics={"acc": th.metrics.accuracy},
+    )
+
+
+def test_tune_runs_trials_and_restores_the_best_model(tmp_path):
+    x, y = data()
+    study = th.tune(build, x, y, validation_split=0.25, n_trials=4, epochs=3, seed=0, tune_dir=tmp_path)
+    assert len(study.trials) == 4
+    assert (tmp_path / "study.db").exists()
+    best = study.best_trial
+    folder = Path(best.user_attrs["run_dir"])
+    saved = json.loads((folder / "params.json").read_text())
+    assert saved["params"] == best.params and saved["value"] == pytest.approx(best.value)
+    assert (folder / "history.csv").exists() and (folder / "model.safetensors").exists()
+    model = study.best_model
+    assert isinstance(model, th.Model)
+    assert model.net[0].out_features == best.params["width"]
+    # restored from the best trial's weights: its validation loss is the trial's final one
+    x_val, y_val = x[90:], y[90:]
+    history = json.loads((folder / "run.json").read_text())
+    assert history["status"] in ("finished", "stopped_early")
+    assert model.evaluate(x_val, y_val)["loss"] == pytest.approx(
+        float((folder / "history.csv").read_text().splitlines()[-1].split(",")[3]), rel=1e-5
+    )
+
+
+def test_seeded_studies_give_the_same_best_params(tmp_path):
+    x, y = data()
+    a = th.tune(build, x, y, validation_split=0.25, n_trials=3, epochs=2, seed=3, tune_dir=tmp_path / "a")
+    b = th.tune(build, x, y, validation_split=0.25, n_trials=3, epochs=2, seed=3, tune_dir=tmp_path / "b")
+    assert a.best_params == b.best_params and a.best_value == b.best_value
+
+
+def test_pruned_trials_stop_at_once(tmp_path):
+    x, y = data()
+    pruner = optuna.pruners.ThresholdPruner(upper=0.0)  # every reported val_loss is above 0: prune
+    study = th.tune(
+        build, x, y, validation_split=0.25, n_trials=2, epochs=5, pruner=pruner, tune_dir=tmp_path
+    )
+    states = {t.state for t in study.trials}
+    assert states == {optuna.trial.TrialState.PRUNED}
+    for trial in study.trials:
+        folder = Path(trial.user_attrs["run_dir"])
+        assert len((folder / "history.csv").read_text().splitlines()) == 2  # header + epoch 0 only
+        assert json.loads((folder / "run.json").read_text())["status"] == "pruned"
+    assert study.best_model is None
+
+
+def test_a_build_that_raises_is_a_failed_trial_and_the_study_goes_on(tmp_path):
+    x, y = data()
+
+    def flaky(trial):
+        if trial.number == 1:
+            raise ValueError("width must be even")
+        return build(trial)
+
+    study = th.tune(flaky, x, y, validation_split=0.25, n_trials=3, epochs=2, tune_dir=tmp_path)
+    states = [t.state for t in study.trials]
+    assert states.count(optuna.trial.TrialState.FAIL) == 1
+    assert states.count(optuna.trial.TrialState.COMPLETE) == 2
+    assert "width must be even" in study.trials[1].user_attrs["error"]
+
+
+def test_a_bad_search_space_is_a_failed_trial(tmp_path):
+    x, y = data()
+
+    def bad(trial):
+        trial.suggest_float("lr", 1.0, 0.1)  # low > high
+        return build(trial)
+
+    study = th.tune(bad, x, y, validation_split=0.25, n_trials=2, epochs=1, tune_dir=tmp_path)
+    assert all(t.state == optuna.trial.TrialState.FAIL for t in study.trials)
+    assert "build raised" in study.trials[0].user_attrs["error"]
+
+
+def test_the_pruning_callback_in_a_plain_fit():
+    x, y = data()
+    study = optuna.create_study(pruner=optuna.pruners.ThresholdPruner(upper=0.0))
+    trial = study.ask()
+    model = build(trial)
+    with pytest.raises(optuna.TrialPruned, match="pruned at epoch 0"):
+        model.fit(
+            x,
+            y,
+            validation_split=0.25,
+            epochs=5,
+            progress="none",
+            callbacks=[th.callbacks.OptunaPruning(trial, monitor="val_loss")],
+        )
+    assert len(model.history) == 1
+
+
+SEARCH_CONFIG = {
+    "name": "bc",
+    "model": {
+        "factory": "torchhouse.models:mlp",
+        "kwargs": {"in_features": 30, "hidden": [8], "out_features": 1},
+    },
+    "data": {"dataset": "breast_cancer", "standardize": True},
+    "loss": "BCEWithLogitsLoss",
+    "optimizer": {"name": "Adam", "lr": 0.01},
+    "metrics": {"acc": "binary_accuracy_logits"},
+    "fit": {"epochs": 2, "batch_size": 64, "seed": 0, "validation_split": 0.2},
+    "search": {
+        "optimizer.lr": {"type": "float", "low": 1e-3, "high": 1e-1, "log": True},
+        "model.kwargs.hidden": {"type": "categorical", "choices": [[8], [16, 8]]},
+    },
+}
+
+
+def write_config(folder, **changes):
+    import yaml
+
+    config = json.loads(json.dumps(SEARCH_CONFIG))
+    config.update(changes)
+    path = Path(folder) / "tune.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_tune_command_prints_best_trials_and_each_trial_is_a_run(tmp_path, capsys):
+    config = write_config(tmp_path)
+    assert main(["tune", str(config), "--trials", "3", "--tune-dir", str(tmp_path / "t")]) == 0
+    out = capsys.readouterr().out
+    assert "trial" in out and "optuna-dashboard sqlite:///" in out
+    folders = sorted((tmp_path / "t").glob("trial-*"))
+    assert len(folders) == 3
+    resolved = json.loads((folders[0] / "run_config.json").read_text())
+    assert resolved["model"]["kwargs"]["hidden"] in ([8], [16, 8])
+    # a trial folder is a complete run: evaluate works from it alone
+    assert main(["evaluate", str(folders[0])]) == 0
+
+
+def test_bad_search_section_fails_before_any_trial(tmp_path, capsys):
+    config = write_config(tmp_path, search={"optimizer.lr": {"type": "float", "low": 1.0, "high": 0.1}})
+    assert main(["tune", str(config), "--trials", "2", "--tune-dir", str(tmp_path / "t")]) == 2
+    assert "search.optimizer.lr: needs numbers low <= high" in capsys.readouterr().err
+    assert not list((tmp_path / "t").glob("trial-*")) if (tmp_path / "t").exists() else True
+
+
+def run_tune_cli(config, tune_dir, trials, storage=None, study="bc"):
+    args = [
+        sys.executable,
+        "-m",
+        "torchhouse.cli",
+        "tune",
+        str(config),
+        "--trials",
+        str(trials),
+        "--tune-dir",
+        str(tune_dir),
+        "--study-name",
+        study,
+    ]
+    if storage:
+        args += ["--storage", storage]
+    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_a_killed_search_resumes_without_rerunning_finished_trials(tmp_path):
+    config = write_config(tmp_path, fit={"epochs": 40, "batch_size": 64, "seed": 0, "validation_split": 0.2})
+    tune_dir = tmp_path / "t"
+    process = run_tune_cli(config, tune_dir, 4)
+    study_db = f"sqlite:///{(tune_dir / 'study.db').resolve()}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # wait for 2 finished trials, then SIGKILL mid-trial
+        time.sleep(0.3)
+        try:
+            study = optuna.load_study(study_name="bc", storage=study_db)
+        except Exception:
+            continue
+        if sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials) >= 2:
+            break
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=30)
+    before = {
+        t.number: t.datetime_complete
+        for t in optuna.load_study(study_name="bc", storage=study_db).trials
+        if t.state == optuna.trial.TrialState.COMPLETE
+    }
+    assert len(before) >= 2
+    resumed = run_tune_cli(config, tune_dir, 4)
+    _out, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err
+    after = optuna.load_study(study_name="bc", storage=study_db).trials
+    finished = [t for t in after if t.state.is_finished()]
+    assert len(finished) >= 4
+    for number, completed in before.items():
+        assert after[number].datetime_complete == completed  # not rerun
+
+
+def _postgres_bin():
+    for candidate in [shutil.which("initdb"), *sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))]:
+        if candidate:
+            return Path(candidate).resolve().parent
+    return None
+
+
+@pytest.fixture(scope="module")
+def postgres_url(tmp_path_factory):
+    """A real PostgreSQL server on 127.0.0.1 for the duration of the module."""
+    bin_dir = _postgres_bin()
+    if bin_dir is None:
+        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) are not installed; .ci/run installs them")
+    pytest.importorskip("psycopg", reason="psycopg (3) is needed for a postgresql:// storage")
+    base = Path("/tmp") / f"torchhouse-pg-{os.getpid()}"
+    shutil.rmtree(base, ignore_errors=True)
+    base.mkdir(mode=0o777)
+    prefix = []
+    if os.geteuid() == 0:  # PostgreSQL refuses to run as root
+        shutil.chown(base, "postgres")
+        prefix = ["runuser", "-u", "postgres", "--"]
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    data = base / "data"
+    subprocess.run(
+        [*prefix, str(bin_dir / "initdb"), "-D", str(data), "-U", "tune", "--auth=trust"],
+        check=True,
+        capture_output=True,
+    )
+    subprocess.run(
+        [
+            *prefix,
+            str(bin_dir / "pg_ctl"),
+            "-D",
+            str(data),
+            "-w",
+            "-l",
+            str(base / "log"),
+            "-o",
+            f"-h 127.0.0.1 -p {port} -k {base}",
+            "start",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    try:
+        subprocess.run(
+            [*prefix, str(bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "tune", "studies"],
+            check=True,
+            capture_output=True,
+        )
+        yield f"postgresql://tune@127.0.0.1:{port}/studies"
+    finally:
+        subprocess.run(
+            [*prefix, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"], capture_output=True
+        )
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_two_workers_share_one_study_on_postgresql(tmp_path, postgres_url):
+    config = write_config(tmp_path)
+    workers = [
+        run_tune_cli(config, tmp_path / f"w{i}", 3, storage=postgres_url, study="shared") for i in range(2)
+    ]
+    for worker in workers:
+        _out, err = worker.communicate(timeout=300)
+        assert worker.returncode == 0, err
+    study = optuna.load_study(study_name="shared", storage=postgres_url)
+    numbers = [t.number for t in study.trials]
+    assert len(numbers) == len(set(numbers)) >= 3
+    assert sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials) >= 3
+
+
+def test_two_workers_share_one_study_on_sqlite(tmp_path):
+    config = write_config(tmp_path)
+    storage = f"sqlite:///{tmp_path / 'shared.db'}"
+    workers = [run_tune_cli(config, tmp_path / f"w{i}", 3, storage=storage, study="shared") for i in range(2)]
+    for worker in workers:
+        _out, err = worker.communicate(timeout=300)
+        assert worker.returncode == 0, err
+    study = optuna.load_study(study_name="shared", storage=storage)
+    assert sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials) >= 3
