@@ -2,7 +2,6 @@
 
 import json
 import os
-import signal
 import subprocess
 import sys
 
@@ -195,16 +194,32 @@ def test_show_prints_config_model_and_history(tmp_path, capsys):
     assert "not a run folder" in capsys.readouterr().err
 
 
-def test_tensorboard_command_binds_loopback(tmp_path):
+def test_tensorboard_command_serves_on_loopback(tmp_path):
+    import socket
+    import time
+    import urllib.request
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
     process = subprocess.Popen(
-        [sys.executable, "-m", "torchhouse.cli", "tensorboard", str(tmp_path), "--port", "0"],
+        [sys.executable, "-m", "torchhouse.cli", "tensorboard", str(tmp_path), "--port", str(port)],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
     )
     try:
-        first = process.stdout.readline()
-        assert "http://127.0.0.1:" in first
+        assert f"http://127.0.0.1:{port}/" in process.stdout.readline()
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as response:
+                    assert response.status == 200
+                    break
+            except OSError:
+                assert process.poll() is None, process.stdout.read()
+                assert time.monotonic() < deadline, "TensorBoard did not answer within 90 s"
+                time.sleep(0.5)
     finally:
-        process.send_signal(signal.SIGINT)
+        process.terminate()
         process.wait(timeout=30)

@@ -14,6 +14,7 @@ pandas, matplotlib, tensorboard, optuna and streamlit are imported only when use
 from torchhouse import callbacks, datasets, metrics
 from torchhouse.distributed import launch
 from torchhouse.errors import CheckpointError, ConfigError, DataError, NonFiniteLossError, TorchhouseError
+from torchhouse.export import load_exported
 from torchhouse.history import History
 from torchhouse.model import Model
 from torchhouse.rng import seed_everything
@@ -35,6 +36,7 @@ __all__ = [
     "callbacks",
     "datasets",
     "launch",
+    "load_exported",
     "metrics",
     "seed_everything",
     "summary",

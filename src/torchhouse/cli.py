@@ -297,7 +297,6 @@ def _tune(args: argparse.Namespace) -> int:
 
 def _tensorboard(args: argparse.Namespace) -> int:
     import os
-    import subprocess
     from importlib.util import find_spec
 
     command = [
@@ -321,11 +320,8 @@ def _tensorboard(args: argparse.Namespace) -> int:
     if not os.path.isdir(args.dir):
         print(f"torchhouse tensorboard: error: {args.dir}: no such folder", file=sys.stderr)
         return 2
-    print(f"TensorBoard on http://127.0.0.1:{args.port}/ (Ctrl-C to stop)")
-    try:
-        return subprocess.call(command)
-    except KeyboardInterrupt:
-        return 0
+    print(f"TensorBoard on http://127.0.0.1:{args.port}/ (Ctrl-C to stop)", flush=True)
+    os.execv(sys.executable, command)  # become TensorBoard: Ctrl-C and signals reach it directly
 
 
 if __name__ == "__main__":

@@ -647,6 +647,30 @@ class Model:
             "saved": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
 
+    def export(
+        self,
+        path: str | os.PathLike[str],
+        example_input: Any,
+        format: str = "pt2",
+        dynamic_batch: bool = True,
+    ) -> Path:
+        """Write the net as a self-contained program that runs without its Python code.
+
+        ``format="pt2"`` uses ``torch.export`` (load it with ``th.load_exported``);
+        ``format="onnx"`` needs the onnx extra. The weights are also written as
+        safetensors + JSON beside it. ``example_input`` is one batch of inputs (any batch
+        size; the batch dimension stays dynamic). Nets with data-dependent Python control
+        flow cannot be exported; the error says why.
+
+        Example::
+
+            model.export("runs/x/model.pt2", x_test[:2])
+            th.load_exported("runs/x/model.pt2").predict(x_new)
+        """
+        from torchhouse.export import export_model
+
+        return export_model(self, path, example_input, format=format, dynamic_batch=dynamic_batch)
+
     def load_weights(self, path: str | os.PathLike[str], strict: bool = True) -> None:
         """Load weights saved by `save` (or any safetensors file of a state dict).
 

@@ -1,0 +1,232 @@
+"""Export a trained net as a self-contained program (torch.export, .pt2), and load it back safely.
+
+An exported program runs without the Python code that defined the net. ``Model.export``
+writes ``model.pt2`` with ``model.safetensors`` + ``model.json`` beside it;
+``th.load_exported`` checks the archive before loading it: the weights must be stored as
+raw tensors (no pickled payloads), and the only pickle in a .pt2 — its example inputs —
+must load with torch's restricted weights-only unpickler. Anything else is refused
+without being run (``torch.export.load`` alone would fall back to full unpickling).
+
+Nets with data-dependent Python control flow (``if x.sum() > 0:``), Python side effects
+in ``forward`` or non-tensor outputs cannot be exported; the error says why.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import zipfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from torchhouse.data import Tree, call_net, describe, inputs_of, make_batches, move_to, tree_leaves, tree_map
+from torchhouse.errors import CheckpointError, ConfigError, TorchhouseError
+
+if TYPE_CHECKING:
+    from torchhouse.model import Model
+
+
+class ExportError(TorchhouseError, RuntimeError):
+    """The net cannot be exported."""
+
+
+def _as_args(example: Tree) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    if isinstance(example, torch.Tensor):
+        return (example,), {}
+    if isinstance(example, dict):
+        return (), dict(example)
+    if isinstance(example, (tuple, list)):
+        return tuple(example), {}
+    raise ConfigError(
+        f"example_input: expected a tensor, a tuple or a dict of tensors, got {describe(example)}"
+    )
+
+
+def _batch_dims(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    batch = torch.export.Dim("batch", min=1, max=2**31 - 1)
+
+    def spec(value: Any) -> Any:
+        return {0: batch} if isinstance(value, torch.Tensor) and value.dim() > 0 else None
+
+    if kwargs:
+        return {k: spec(v) for k, v in kwargs.items()}
+    return tuple(spec(a) for a in args)
+
+
+def export_model(
+    model: Model,
+    path: str | os.PathLike[str],
+    example_input: Any,
+    format: str = "pt2",
+    dynamic_batch: bool = True,
+) -> Path:
+    """Write the net as a standalone program; see `Model.export`."""
+    if format not in ("pt2", "onnx"):
+        raise ConfigError(f"format: expected 'pt2' or 'onnx', got {format!r}")
+    target = Path(path)
+    suffix = ".pt2" if format == "pt2" else ".onnx"
+    if target.suffix != suffix:
+        raise ConfigError(f"export: a {format} file must end in {suffix}, got {os.fspath(path)!r}")
+    example = make_batches(
+        example_input,
+        None,
+        batch_size=2**31 - 1,
+        shuffle=False,
+        generator=None,
+        name="example_input",
+        require_target=False,
+    )
+    inputs = next(iter(example.iterate(None)))[0]
+    # torch.export specialises a batch of 1; two rows keep the batch dimension symbolic.
+    inputs = tree_map(lambda t: torch.cat([t, t]) if t.dim() > 0 and t.shape[0] == 1 else t, inputs)
+    inputs = move_to(inputs, torch.device("cpu"))
+    args, kwargs = _as_args(inputs)
+    net = model.net
+    was_training = net.training
+    device = next(net.parameters(), torch.empty(0)).device
+    net.eval().to("cpu")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        if format == "onnx":
+            _export_onnx(net, args, kwargs, target, dynamic_batch)
+        else:
+            try:
+                program = torch.export.export(
+                    net,
+                    args,
+                    kwargs or None,
+                    dynamic_shapes=_batch_dims(args, kwargs) if dynamic_batch else None,
+                )
+            except Exception as exc:
+                raise ExportError(
+                    f"torch.export cannot capture {type(net).__name__}: {_first_line(exc)}. Nets with "
+                    "data-dependent Python control flow (e.g. `if x.sum() > 0:`), Python side effects in "
+                    "forward, or non-tensor outputs cannot be exported; rewrite that part with torch.where "
+                    "/ torch.cond, or use dynamic_batch=False if the batch size is the problem."
+                ) from exc
+            buffer = io.BytesIO()
+            torch.export.save(program, buffer)
+            from torchhouse.checkpoint import atomic_write_bytes
+
+            atomic_write_bytes(target, buffer.getvalue())
+    finally:
+        net.to(device).train(was_training)
+    model.save(target.with_suffix(".safetensors"))
+    meta_file = target.with_suffix(".json")
+    meta = json.loads(meta_file.read_text())
+    meta["export"] = {
+        "file": target.name,
+        "format": format,
+        "inputs": [{"shape": list(t.shape), "dtype": str(t.dtype)} for t in tree_leaves(inputs)],
+        "input_kind": "dict" if kwargs else ("tuple" if len(args) > 1 else "tensor"),
+        "input_names": list(kwargs) if kwargs else None,
+        "dynamic_batch": dynamic_batch,
+    }
+    from torchhouse.checkpoint import atomic_write_json
+
+    atomic_write_json(meta_file, meta)
+    return target
+
+
+def _export_onnx(net: Any, args: Any, kwargs: Any, target: Path, dynamic_batch: bool) -> None:
+    from importlib.util import find_spec
+
+    if find_spec("onnx") is None or find_spec("onnxscript") is None:
+        raise ConfigError("format='onnx' needs the onnx extra: pip install 'torchhouse[onnx]'")
+    try:
+        torch.onnx.export(
+            net,
+            args,
+            str(target),
+            kwargs=kwargs or None,
+            dynamo=True,
+            dynamic_shapes=_batch_dims(args, kwargs) if dynamic_batch else None,
+        )
+    except Exception as exc:
+        raise ExportError(f"ONNX export of {type(net).__name__} failed: {_first_line(exc)}") from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def check_archive(path: Path) -> None:
+    """Refuse a .pt2 whose loading would unpickle anything beyond weights-only data."""
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such file")
+    try:
+        archive = zipfile.ZipFile(path)
+    except zipfile.BadZipFile as exc:
+        raise CheckpointError(f"{path}: is not a .pt2 archive (not a zip file)") from exc
+    with archive:
+        names = archive.namelist()
+        if not any(n.endswith(".json") and "/models/" in f"/{n}" for n in names):
+            raise CheckpointError(f"{path}: is not a torch.export program (no models/*.json)")
+        for name in names:
+            if name.endswith("_config.json") and ("/weights/" in name or "/constants/" in name):
+                config = json.loads(archive.read(name))
+                pickled = [k for k, v in config.get("config", {}).items() if v.get("use_pickle")]
+                if pickled:
+                    raise CheckpointError(
+                        f"{path}: holds pickled payloads ({', '.join(pickled[:3])}); torchhouse never "
+                        "unpickles them, because that can run arbitrary code"
+                    )
+            if "/sample_inputs/" in f"/{name}" and archive.getinfo(name).file_size:
+                try:
+                    torch.load(io.BytesIO(archive.read(name)), weights_only=True)
+                except Exception as exc:
+                    raise CheckpointError(
+                        f"{path}: its example inputs ({name}) are not plain tensors and would need full "
+                        "unpickling, which can run arbitrary code; refusing to load it"
+                    ) from exc
+
+
+class ExportedModel:
+    """A loaded exported program: ``predict(x)`` like `Model.predict`, no Python net code needed."""
+
+    def __init__(self, module: Any, meta: dict[str, Any], path: Path) -> None:
+        self.module = module
+        self.meta = meta
+        self.path = path
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.module(*args, **kwargs)
+
+    def predict(self, x: Any, batch_size: int = 256) -> Any:
+        """Outputs for ``x`` (arrays, DataFrame, Dataset, DataLoader), concatenated, on the CPU."""
+        batches = make_batches(
+            x, None, batch_size=batch_size, shuffle=False, generator=None, require_target=False
+        )
+        outputs = []
+        with torch.no_grad():
+            for batch in batches.iterate(None):
+                outputs.append(call_net(self.module, inputs_of(batch)))
+        from torchhouse.loop import _concat
+
+        return _concat(outputs)
+
+
+def load_exported(path: str | os.PathLike[str]) -> ExportedModel:
+    """Load a program written by `Model.export` (checked first; see the module docstring).
+
+    Example::
+
+        exported = th.load_exported("runs/x/model.pt2")
+        exported.predict(x_new)
+    """
+    file = Path(path)
+    check_archive(file)
+    try:
+        program = torch.export.load(str(file))
+    except Exception as exc:
+        raise CheckpointError(f"{file}: cannot load the exported program: {_first_line(exc)}") from exc
+    meta_file = file.with_suffix(".json")
+    meta = json.loads(meta_file.read_text()) if meta_file.exists() else {}
+    return ExportedModel(program.module(), meta, file)
