@@ -100,6 +100,19 @@ def _parser() -> argparse.ArgumentParser:
     tune.add_argument("--tune-dir", default=None, help="tuning folder (default runs/<name>-tune)")
     tune.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
 
+    app = commands.add_parser(
+        "app",
+        help="serve a Streamlit app for a run (127.0.0.1)",
+        description="Start a Streamlit app for a run folder on 127.0.0.1: its config, model, training "
+        "curves, test metrics, and a prediction form (CSV for tabular models, an image upload for image "
+        "models). Needs the app extra: pip install 'torchhouse[app]'.",
+    )
+    app.add_argument("run", help="a run folder written by `torchhouse fit` or `torchhouse demo`")
+    app.add_argument("--port", type=int, default=8501, help="port (default 8501)")
+    app.add_argument(
+        "--max-upload-mb", type=float, default=5.0, help="largest upload accepted (default 5 MB)"
+    )
+
     runs = commands.add_parser(
         "runs",
         help="list the runs in a folder",
@@ -143,6 +156,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _predict(args)
         if args.command == "tune":
             return _tune(args)
+        if args.command == "app":
+            return _app(args)
         if args.command == "runs":
             from torchhouse.runs import runs_table
 
@@ -293,6 +308,36 @@ def _tune(args: argparse.Namespace) -> int:
         print(f"best trial's run folder: {study.best_run_dir}")
     print(f"dashboard: optuna-dashboard {study.storage_url}")
     return 0
+
+
+def _app(args: argparse.Namespace) -> int:
+    import os
+    from importlib.util import find_spec
+
+    from torchhouse.app import streamlit_command
+    from torchhouse.config import RUN_CONFIG
+
+    if find_spec("streamlit") is None:
+        print(
+            "torchhouse app: error: Streamlit is not installed: pip install 'torchhouse[app]'",
+            file=sys.stderr,
+        )
+        return 2
+    if not os.path.isfile(os.path.join(args.run, RUN_CONFIG)):
+        print(
+            f"torchhouse app: error: {args.run}: not a run folder with {RUN_CONFIG} (train it with "
+            "`torchhouse fit CONFIG` or `torchhouse demo`)",
+            file=sys.stderr,
+        )
+        return 2
+    if args.max_upload_mb <= 0:
+        print("torchhouse app: error: --max-upload-mb must be > 0", file=sys.stderr)
+        return 2
+    os.environ["TORCHHOUSE_APP_MAX_UPLOAD_MB"] = str(args.max_upload_mb)
+    os.environ["TORCHHOUSE_RUN_DIR"] = os.path.abspath(args.run)
+    command = streamlit_command(os.path.abspath(args.run), args.port, args.max_upload_mb)
+    print(f"torchhouse app for {args.run} on http://127.0.0.1:{args.port}/ (Ctrl-C to stop)", flush=True)
+    os.execv(sys.executable, command)
 
 
 def _tensorboard(args: argparse.Namespace) -> int:

@@ -391,7 +391,8 @@ def load_data(config: dict[str, Any]) -> Data:
     if task == "classification":
         info["classes"] = int(y.max()) + 1
     seed = int(data.get("seed", 0))
-    order = np.random.default_rng(seed).permutation(len(x))
+    # the same split as torchhouse.datasets.train_test_split (and so as the demo)
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed)).numpy()
     n_test = round(len(x) * float(data["test_fraction"]))
     test, train = order[:n_test], order[n_test:]
     x_train, y_train, x_test, y_test = x[train], y[train], x[test], y[test]

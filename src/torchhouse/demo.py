@@ -74,4 +74,37 @@ def run_demo(
         monitor="val_acc",
     )
     result = model.evaluate(x_test, y_test, batch_size=256)
+    if run_dir is not None:
+        _write_run_config(run_dir, epochs, batch_size, seed, result)
     return {"history": history, "test": result, "model": model}
+
+
+def _write_run_config(run_dir: Any, epochs: int, batch_size: int, seed: int, test: dict[str, float]) -> None:
+    """Record how to rebuild the demo's net and data, so `torchhouse app/evaluate` work from the folder."""
+    from pathlib import Path
+
+    from torchhouse.checkpoint import atomic_write_json
+    from torchhouse.config import RUN_CONFIG
+    from torchhouse.runs import RunDir
+
+    atomic_write_json(
+        Path(run_dir) / RUN_CONFIG,
+        {
+            "name": Path(run_dir).name,
+            "model": {"factory": "torchhouse.demo:digits_cnn", "kwargs": {}},
+            "data": {
+                "dataset": "digits",
+                "test_fraction": 0.2,
+                "seed": seed,
+                "task": "classification",
+                "input_shape": [1, 8, 8],
+                "feature_names": None,
+                "classes": 10,
+            },
+            "loss": "CrossEntropyLoss",
+            "optimizer": {"name": "AdamW", "lr": 0.001},
+            "metrics": {"acc": "accuracy"},
+            "fit": {"epochs": epochs, "batch_size": batch_size, "seed": seed},
+        },
+    )
+    RunDir(run_dir).update(test=test)

@@ -1,0 +1,34 @@
+"""The Streamlit app for a run folder (`torchhouse app RUN_DIR`). Streamlit is imported only here."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+APP_SCRIPT = Path(__file__).with_name("streamlit_app.py")
+
+
+def streamlit_command(run_dir: str, port: int, max_upload_mb: float) -> list[str]:
+    """The command that serves the app for ``run_dir`` on 127.0.0.1:``port``."""
+    import sys
+
+    return [
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        str(APP_SCRIPT),
+        "--server.address",
+        "127.0.0.1",
+        "--server.port",
+        str(port),
+        "--server.headless",
+        "true",
+        "--server.maxUploadSize",
+        str(max(1, int(max_upload_mb + 0.999))),
+        "--browser.gatherUsageStats",
+        "false",
+        "--client.toolbarMode",
+        "viewer",
+        "--",
+        run_dir,
+    ]

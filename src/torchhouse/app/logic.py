@@ -1,0 +1,177 @@
+"""What the Streamlit app does, as plain functions (tested without a browser).
+
+The page script (``streamlit_app.py``) only lays these out.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from torchhouse.errors import TorchhouseError
+
+
+class AppInputError(TorchhouseError, ValueError):
+    """An upload or a form entry the model cannot take; the message is shown in the page."""
+
+
+DEFAULT_MAX_UPLOAD_MB = 5.0
+
+
+def max_upload_bytes() -> int:
+    return int(float(os.environ.get("TORCHHOUSE_APP_MAX_UPLOAD_MB", DEFAULT_MAX_UPLOAD_MB)) * 2**20)
+
+
+@dataclass
+class AppRun:
+    """A run folder loaded for the app."""
+
+    path: Path
+    config: dict[str, Any]
+    model: Any
+    info: dict[str, Any]
+    run: dict[str, Any] = field(default_factory=dict)
+    history: dict[str, list[float]] = field(default_factory=dict)
+
+    @property
+    def kind(self) -> str:
+        """ "image" for (C, H, W) inputs, "tabular" for a row of features."""
+        shape = self.info.get("input_shape") or []
+        return "image" if len(shape) == 3 else "tabular"
+
+    @property
+    def feature_names(self) -> list[str]:
+        names = self.info.get("feature_names")
+        if names:
+            return list(names)
+        width = int(np.prod(self.info.get("input_shape") or [1]))
+        return [f"x{i}" for i in range(width)]
+
+
+def load_app_run(path: str | os.PathLike[str]) -> AppRun:
+    """Load a run folder's config, model and history; a clear error if it cannot be served."""
+    from torchhouse.config import RUN_CONFIG, load_run
+    from torchhouse.runs import RunDir, read_history_csv
+
+    folder = Path(path)
+    if not folder.is_dir():
+        raise AppInputError(f"{folder}: no such run folder")
+    if not (folder / RUN_CONFIG).exists():
+        raise AppInputError(
+            f"{folder}: has no {RUN_CONFIG}, so the app cannot rebuild its model; train it with "
+            "`torchhouse fit CONFIG` or `torchhouse demo`"
+        )
+    config, model = load_run(folder)
+    history = read_history_csv(folder / "history.csv") if (folder / "history.csv").exists() else {}
+    return AppRun(folder, config, model, config["data"], RunDir(folder).info(), history)
+
+
+def _check_size(data: bytes) -> None:
+    limit = max_upload_bytes()
+    if len(data) > limit:
+        raise AppInputError(
+            f"the file is {len(data) / 2**20:.1f} MB; the limit is {limit / 2**20:.1f} MB "
+            "(set it with `torchhouse app --max-upload-mb`)"
+        )
+
+
+def rows_from_csv(app: AppRun, data: bytes) -> np.ndarray:
+    """Feature rows from CSV text with a header naming the model's feature columns."""
+    _check_size(data)
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise AppInputError("the file is not text: upload a CSV file (UTF-8)") from exc
+    rows = list(csv.reader(io.StringIO(text)))
+    rows = [r for r in rows if any(cell.strip() for cell in r)]
+    if len(rows) < 2:
+        raise AppInputError("the CSV needs a header row and at least one row of values")
+    header = [h.strip() for h in rows[0]]
+    expected = app.feature_names
+    missing = [n for n in expected if n not in header]
+    if missing:
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        raise AppInputError(f"the CSV is missing column(s) {shown}; expected columns: {', '.join(expected)}")
+    index = [header.index(n) for n in expected]
+    values = []
+    for line, row in enumerate(rows[1:], start=2):
+        try:
+            values.append([float(row[i]) for i in index])
+        except (ValueError, IndexError) as exc:
+            raise AppInputError(f"row {line} of the CSV has a missing or non-numeric value") from exc
+    return np.asarray(values, dtype=np.float32)
+
+
+def image_to_input(app: AppRun, data: bytes) -> tuple[np.ndarray, np.ndarray]:
+    """An uploaded picture as the net's input: grey, resized, scaled to [0, 1], ink bright.
+
+    Returns (input of shape (1, C, H, W), the resized image for display).
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    _check_size(data)
+    try:
+        image: Any = Image.open(io.BytesIO(data))
+        image.load()
+    except (UnidentifiedImageError, OSError) as exc:
+        raise AppInputError("the file is not an image: upload a PNG or JPEG") from exc
+    channels, height, width = (int(s) for s in app.info["input_shape"])
+    if image.width < width or image.height < height:
+        raise AppInputError(
+            f"the image is {image.width}x{image.height}; it must be at least {width}x{height} pixels"
+        )
+    image = image.convert("L" if channels == 1 else "RGB").resize((width, height), Image.Resampling.LANCZOS)
+    pixels = np.asarray(image, dtype=np.float32) / 255.0
+    if pixels.mean() > 0.5:  # dark ink on light paper: the digits data have bright ink on black
+        pixels = 1.0 - pixels
+    array = pixels.reshape(1, 1, height, width) if channels == 1 else pixels.transpose(2, 0, 1)[None]
+    return array, pixels
+
+
+def predict_rows(app: AppRun, rows: np.ndarray) -> tuple[list[str], list[list[Any]], np.ndarray | None]:
+    """Predictions for feature rows: (columns, table rows, class probabilities or None)."""
+    from torchhouse.config import prepare_inputs
+
+    inputs = prepare_inputs(rows, app.info) if app.kind == "tabular" else rows
+    outputs = app.model.predict(torch.as_tensor(inputs), batch_size=256)
+    task = app.info.get("task")
+    if task == "classification":
+        probabilities = outputs.softmax(dim=1).numpy()
+        labels = probabilities.argmax(axis=1)
+        table = [[int(label), float(p[label])] for label, p in zip(labels, probabilities)]
+        return ["prediction", "probability"], table, probabilities
+    if task == "binary":
+        p1 = outputs.sigmoid().reshape(-1).numpy()
+        probabilities = np.stack([1 - p1, p1], axis=1)
+        return (
+            ["prediction", "probability"],
+            [[int(p > 0.5), float(max(p, 1 - p))] for p in p1],
+            probabilities,
+        )
+    flat = outputs.reshape(len(outputs), -1).numpy()
+    columns = ["prediction"] if flat.shape[1] == 1 else [f"prediction{i}" for i in range(flat.shape[1])]
+    return columns, flat.tolist(), None
+
+
+def example_csv(app: AppRun, rows: int = 3) -> str:
+    """A small CSV of held-out rows, for the page's example (tabular runs)."""
+    from torchhouse.config import load_data
+
+    data = load_data(app.config)
+    x = data.x_test if data.x_test is not None else data.x_train
+    x = np.asarray(x[:rows], dtype=np.float64)
+    if "mean" in app.info:  # undo the standardisation: the form takes raw feature values
+        x = x * np.asarray(app.info["std"]) + np.asarray(app.info["mean"])
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(app.feature_names)
+    for row in x.reshape(len(x), -1):
+        writer.writerow([f"{v:.6g}" for v in row])
+    return buffer.getvalue()
