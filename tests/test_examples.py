@@ -37,3 +37,26 @@ def test_three_ways_examples(name, monkeypatch, capsys):
     assert all(acc > 0.3 for acc in results.values()), results
     if name == "train_three_ways":
         assert "identical weights for the script loop and th.Model: True" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "name,epochs",
+    [("tabular_breast_cancer", "30"), ("timeseries_sunspots", "40")],
+)
+def test_gallery_examples_beat_a_trivial_baseline(name, epochs, monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("EPOCHS", epochs)
+    monkeypatch.chdir(tmp_path)
+    result = runpy.run_path(str(EXAMPLES / f"{name}.py"))["main"]()
+    out = capsys.readouterr().out
+    assert "identical" in out
+    if name == "tabular_breast_cancer":
+        assert result["accuracy"] >= result["baseline"] + 0.2  # majority class is 0.67
+    else:
+        assert result["mae"] <= 0.75 * result["baseline"]  # repeating last year's value
+        assert (tmp_path / "runs" / "sunspots_forecast.png").exists()
+
+
+def test_api_reference_is_up_to_date():
+    generator = runpy.run_path(str(EXAMPLES.parent / "scripts" / "gen_api_docs.py"))
+    current = (EXAMPLES.parent / "docs" / "api.md").read_text()
+    assert current == generator["render"](), "run: python scripts/gen_api_docs.py"

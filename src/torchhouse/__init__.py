@@ -11,7 +11,7 @@ Importing torchhouse imports torch, numpy, safetensors and nothing heavy: torchm
 pandas, matplotlib, tensorboard, optuna and streamlit are imported only when used.
 """
 
-from torchhouse import callbacks, datasets, metrics
+from torchhouse import callbacks, datasets, metrics, models
 from torchhouse.distributed import launch
 from torchhouse.errors import CheckpointError, ConfigError, DataError, NonFiniteLossError, TorchhouseError
 from torchhouse.export import load_exported
@@ -38,6 +38,7 @@ __all__ = [
     "launch",
     "load_exported",
     "metrics",
+    "models",
     "seed_everything",
     "summary",
     "tune",

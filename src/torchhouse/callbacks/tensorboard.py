@@ -37,9 +37,10 @@ class TensorBoard(Callback):
     Uses the real ``tensorboard`` package (optional extra). ``fit(run_dir=...)`` adds one
     writing to ``run_dir/tensorboard`` when the package is installed.
 
-    Example:
-        >>> tb = TensorBoard("runs/exp1/tensorboard", log_every_n_steps=10)  # doctest: +SKIP
-        >>> # model.fit(x, y, callbacks=[tb]); then: tensorboard --logdir runs/exp1/tensorboard
+    Example::
+
+        tb = TensorBoard("runs/exp1/tensorboard", log_every_n_steps=10)
+        model.fit(x, y, callbacks=[tb])   # then: torchhouse tensorboard runs/exp1
     """
 
     def __init__(

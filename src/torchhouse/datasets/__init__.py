@@ -1,5 +1,9 @@
 """Small real data sets shipped with torchhouse, so nothing is downloaded.
 
+``load_breast_cancer``: the UCI "Breast Cancer Wisconsin (Diagnostic)" table (569 rows,
+30 features), CC BY 4.0. ``load_sunspots``: yearly sunspot numbers 1700-2008 (NOAA NGDC,
+public domain).
+
 ``load_digits``: the UCI "Optical Recognition of Handwritten Digits" test set (1,797
 8x8 images of the digits 0-9, pixel values 0-16), by E. Alpaydin and C. Kaynak, 1998.
 Licence: CC BY 4.0 (https://creativecommons.org/licenses/by/4.0/); the same copy that
@@ -33,6 +37,41 @@ def load_digits(normalize: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.from_numpy(x), torch.from_numpy(labels.astype(np.int64))
 
 
+def load_breast_cancer() -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """569 tumours: features ``(569, 30)`` float32, labels ``(569,)`` int64 (1 = benign), feature names.
+
+    Example:
+        >>> x, y, names = load_breast_cancer()
+        >>> x.shape, int(y.sum()), names[0]
+        ((569, 30), 357, 'mean_radius')
+    """
+    import csv
+
+    with resources.files(__name__).joinpath("breast_cancer.csv").open("r") as handle:
+        rows = list(csv.reader(handle))
+    header, body = rows[0], rows[1:]
+    x = np.array([[float(v) for v in r[:-1]] for r in body], dtype=np.float32)
+    y = np.array([int(r[-1]) for r in body], dtype=np.int64)
+    return x, y, header[:-1]
+
+
+def load_sunspots() -> tuple[np.ndarray, np.ndarray]:
+    """Yearly sunspot numbers: years ``(309,)`` int64 (1700-2008) and values ``(309,)`` float32.
+
+    Example:
+        >>> years, values = load_sunspots()
+        >>> int(years[0]), int(years[-1]), len(values)
+        (1700, 2008, 309)
+    """
+    import csv
+
+    with resources.files(__name__).joinpath("sunspots.csv").open("r") as handle:
+        rows = list(csv.reader(handle))[1:]
+    years = np.array([int(float(r[0])) for r in rows], dtype=np.int64)
+    values = np.array([float(r[1]) for r in rows], dtype=np.float32)
+    return years, values
+
+
 def train_test_split(
     x: torch.Tensor, y: torch.Tensor, test_fraction: float = 0.2, seed: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -51,4 +90,4 @@ def train_test_split(
     return x[train], x[test], y[train], y[test]
 
 
-__all__ = ["load_digits", "train_test_split"]
+__all__ = ["load_breast_cancer", "load_digits", "load_sunspots", "train_test_split"]
