@@ -13,7 +13,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -110,22 +110,30 @@ def _check_writable(folder: Path) -> None:
         raise CheckpointError(f"the folder {folder} is not writable")
 
 
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (temporary file, fsync, rename)."""
-    target = Path(path)
+def _atomic_replace(target: Path, write: Callable[[str], None]) -> None:
+    """Run ``write(tmp)`` on a temporary file beside ``target``, fsync it, rename it over ``target``."""
     _check_writable(target.parent)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
     try:
         _make_readable(tmp)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
+        write(tmp)
+        with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     _fsync_dir(target.parent)
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (temporary file, fsync, rename)."""
+
+    def write(tmp: str) -> None:
+        Path(tmp).write_bytes(data)
+
+    _atomic_replace(Path(path), write)
 
 
 def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> None:
@@ -139,22 +147,14 @@ def atomic_save_tensors(
     metadata: Mapping[str, str] | None = None,
 ) -> str:
     """Save tensors as safetensors atomically; returns the file's sha256."""
-    target = Path(path)
-    _check_writable(target.parent)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    try:
-        _make_readable(tmp)
+    digest: list[str] = []
+
+    def write(tmp: str) -> None:
         save_file(_unshared(tensors), tmp, metadata=dict(metadata) if metadata else None)
-        digest = sha256_file(tmp)
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(target.parent)
-    return digest
+        digest.append(sha256_file(tmp))
+
+    _atomic_replace(Path(path), write)
+    return digest[0]
 
 
 def _unshared(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -137,6 +137,17 @@ def _worker(
         _destroy()
 
 
+def _drain(queue: Any, failure: str | None, result: Any) -> tuple[str | None, Any]:
+    """Read the processes' messages: the first error, and rank 0's result."""
+    while not queue.empty():
+        kind, payload = queue.get()
+        if kind == "error" and failure is None:
+            failure = payload
+        elif kind == "ok":
+            result = payload
+    return failure, result
+
+
 def launch(
     fn: Callable[..., Any],
     *args: Any,
@@ -181,12 +192,7 @@ def launch(
     result: Any = None
     try:
         while any(p.is_alive() for p in processes):
-            if not queue.empty():
-                kind, payload = queue.get()
-                if kind == "error" and failure is None:
-                    failure = payload
-                elif kind == "ok":
-                    result = payload
+            failure, result = _drain(queue, failure, result)
             failed = [(r, p.exitcode) for r, p in enumerate(processes) if p.exitcode not in (None, 0)]
             if failed or failure:
                 break
@@ -204,12 +210,7 @@ def launch(
             if process.is_alive():
                 process.kill()
                 process.join()
-    while not queue.empty():
-        kind, payload = queue.get()
-        if kind == "error" and failure is None:
-            failure = payload
-        elif kind == "ok":
-            result = payload
+    failure, result = _drain(queue, failure, result)
     codes = [p.exitcode for p in processes]
     if failure or any(code != 0 for code in codes):
         detail = failure or f"exit codes {codes}"
