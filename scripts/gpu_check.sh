@@ -20,6 +20,16 @@ python3 -m pytest -p no:cacheprovider -rs tests/test_gpu.py tests/test_precision
   2>&1 | tee "$out/tests.log"
 tests_rc=${PIPESTATUS[0]}
 
+ddp_rc=0
+if [ "$(python3 -c 'import torch; print(torch.cuda.device_count())')" -ge 2 ]; then
+  echo "== DDP with NCCL on 2 GPUs =="
+  TORCHHOUSE_TEST_DEVICE=cuda python3 -m torch.distributed.run --standalone --nproc-per-node=2 \
+    tests/ddp_worker.py "$out/ddp-nccl.json" fit 2>&1 | tail -n 20
+  ddp_rc=${PIPESTATUS[0]}
+else
+  echo "(one GPU: the NCCL DDP check needs 2+ GPUs and was not run)"
+fi
+
 TORCHHOUSE_BENCH_DEVICE=cuda timeout 240 python3 benchmarks/run.py --workloads tabular digits wide \
   --runners "hand loop" "textbook DataLoader" "torchhouse (arrays)" "torchhouse (DataLoader)" \
   --repeats 2 --out "$out/bench-gpu.md" 2>&1 | tee "$out/bench.log"
@@ -29,5 +39,6 @@ echo
 echo "== summary =="
 cat "$out/device.txt"
 echo "tests: $(tail -n 1 "$out/tests.log") (exit $tests_rc)"
+echo "DDP with NCCL: exit $ddp_rc"
 echo "benchmark: exit $bench_rc, tables in $out/bench-gpu.md"
-[ "$tests_rc" -eq 0 ] && [ "$bench_rc" -eq 0 ]
+[ "$tests_rc" -eq 0 ] && [ "$bench_rc" -eq 0 ] && [ "$ddp_rc" -eq 0 ]

@@ -74,7 +74,8 @@ def train(mode="fit", world=None):
             "acc": th.metrics.accuracy,
             "tm_acc": torchmetrics.classification.MulticlassAccuracy(num_classes=3, average="micro"),
         },
-        device="cpu",
+        # scripts/gpu_check.sh sets TORCHHOUSE_TEST_DEVICE=cuda: each rank then takes cuda:LOCAL_RANK (NCCL)
+        device=None if os.environ.get("TORCHHOUSE_TEST_DEVICE") == "cuda" else "cpu",
     )
     x, y, x_val, y_val = data()
     initial = model.evaluate(x_val, y_val, batch_size=4)

@@ -99,3 +99,14 @@ def test_loading_junk_and_missing_files(tmp_path):
     (tmp_path / "junk.pt2").write_bytes(b"not a zip")
     with pytest.raises(th.CheckpointError, match="not a .pt2 archive"):
         th.load_exported(tmp_path / "junk.pt2")
+
+
+def test_onnx_export_checks_with_onnx(tmp_path):
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnxscript")
+    model = th.Model(make_net(), device="cpu")
+    path = model.export(tmp_path / "m.onnx", torch.randn(3, 6), format="onnx")
+    proto = onnx.load(str(path))
+    onnx.checker.check_model(proto)
+    assert [i.name for i in proto.graph.input]
+    assert (tmp_path / "m.safetensors").exists()
