@@ -70,6 +70,7 @@ ENTRIES = [
     ("torchhouse.datasets.load_digits", th.datasets.load_digits, []),
     ("torchhouse.datasets.load_breast_cancer", th.datasets.load_breast_cancer, []),
     ("torchhouse.datasets.load_sunspots", th.datasets.load_sunspots, []),
+    ("torchhouse.datasets.load_sentiment_words", th.datasets.load_sentiment_words, []),
     ("torchhouse.datasets.train_test_split", th.datasets.train_test_split, []),
 ]
 

@@ -2,7 +2,8 @@
 
 ``load_breast_cancer``: the UCI "Breast Cancer Wisconsin (Diagnostic)" table (569 rows,
 30 features), CC BY 4.0. ``load_sunspots``: yearly sunspot numbers 1700-2008 (NOAA NGDC,
-public domain).
+public domain). ``load_sentiment_words``: 7,217 words of the VADER sentiment lexicon with
+their human ratings (MIT).
 
 ``load_digits``: the UCI "Optical Recognition of Handwritten Digits" test set (1,797
 8x8 images of the digits 0-9, pixel values 0-16), by E. Alpaydin and C. Kaynak, 1998.
@@ -72,6 +73,29 @@ def load_sunspots() -> tuple[np.ndarray, np.ndarray]:
     return years, values
 
 
+def load_sentiment_words() -> tuple[list[str], np.ndarray, np.ndarray]:
+    """7,217 English words rated for sentiment (VADER lexicon, MIT): words, labels, valence.
+
+    ``labels`` is int64, 1 when the mean human rating is positive; ``valence`` the mean
+    rating (-4 to +4) as float32.
+
+    Example:
+        >>> words, labels, valence = load_sentiment_words()
+        >>> len(words), int(labels.sum()), words[0]
+        (7217, 3190, 'aas')
+    """
+    import csv
+
+    with resources.files(__name__).joinpath("sentiment_words.csv").open("r") as handle:
+        rows = list(csv.reader(handle))[1:]
+    words = [r[0] for r in rows]
+    return (
+        words,
+        np.array([int(r[2]) for r in rows], dtype=np.int64),
+        np.array([float(r[1]) for r in rows], dtype=np.float32),
+    )
+
+
 def train_test_split(
     x: torch.Tensor, y: torch.Tensor, test_fraction: float = 0.2, seed: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -90,4 +114,4 @@ def train_test_split(
     return x[train], x[test], y[train], y[test]
 
 
-__all__ = ["load_breast_cancer", "load_digits", "load_sunspots", "train_test_split"]
+__all__ = ["load_breast_cancer", "load_digits", "load_sentiment_words", "load_sunspots", "train_test_split"]
