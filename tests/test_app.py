@@ -212,3 +212,44 @@ def test_in_a_real_browser(digits_run, tmp_path):
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def text_run(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("text") / "run"
+    config = str(Path(__file__).resolve().parent.parent / "examples" / "configs" / "sentiment_words.yaml")
+    assert main(["fit", config, "--run-dir", str(folder), "--set", "fit.epochs=6", "--progress", "none"]) == 0
+    return folder
+
+
+def test_a_text_run_from_a_config_predicts_texts(text_run, tmp_path, capsys):
+    import json
+
+    resolved = json.loads((text_run / "run_config.json").read_text())
+    assert resolved["model"]["kwargs"]["vocabulary_size"] == len(resolved["data"]["vocabulary"]) + 2
+    (tmp_path / "words.csv").write_text("text\nmarvelous\nhorrible\n")
+    capsys.readouterr()
+    assert main(["predict", str(text_run), str(tmp_path / "words.csv")]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0] == "prediction,p0,p1" and [line[0] for line in lines[1:]] == ["1", "0"]
+    app = load_app_run(text_run)
+    assert app.kind == "text"
+    _, table, _ = predict_rows(app, ["wonderful", "awful"])
+    assert [row[0] for row in table] == [1, 0]
+
+
+def test_the_text_page_with_apptest(text_run, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("TORCHHOUSE_RUN_DIR", str(text_run))
+    page = AppTest.from_file(str(APP_SCRIPT), default_timeout=60)
+    page.run()
+    assert not page.exception
+    page.text_area[0].set_value("splendid\nterrible")
+    page.button[0].click().run()
+    assert not page.exception and not page.error
+    frame = page.dataframe[0].value
+    assert list(frame["text"]) == ["splendid", "terrible"] and list(frame["prediction"]) == [1, 0]
+    page.text_area[0].set_value("   \n")
+    page.button[0].click().run()
+    assert "at least one text" in page.error[0].value

@@ -216,14 +216,17 @@ def _fit(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from torchhouse.config import _read_csv, load_data, load_run, prepare_inputs
+    from torchhouse.config import _read_csv, _read_text_csv, load_data, load_run, prepare_inputs
 
     config, model = load_run(args.run)
     info = config["data"]
     if args.csv:
         target = info.get("target") or config["data"].get("target")
         with open(args.csv, newline="") as handle:
-            x, y, _ = _read_csv(handle, target, info.get("feature_names"), "--csv")
+            if info.get("vocabulary") is not None:
+                x, y = _read_text_csv(handle, info.get("text") or "text", target, "--csv")
+            else:
+                x, y, _ = _read_csv(handle, target, info.get("feature_names"), "--csv")
         x = prepare_inputs(x, info)
         y = y.astype("int64") if info["task"] == "classification" else y.astype("float32").reshape(len(y), -1)
     else:
@@ -244,20 +247,24 @@ def _predict(args: argparse.Namespace) -> int:
     import csv
     import io
 
-    from torchhouse.config import _read_csv, load_run, prepare_inputs
+    from torchhouse.config import _read_csv, _read_text_csv, load_run, prepare_inputs
 
     config, model = load_run(args.run)
     info = config["data"]
+    text_model = info.get("vocabulary") is not None
     try:
         with open(args.input, newline="") as handle:
-            rows, _, _ = _read_csv(handle, None, info.get("feature_names"), "input")
+            if text_model:
+                rows, _ = _read_text_csv(handle, info.get("text") or "text", None, "input")
+            else:
+                rows, _, _ = _read_csv(handle, None, info.get("feature_names"), "input")
     except OSError as exc:
         print(f"torchhouse predict: error: {args.input}: {exc.strerror}", file=sys.stderr)
         return 2
     expected = 1
     for size in info.get("input_shape") or []:
         expected *= int(size)
-    if rows.shape[1] != expected:
+    if not text_model and rows.shape[1] != expected:
         print(
             f"torchhouse predict: error: {args.input}: rows have {rows.shape[1]} values, the model "
             f"expects {expected} (columns: {info.get('feature_names') or 'any'})",

@@ -57,6 +57,10 @@ SECTIONS: dict[str, Any] = {
 }
 MODEL_KEYS = {"factory", "kwargs"}
 DATA_KEYS = {
+    "text",
+    "vocabulary",
+    "max_length",
+    "min_count",
     "dataset",
     "csv",
     "target",
@@ -96,7 +100,8 @@ FIT_KEYS = {
     "on_nonfinite",
     "tensorboard",
 }
-BUNDLED = ("digits", "breast_cancer")
+BUNDLED = ("digits", "breast_cancer", "sentiment_words")
+TEXT_DATASETS = ("sentiment_words",)
 CLASSIFICATION_LOSSES = ("CrossEntropyLoss", "NLLLoss")
 BINARY_LOSSES = ("BCEWithLogitsLoss", "BCELoss")
 
@@ -334,6 +339,11 @@ def _bundled(name: str) -> tuple[np.ndarray, np.ndarray, list[str] | None]:
     if name == "digits":
         x, y = load_digits()
         return x.numpy(), y.numpy(), None
+    if name == "sentiment_words":
+        from torchhouse.datasets import load_sentiment_words
+
+        words, labels, _ = load_sentiment_words()
+        return np.asarray(words, dtype=object), labels, None
     file = resources.files("torchhouse.datasets").joinpath("breast_cancer.csv")
     with file.open("r") as handle:
         return _read_csv(handle, "benign", None, "data.dataset")
@@ -374,7 +384,10 @@ def load_data(config: dict[str, Any]) -> Data:
         if not path.is_file():
             raise ConfigError(f"data.csv: {path}: no such file")
         with path.open(newline="") as handle:
-            x, y, names = _read_csv(handle, data["target"], data.get("features"), "data.csv")
+            if data.get("text"):
+                x, y = _read_text_csv(handle, data["text"], data["target"], "data.csv")
+            else:
+                x, y, names = _read_csv(handle, data["target"], data.get("features"), "data.csv")
     else:
         produced = import_object(data["factory"], "data.factory")(**(data.get("kwargs") or {}))
         if isinstance(produced, dict):
@@ -386,6 +399,7 @@ def load_data(config: dict[str, Any]) -> Data:
     y = np.asarray(y)
     y = y.astype(np.int64) if task == "classification" else y.astype(np.float32).reshape(len(y), -1)
     x = np.asarray(x)
+    is_text = x.dtype.kind in "OUS"
     x = x.astype(np.float32) if x.dtype.kind == "f" else x
     info: dict[str, Any] = {"task": task, "input_shape": list(x.shape[1:]), "feature_names": names}
     if task == "classification":
@@ -396,6 +410,19 @@ def load_data(config: dict[str, Any]) -> Data:
     n_test = round(len(x) * float(data["test_fraction"]))
     test, train = order[:n_test], order[n_test:]
     x_train, y_train, x_test, y_test = x[train], y[train], x[test], y[test]
+    if is_text:
+        from torchhouse.text import TrigramVocabulary
+
+        vocabulary = TrigramVocabulary.build([str(t) for t in x_train], int(data.get("min_count", 2)))
+        length = int(data.get("max_length", 16))
+        info.update(
+            vocabulary=vocabulary.grams,
+            max_length=length,
+            input_shape=[length],
+            text=data.get("text", "text"),
+        )
+        x_train = vocabulary.encode([str(t) for t in x_train], length).numpy()
+        x_test = vocabulary.encode([str(t) for t in x_test], length).numpy()
     if data.get("standardize"):
         mean = x_train.mean(axis=0)
         std = x_train.std(axis=0) + 1e-8
@@ -404,8 +431,29 @@ def load_data(config: dict[str, Any]) -> Data:
     return Data(x_train, y_train, x_test if n_test else None, y_test if n_test else None, info)
 
 
-def prepare_inputs(rows: np.ndarray, info: dict[str, Any]) -> np.ndarray:
-    """Turn raw feature rows (e.g. from a CSV) into net inputs, as training did."""
+def _read_text_csv(handle: Any, text: str, target: str | None, where: str) -> tuple[Any, Any]:
+    rows = list(csv.DictReader(handle))
+    if not rows:
+        raise ConfigError(f"{where}: the CSV has no rows")
+    missing = [c for c in (text, target) if c is not None and c not in rows[0]]
+    if missing:
+        raise ConfigError(f"{where}: the CSV has no column(s) {missing}; columns: {list(rows[0])}")
+    texts = np.asarray([r[text] for r in rows], dtype=object)
+    if target is None:
+        return texts, None
+    try:
+        return texts, np.asarray([float(r[target]) for r in rows])
+    except ValueError as exc:
+        raise ConfigError(f"{where}: the target column {target!r} must hold numbers ({exc})") from exc
+
+
+def prepare_inputs(rows: Any, info: dict[str, Any]) -> np.ndarray:
+    """Turn raw rows (feature rows, or texts for a text model) into net inputs, as training did."""
+    if info.get("vocabulary") is not None:
+        from torchhouse.text import TrigramVocabulary
+
+        texts = [str(t) for t in rows]
+        return TrigramVocabulary(info["vocabulary"]).encode(texts, int(info["max_length"])).numpy()
     x: np.ndarray = np.asarray(rows, dtype=np.float32)
     if "mean" in info:
         mean = np.asarray(info["mean"], dtype=np.float32)
@@ -488,6 +536,11 @@ def train_from_config(
     seed = config["fit"].get("seed")
     if seed is not None:
         torch.manual_seed(seed)
+    if data.info.get("vocabulary") is not None:
+        # a text net's embedding size follows the vocabulary built from the training split
+        factory = import_object(config["model"]["factory"], "model.factory")
+        if "vocabulary_size" in inspect.signature(factory).parameters:
+            config["model"]["kwargs"].setdefault("vocabulary_size", len(data.info["vocabulary"]) + 2)
     model = build_model(config)
     fit_kwargs = dict(config["fit"])
     if progress is not None:

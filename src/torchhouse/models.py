@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
 from torch import nn
 
 
@@ -32,3 +33,35 @@ def mlp(
         width = size
     layers.append(nn.Linear(width, out_features))
     return nn.Sequential(*layers)
+
+
+class BagOfTrigrams(nn.Module):
+    """Text classifier: embed each trigram id, average the non-padding ones, then an MLP.
+
+    Takes int64 ids ``(N, L)`` with 0 as padding (``torchhouse.text.TrigramVocabulary``).
+
+    Example:
+        >>> BagOfTrigrams(100)(torch.tensor([[2, 3, 0]])).shape
+        torch.Size([1, 2])
+    """
+
+    def __init__(
+        self, vocabulary_size: int, dim: int = 32, hidden: int = 32, classes: int = 2, dropout: float = 0.2
+    ) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(vocabulary_size, dim, padding_idx=0)
+        self.head = nn.Sequential(
+            nn.Linear(dim, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, classes)
+        )
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        mask = (ids > 0).unsqueeze(-1).float()
+        pooled = (self.embedding(ids) * mask).sum(1) / mask.sum(1).clamp(min=1)
+        return self.head(pooled)
+
+
+def bag_of_trigrams(
+    vocabulary_size: int, dim: int = 32, hidden: int = 32, classes: int = 2, dropout: float = 0.2
+) -> BagOfTrigrams:
+    """`BagOfTrigrams` as a config factory (``torchhouse.models:bag_of_trigrams``)."""
+    return BagOfTrigrams(vocabulary_size, dim, hidden, classes, dropout)

@@ -42,7 +42,9 @@ class AppRun:
 
     @property
     def kind(self) -> str:
-        """ "image" for (C, H, W) inputs, "tabular" for a row of features."""
+        """ "text" for a text model, "image" for (C, H, W) inputs, "tabular" for a row of features."""
+        if self.info.get("vocabulary") is not None:
+            return "text"
         shape = self.info.get("input_shape") or []
         return "image" if len(shape) == 3 else "tabular"
 
@@ -135,11 +137,20 @@ def image_to_input(app: AppRun, data: bytes) -> tuple[np.ndarray, np.ndarray]:
     return array, pixels
 
 
-def predict_rows(app: AppRun, rows: np.ndarray) -> tuple[list[str], list[list[Any]], np.ndarray | None]:
+def texts_from_box(app: AppRun, text: str) -> list[str]:
+    """One text per non-empty line of a text box."""
+    _check_size(text.encode())
+    texts = [line.strip() for line in text.splitlines() if line.strip()]
+    if not texts:
+        raise AppInputError("type at least one text (one per line)")
+    return texts
+
+
+def predict_rows(app: AppRun, rows: Any) -> tuple[list[str], list[list[Any]], np.ndarray | None]:
     """Predictions for feature rows: (columns, table rows, class probabilities or None)."""
     from torchhouse.config import prepare_inputs
 
-    inputs = prepare_inputs(rows, app.info) if app.kind == "tabular" else rows
+    inputs = rows if app.kind == "image" else prepare_inputs(rows, app.info)
     outputs = app.model.predict(torch.as_tensor(inputs), batch_size=256)
     task = app.info.get("task")
     if task == "classification":

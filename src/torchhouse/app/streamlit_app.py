@@ -19,6 +19,7 @@ from torchhouse.app.logic import (
     max_upload_bytes,
     predict_rows,
     rows_from_csv,
+    texts_from_box,
 )
 from torchhouse.errors import TorchhouseError
 
@@ -56,7 +57,7 @@ if test:
 def show_predictions(columns: list[str], table: list[list[object]], probabilities) -> None:  # type: ignore[no-untyped-def]
     st.subheader("Prediction")
     if probabilities is not None:
-        label, probability = table[0][0], table[0][1]
+        label, probability = table[0][-2], table[0][-1]
         more = f" (first of {len(table)} rows)" if len(table) > 1 else ""
         st.markdown(f"Predicted class **{label}** with probability {probability:.3f}{more}")
     st.dataframe(pd.DataFrame(table, columns=columns), hide_index=False)
@@ -86,6 +87,20 @@ with predict_tab:
                 left.image(pixels, caption="what the model sees", width=160, clamp=True)
                 with right:
                     show_predictions(*predict_rows(app, array))
+            except AppInputError as exc:
+                st.error(str(exc))
+    elif app.kind == "text":
+        st.write("Type one text per line; the model reads its words as character trigrams.")
+        box = st.text_area(
+            "Texts", value="wonderful\nunhelpful\ndisgraceful\njoyfully", height=140, key="texts"
+        )
+        if st.button("Predict", type="primary"):
+            try:
+                texts = texts_from_box(app, box)
+                names, table, probabilities = predict_rows(app, texts)
+                show_predictions(
+                    ["text", *names], [[t, *row] for t, row in zip(texts, table)], probabilities
+                )
             except AppInputError as exc:
                 st.error(str(exc))
     else:
