@@ -98,9 +98,7 @@ with predict_tab:
             try:
                 texts = texts_from_box(app, box)
                 names, table, probabilities = predict_rows(app, texts)
-                show_predictions(
-                    ["text", *names], [[t, *row] for t, row in zip(texts, table)], probabilities
-                )
+                show_predictions(["text", *names], [[t, *row] for t, row in zip(texts, table)], probabilities)
             except AppInputError as exc:
                 st.error(str(exc))
     else:
