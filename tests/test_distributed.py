@@ -117,3 +117,40 @@ def test_two_process_run_resumes_bit_identical_after_a_crash(tmp_path):
 def test_launch_rejects_bad_nprocs():
     with pytest.raises(th.ConfigError, match="nprocs"):
         th.launch(print, nprocs=0)
+
+
+def _pruned_everywhere():
+    """Rank 0 holds the Optuna trial; rank 1 has none. Both must stop at the same epoch."""
+    import os
+
+    import optuna
+    from torch import nn
+
+    rank = int(os.environ["RANK"])
+    trial = None
+    if rank == 0:
+        optuna.logging.set_verbosity(optuna.logging.ERROR)
+        trial = optuna.create_study(pruner=optuna.pruners.ThresholdPruner(upper=0.0)).ask()
+    torch.manual_seed(0)
+    model = th.Model(nn.Linear(6, 3), loss=nn.CrossEntropyLoss(), device="cpu")
+    x, y, _, _ = ddp_worker.data()
+    try:
+        model.fit(
+            x,
+            y,
+            validation_split=0.25,
+            epochs=5,
+            progress="none",
+            callbacks=[th.callbacks.OptunaPruning(trial, monitor="val_loss")],
+        )
+    except optuna.TrialPruned:
+        return {"rank": rank, "epochs": len(model.history)}
+    raise AssertionError(f"rank {rank} was not pruned")
+
+
+def test_pruning_is_decided_by_rank_zero_and_stops_every_rank():
+    pytest.importorskip("optuna")
+    start = time.monotonic()
+    result = th.launch(_pruned_everywhere, nprocs=2, timeout=60)
+    assert result == {"rank": 0, "epochs": 1}
+    assert time.monotonic() - start < 60  # rank 1 did not wait for a collective that never came
