@@ -223,3 +223,28 @@ def test_tensorboard_command_serves_on_loopback(tmp_path):
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+def test_step_losses_are_flushed_during_the_epoch(tmp_path):
+    x, y = make_classification(n=64)
+    seen_during_epoch = []
+
+    class Reader(th.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs):
+            if self.model.global_step == 4:  # mid-epoch: 8 steps per epoch
+                events = read_events(tmp_path / "tb" / "train")
+                seen_during_epoch.extend(e.step for e in events.Scalars("step/loss"))
+
+    tb = TensorBoard(tmp_path / "tb", log_every_n_steps=1, flush_seconds=0.0)
+    model_for().fit(x, y, epochs=2, batch_size=8, progress="none", callbacks=[tb, Reader()])
+    values = read_events(tmp_path / "tb" / "train").Scalars("step/loss")
+    assert [e.step for e in values] == list(range(1, 17))  # each step once, none twice
+    assert seen_during_epoch == [1, 2, 3, 4]
+
+
+def test_tensorboard_without_step_logging_adds_no_per_step_call(tmp_path):
+    from torchhouse.callbacks.base import CallbackList
+
+    model = model_for()
+    assert CallbackList([TensorBoard(tmp_path / "a")], model).batch_end == []
+    assert len(CallbackList([TensorBoard(tmp_path / "b", log_every_n_steps=5)], model).batch_end) == 1

@@ -68,7 +68,11 @@ class CallbackList:
         for callback in self.callbacks:
             callback.set_model(model)
         # Per-step hooks cost time on every step, so only those who asked get them.
-        self.batch_end = [c for c in self.callbacks if overrides(c, "on_train_batch_end")]
+        self.batch_end = [
+            c
+            for c in self.callbacks
+            if overrides(c, "on_train_batch_end") and getattr(c, "needs_batch_end", True)
+        ]
 
     def on_fit_start(self, logs: dict[str, Any]) -> None:
         for callback in self.callbacks:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
 
 import torch
@@ -27,8 +28,8 @@ class TensorBoard(Callback):
       draws train and validation of one value in one chart. The learning rate is
       ``epoch/lr`` when a scheduler is set.
     - ``log_every_n_steps=N``: the training loss every N steps as ``step/loss``. The
-      losses stay on the device during the epoch and are written at its end (no host
-      sync per step).
+      losses stay in the device buffer and are read at most every ``flush_seconds``
+      (and at the epoch's end), never with a host sync per step.
     - ``histograms=True``: weight and gradient histograms once per epoch.
     - ``graph=True``: the net's graph, traced on the first training batch.
     - ``hparams``: a dict of hyperparameters, written with the final values of every
@@ -50,6 +51,7 @@ class TensorBoard(Callback):
         histograms: bool = False,
         graph: bool = False,
         hparams: dict[str, Any] | None = None,
+        flush_seconds: float = 10.0,
     ) -> None:
         every = log_every_n_steps
         if every is not None and (not isinstance(every, int) or every < 1):
@@ -62,7 +64,10 @@ class TensorBoard(Callback):
         self.graph = graph
         self.hparams = hparams
         self._writers: dict[str, Any] = {}
-        self._epoch_first_step = 0
+        self.flush_seconds = flush_seconds
+        self.needs_batch_end = log_every_n_steps is not None
+        self._written_step = 0
+        self._next_flush = 0.0
         self._graph_input: Any = None
         self._graph_hook: Any = None
         self._grad_hook: Any = None
@@ -79,6 +84,8 @@ class TensorBoard(Callback):
 
     def on_fit_start(self, logs: dict[str, Any]) -> None:
         model = self.model
+        self._written_step = model.global_step  # a resumed run wrote the earlier steps already
+        self._next_flush = time.perf_counter() + self.flush_seconds
         if self.graph:
 
             def capture(module: Any, args: Any) -> None:
@@ -87,8 +94,30 @@ class TensorBoard(Callback):
 
             self._graph_hook = model.net.register_forward_pre_hook(capture)
 
+    def on_train_batch_end(self, batch: int, logs: dict[str, Any]) -> None:
+        # Called only when log_every_n_steps is set (needs_batch_end); reads the device at
+        # most every flush_seconds, like the progress bar, never once per step.
+        if time.perf_counter() >= self._next_flush:
+            self._flush_steps()
+            self._next_flush = time.perf_counter() + self.flush_seconds
+
+    def _flush_steps(self) -> None:
+        """Write the step losses recorded since the last flush (one read of the device buffer)."""
+        model = self.model
+        acc = model._train_metrics
+        first_in_buffer = model.global_step - acc.count + 1  # global step of buffer row 0
+        start = max(self._written_step + 1, first_in_buffer)
+        if start > model.global_step:
+            return
+        train = self._writer("train")
+        for offset, loss in enumerate(acc.step_losses(start - first_in_buffer, acc.count)):
+            step = start + offset
+            if step % self.log_every_n_steps == 0:  # type: ignore[operator]
+                train.add_scalar("step/loss", loss, step)
+        train.flush()  # visible in TensorBoard now, not at the epoch's end
+        self._written_step = model.global_step
+
     def on_epoch_start(self, epoch: int, logs: dict[str, Any]) -> None:
-        self._epoch_first_step = self.model.global_step
         if self.histograms:
             # Gradients exist only between backward and zero_grad: copy them once per epoch,
             # just before the optimizer's first step of the epoch.
@@ -115,13 +144,7 @@ class TensorBoard(Callback):
             else:
                 train.add_scalar(f"epoch/{name}", value, step)
         if self.log_every_n_steps:
-            first = self._epoch_first_step
-            losses = model._train_metrics.step_losses(0, model._train_metrics.count)
-            done_before = model.global_step - len(losses)
-            for i, loss in enumerate(losses):
-                global_step = done_before + i + 1
-                if global_step > first and global_step % self.log_every_n_steps == 0:
-                    train.add_scalar("step/loss", loss, global_step)
+            self._flush_steps()
         if self.histograms:
             self._remove_hooks(graph=False)
             for name, param in model.net.named_parameters():
