@@ -154,3 +154,31 @@ def test_pruning_is_decided_by_rank_zero_and_stops_every_rank():
     result = th.launch(_pruned_everywhere, nprocs=2, timeout=60)
     assert result == {"rank": 0, "epochs": 1}
     assert time.monotonic() - start < 60  # rank 1 did not wait for a collective that never came
+
+
+def _nan_on_rank_one():
+    import os
+
+    from torch import nn
+
+    rank = int(os.environ["RANK"])
+
+    class NaNOnRankOne(th.Model):
+        def compute_loss(self, preds, target):
+            loss = super().compute_loss(preds, target)
+            return loss * float("nan") if rank == 1 and self.global_step == 2 else loss
+
+    torch.manual_seed(0)
+    model = NaNOnRankOne(nn.Linear(6, 3), loss=nn.CrossEntropyLoss(), device="cpu")
+    x, y, _, _ = ddp_worker.data()
+    try:
+        model.fit(x, y, epochs=3, batch_size=16, progress="none")
+    except th.NonFiniteLossError as exc:
+        return str(exc)
+    raise AssertionError(f"rank {rank} did not stop")
+
+
+def test_a_nan_on_one_rank_stops_every_rank():
+    message = th.launch(_nan_on_rank_one, nprocs=2, timeout=60)
+    # rank 0 stops too (the NaN reached its weights through the all-reduced gradients)
+    assert message.startswith("the training loss is nan") and "epoch 0" in message

@@ -24,8 +24,13 @@ class NonFiniteLossError(TorchhouseError, FloatingPointError):
 
     def __init__(self, epoch: int, step: int, value: float) -> None:
         self.epoch, self.step, self.value = epoch, step, value
+        where = (
+            f"at epoch {epoch}, batch {step} (0-based)"
+            if step >= 0
+            else f"in another process at epoch {epoch}"
+        )
         super().__init__(
-            f"the training loss is {value} at epoch {epoch}, batch {step} (0-based). Training "
+            f"the training loss is {value} {where}. Training "
             "stopped; saved checkpoints are intact. Try a lower learning rate, gradient "
             "clipping (gradient_clip_val), or on_nonfinite='skip' to skip such batches."
         )

@@ -192,7 +192,10 @@ class FitLoop:
         if index == 0:
             raise DataError("the training data yielded no batch")
         model._last_batch = False
-        self._check_finite(epoch)
+        logs = acc.compute()  # the epoch's one host sync
+        if acc.nonfinite and not model._skip_nonfinite:
+            bad = acc.first_nonfinite_loss()  # None on a rank whose losses were all finite
+            raise NonFiniteLossError(epoch, *(bad or (-1, float("nan"))))
         if self.context is not None:
             model.stop_training = distributed.any_rank(model.stop_training, model.device)
         if model.skipped_batches:
@@ -202,7 +205,6 @@ class FitLoop:
                 stacklevel=4,
             )
             model.skipped_batches = 0
-        logs = acc.compute()
         if model.lr_scheduler is not None:
             logs["lr"] = lr
         if self.val is not None:

@@ -119,6 +119,8 @@ class EpochMetrics:
         self.loss_reduction = loss_reduction
         self.ignore_nonfinite = False  # on_nonfinite="skip": skipped batches are not counted
         self.sync = False  # under several processes: sum the epoch's values over all ranks
+        self.nonfinite = 0  # non-finite training losses in the epoch, set by compute()
+        self._nonfinite = torch.zeros((), dtype=torch.float64)
         self.capacity = max(int(capacity), 1)
         self.reset()
 
@@ -190,16 +192,24 @@ class EpochMetrics:
                 sums.append(values.sum())
             else:
                 sums.append((values * sizes).sum())
-        totals = torch.stack([*sums, sizes.sum()])
+        # The count of non-finite losses rides along, so the NaN check costs no extra sync
+        # (and, summed over ranks, is the same decision on every rank).
+        nonfinite = (~torch.isfinite(self.columns["loss"][:k])).sum().double()
+        totals = torch.stack([*sums, sizes.sum(), nonfinite])
         if self.sync and sync:
             from torchhouse.distributed import all_sum
 
             totals = all_sum(totals)
-        return {name: totals[i] / totals[-1] for i, name in enumerate(self.columns)}
+        self._nonfinite = totals[-1]
+        return {name: totals[i] / totals[-2] for i, name in enumerate(self.columns)}
 
     def compute(self) -> dict[str, float]:
-        """The epoch's values as floats: one host sync for all of them."""
+        """The epoch's values as floats: one host sync for all of them.
+
+        Also sets ``nonfinite``, the number of steps whose loss was NaN or infinite.
+        """
         if self.count == 0 and not self.sync:
+            self.nonfinite = 0
             return {}
         values = self._weighted_means()
         for name, metric in self.stateful.items():
@@ -210,9 +220,11 @@ class EpochMetrics:
             else:
                 values[name] = _scalar(result, name)
         names = list(values)
-        floats = torch.stack([v.double().to(self.device) for v in values.values()]).tolist()
-        ordered = dict(zip(names, floats, strict=True))
-        return ordered
+        floats = torch.stack(
+            [*(v.double().to(self.device) for v in values.values()), self._nonfinite]
+        ).tolist()
+        self.nonfinite = int(floats.pop())
+        return dict(zip(names, floats, strict=True))
 
     def partial_loss(self) -> float:
         """The sample-weighted mean loss so far in this epoch (one host sync; for progress)."""
