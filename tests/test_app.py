@@ -198,10 +198,10 @@ def test_in_a_real_browser(digits_run, tmp_path):
             )
             page = browser.new_page(viewport={"width": 1280, "height": 900})
             page.goto(f"http://127.0.0.1:{port}/", wait_until="networkidle")
-            page.get_by_text("Upload a picture").wait_for(timeout=60_000)
+            page.get_by_text("Upload a picture").first.wait_for(timeout=60_000)
             page.locator("input[type=file]").set_input_files(str(upload))
-            page.get_by_text("Prediction").wait_for(timeout=60_000)
-            page.get_by_text("what the model sees").wait_for(timeout=60_000)
+            page.get_by_text("Predicted class", exact=False).first.wait_for(timeout=60_000)
+            page.get_by_text("what the model sees").first.wait_for(timeout=60_000)
             time.sleep(1.5)  # let the chart finish drawing
             page.screenshot(path=str(ARTIFACTS / "app-digits.png"), full_page=True)
             body = page.inner_text("body")
