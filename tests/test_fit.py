@@ -8,7 +8,7 @@ import pytest
 import torch
 import torchmetrics
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import DataLoader, TensorDataset
 
 import torchhouse as th
 from conftest import make_classification, make_net
@@ -236,17 +236,6 @@ def test_progress_bar_mode_runs(data, capsys):
     x, y = data
     model_for().fit(x, y, epochs=1, progress="bar")
     assert "Epoch 1/1" in capsys.readouterr().err
-
-
-class DictDataset(Dataset):
-    def __init__(self, x, y):
-        self.x, self.y = x, y
-
-    def __len__(self):
-        return len(self.x)
-
-    def __getitem__(self, i):
-        return {"features": self.x[i], "label": self.y[i]}
 
 
 def test_batch_size_of_short_last_batch_from_loader(data):
