@@ -369,7 +369,7 @@ class FitLoop:
         assert self.run_dir is not None
         loaded = self.run_dir.load_latest_state()
         if loaded is None:
-            print(f"resume=True: no saved state in {self.run_dir.path}; starting from scratch.")
+            self._say(f"resume=True: no saved state in {self.run_dir.path}; starting from scratch.")
             return None
         name, state = loaded
         self._check_fingerprint(state["fingerprint"], self.run_dir.checkpoints / name)
@@ -391,8 +391,14 @@ class FitLoop:
         model.global_step = int(state["global_step"])
         model.stop_training = bool(state["stop_training"])
         self.best = state["best"]
-        print(f"Resuming {self.run_dir.path} from {name} (epoch {state['epoch']}, batch {state['batch']}).")
+        self._say(
+            f"Resuming {self.run_dir.path} from {name} (epoch {state['epoch']}, batch {state['batch']})."
+        )
         return state
+
+    def _say(self, message: str) -> None:
+        if self.is_main:  # one line, not one per process
+            print(message)
 
     def _check_fingerprint(self, saved: dict[str, Any], where: Any) -> None:
         now = self._fingerprint()
@@ -426,7 +432,7 @@ class FitLoop:
         final = self.run_dir.path / "model.safetensors"
         if final.exists():
             self.model.load_weights(final)
-        print(f"resume=True: {self.run_dir.path} has already finished; nothing more to train.")
+        self._say(f"resume=True: {self.run_dir.path} has already finished; nothing more to train.")
         return self.model.history
 
 
