@@ -1,6 +1,6 @@
 """A training run for the resume tests, run in a subprocess so it can be SIGKILLed.
 
-usage: python resume_worker.py RUN_DIR KILL_AT_STEP OUT_FILE [SECONDS_PER_STEP] [DATA]
+usage: python resume_worker.py RUN_DIR KILL_AT_STEP OUT_FILE [SECONDS_PER_STEP] [DATA] [CHECKPOINT_EVERY]
 """
 
 import json
@@ -35,6 +35,7 @@ def main():
     run_dir, kill_at, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
     delay = float(sys.argv[4]) if len(sys.argv) > 4 else 0.0
     data_kind = sys.argv[5] if len(sys.argv) > 5 else "arrays"
+    every = int(sys.argv[6]) if len(sys.argv) > 6 else 3
     torch.set_num_threads(1)
     g = torch.Generator().manual_seed(0)
     x = torch.randn(100, 6, generator=g)
@@ -60,7 +61,7 @@ def main():
         seed=3,
         run_dir=None if run_dir == "-" else run_dir,
         resume=run_dir != "-",
-        checkpoint_every=3,
+        checkpoint_every=every,
         keep_checkpoints=2,
         callbacks=[
             th.callbacks.EarlyStopping(monitor="val_loss", patience=10, verbose=False),

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import torchhouse as th
 from torchhouse.app import APP_SCRIPT
 from torchhouse.app.logic import AppInputError, image_to_input, load_app_run, predict_rows, rows_from_csv
 from torchhouse.cli import main
@@ -109,9 +110,13 @@ def test_images_are_read_like_the_training_data(digits_run):
 
 
 def test_a_folder_without_run_config_is_explained(tmp_path):
-    with pytest.raises(AppInputError, match="no run_config.json"):
+    with pytest.raises(
+        th.ConfigError, match="cannot be served: it has neither run_config.json nor serve.json"
+    ):
         load_app_run(tmp_path)
     assert main(["app", str(tmp_path)]) == 2
+    with pytest.raises(AppInputError, match="no such run folder"):
+        load_app_run(tmp_path / "missing")
 
 
 def test_the_page_with_apptest(tabular_run, monkeypatch):

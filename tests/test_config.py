@@ -33,23 +33,23 @@ def base_config(**changes):
 BAD = [
     ({"unknown": 1}, "unknown section 'unknown'"),
     ({"model": {"factory": "torchhouse.models:mlp", "kwarg": {}}}, "model: unknown key\\(s\\) \\['kwarg'\\]"),
-    ({"model": {"factory": "nosuchmodule:net"}}, "model.factory: cannot import module 'nosuchmodule'"),
+    ({"model": {"factory": "nosuchmodule:net"}}, "model.factory: 'nosuchmodule:net' names code outside"),
     (
         {"model": {"factory": "torchhouse.models:nope"}},
-        "model.factory: module 'torchhouse.models' has no 'nope'",
+        "model.factory: 'torchhouse.models:nope' names code outside",
     ),
     (
         {"model": {"factory": "torchhouse.models:mlp", "kwargs": {"width": 3}}},
         "model.kwargs: mlp takes no argument",
     ),
-    ({"loss": "CrossEntropyLos"}, "loss: 'CrossEntropyLos' is not a name in torch.nn"),
+    ({"loss": "CrossEntropyLos"}, "loss: 'CrossEntropyLos' is not a loss in torch.nn"),
     (
         {"optimizer": {"name": "Adam", "learning_rate": 0.1}},
         "optimizer: Adam takes no argument\\(s\\) \\['learning_rate'\\]",
     ),
     ({"optimizer": {"lr": 0.1}}, "optimizer: a mapping needs a 'name' key"),
-    ({"metrics": {"acc": "accurracy"}}, "metrics.acc: 'accurracy' is not in torchhouse.metrics"),
-    ({"callbacks": [{"name": "EarlyStop"}]}, "callbacks\\[0\\]: 'EarlyStop' is not a name"),
+    ({"metrics": {"acc": "accurracy"}}, "metrics.acc: 'accurracy' is not a torchhouse metric"),
+    ({"callbacks": [{"name": "EarlyStop"}]}, "callbacks\\[0\\]: 'EarlyStop' is not a callback"),
     (
         {"callbacks": [{"name": "EarlyStopping", "patiense": 2}]},
         "callbacks\\[0\\]: EarlyStopping takes no argument",
@@ -65,10 +65,25 @@ BAD = [
 ]
 
 
+TRUSTED_BAD = [
+    ({"model": {"factory": "nosuchmodule:net"}}, "model.factory: cannot import module 'nosuchmodule'"),
+    (
+        {"model": {"factory": "torchhouse.models:nope"}},
+        "model.factory: module 'torchhouse.models' has no 'nope'",
+    ),
+]
+
+
 @pytest.mark.parametrize("change,message", BAD, ids=[m for _, m in BAD])
 def test_bad_configs_fail_before_training_naming_the_key(change, message):
     with pytest.raises(th.ConfigError, match=message):
         validate(base_config(**change))
+
+
+@pytest.mark.parametrize("change,message", TRUSTED_BAD, ids=[m for _, m in TRUSTED_BAD])
+def test_trusted_configs_still_name_what_does_not_import(change, message):
+    with pytest.raises(th.ConfigError, match=message):
+        validate(base_config(**change), trust_code=True)
 
 
 def test_missing_section_and_bad_files(tmp_path):

@@ -110,7 +110,7 @@ def test_two_process_run_resumes_bit_identical_after_a_crash(tmp_path):
     got = json.loads((tmp_path / "run").read_text())
     assert got["history"] == ref["history"]
     assert got["params"] == ref["params"]
-    with pytest.raises(th.CheckpointError, match="saved with 2 processes, now 1"):
+    with pytest.raises(th.CheckpointError, match="world_size: saved 2, now 1"):
         ddp_worker.train_with_checkpoints(str(tmp_path / "run.run"), -1)
 
 

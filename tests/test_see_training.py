@@ -173,9 +173,18 @@ def test_runs_lists_status_of_finished_stopped_crashed_and_running(tmp_path, cap
     live = tmp_path / "live"
     live.mkdir()
     (live / "run.json").write_text(json.dumps({"status": "running", "pid": os.getpid(), "started": "y"}))
+    # the lock decides when there is one: held by a live process (this one) whatever the pid says
+    from torchhouse.runlock import acquire_lock, release_lock
+
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    (locked / "run.json").write_text(json.dumps({"status": "running", "pid": dead.pid, "started": "z"}))
+    lock = acquire_lock(locked / ".lock")
     assert main(["runs", str(tmp_path)]) == 0
+    release_lock(lock)
     out = capsys.readouterr().out
     status = {line.split()[0]: line.split()[-1] for line in out.splitlines()[2:]}
+    assert status["locked"] == "running"
     assert status["finished"] == "finished"
     assert "early" in out and status["stopped"] == "early"
     assert status["crashed"] == "crashed"

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from torchhouse.errors import CheckpointError
@@ -111,9 +111,16 @@ def _check_writable(folder: Path) -> None:
 
 
 def _atomic_replace(target: Path, write: Callable[[str], None]) -> None:
-    """Run ``write(tmp)`` on a temporary file beside ``target``, fsync it, rename it over ``target``."""
+    """Run ``write(tmp)`` on a temporary file beside ``target``, fsync it, rename it over ``target``.
+
+    A failed write (a full disk, say) raises a `CheckpointError` naming ``target``; the
+    previous file is left as it was.
+    """
     _check_writable(target.parent)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    except OSError as exc:
+        raise CheckpointError(f"cannot write {target}: {exc.strerror or exc}") from exc
     os.close(fd)
     try:
         _make_readable(tmp)
@@ -121,6 +128,10 @@ def _atomic_replace(target: Path, write: Callable[[str], None]) -> None:
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, target)
+    except (OSError, SafetensorError) as exc:
+        Path(tmp).unlink(missing_ok=True)
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise CheckpointError(f"cannot write {target}: {reason}; the previous file is intact") from exc
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -141,16 +152,38 @@ def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, allow_nan=True) + "\n").encode())
 
 
+CONTENT_DIGEST = "content_sha256"
+
+
+def tensors_digest(tensors: Mapping[str, torch.Tensor]) -> str:
+    """sha256 over names, dtypes, shapes and bytes of ``tensors``: what a weights file holds."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        tensor = tensors[name].detach().to("cpu").contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{list(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
 def atomic_save_tensors(
     path: str | os.PathLike[str],
     tensors: Mapping[str, torch.Tensor],
     metadata: Mapping[str, str] | None = None,
+    content_digest: bool = False,
 ) -> str:
-    """Save tensors as safetensors atomically; returns the file's sha256."""
+    """Save tensors as safetensors atomically; returns the file's sha256.
+
+    ``content_digest=True`` stores `tensors_digest` in the file's metadata, so `read_tensors`
+    can tell a damaged file from an intact one without any other file.
+    """
     digest: list[str] = []
+    plain = _unshared(tensors)
+    extra = dict(metadata or {})
+    if content_digest:
+        extra[CONTENT_DIGEST] = tensors_digest(plain)
 
     def write(tmp: str) -> None:
-        save_file(_unshared(tensors), tmp, metadata=dict(metadata) if metadata else None)
+        save_file(plain, tmp, metadata=extra or None)
         digest.append(sha256_file(tmp))
 
     _atomic_replace(Path(path), write)
@@ -214,11 +247,17 @@ def read_tensors(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
             "safetensors.torch.save_file."
         )
     try:
-        return load_file(file)
-    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        with safe_open(file, framework="pt") as handle:
+            metadata = handle.metadata() or {}
+        tensors = load_file(file)
+    except (SafetensorError, OSError, ValueError, RuntimeError, TypeError, OverflowError) as exc:
         raise CheckpointError(
             f"{file}: is not a readable safetensors file (truncated or corrupt?): {exc}"
         ) from exc
+    expected = metadata.get(CONTENT_DIGEST)
+    if expected is not None and expected != tensors_digest(tensors):
+        raise CheckpointError(f"{file}: its content checksum does not match (damaged or edited file)")
+    return tensors
 
 
 def read_json(path: str | os.PathLike[str]) -> Any:
@@ -229,13 +268,17 @@ def read_json(path: str | os.PathLike[str]) -> Any:
         return json.loads(file.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"{file}: is not valid JSON (truncated or corrupt?): {exc}") from exc
+    except RecursionError as exc:
+        raise CheckpointError(f"{file}: is nested too deeply to be a torchhouse file") from exc
+    except OSError as exc:
+        raise CheckpointError(f"{file}: cannot be read: {exc.strerror or exc}") from exc
 
 
 # --------------------------------------------------------------------------- training states
 
 
 STATE_TENSORS, STATE_JSON = "state.safetensors", "state.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: state.json carries a checksum of its own content too
 
 
 def save_state(folder: str | os.PathLike[str], state: Mapping[str, Any]) -> Path:
@@ -252,13 +295,15 @@ def save_state(folder: str | os.PathLike[str], state: Mapping[str, Any]) -> Path
         tensors: dict[str, torch.Tensor] = {}
         tree = flatten(dict(state), tensors)
         digest = atomic_save_tensors(tmp / STATE_TENSORS, tensors)
-        atomic_write_json(
-            tmp / STATE_JSON,
-            {"format": FORMAT_VERSION, "sha256": digest, "state": tree},
-        )
+        atomic_write_json(tmp / STATE_JSON, seal_state_json(digest, tree))
         if target.exists():
-            shutil.rmtree(target)
+            doomed = target.with_name(f".deleting-{target.name}")
+            os.replace(target, doomed)
+            shutil.rmtree(doomed, ignore_errors=True)
         os.replace(tmp, target)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise CheckpointError(f"cannot write the training state {target}: {exc.strerror or exc}") from exc
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -266,18 +311,47 @@ def save_state(folder: str | os.PathLike[str], state: Mapping[str, Any]) -> Path
     return target
 
 
+def seal_state_json(tensors_sha256: str, tree: Any) -> dict[str, Any]:
+    """The content of ``state.json``: the JSON tree with checksums of itself and of the tensors."""
+    from torchhouse.safety import json_digest
+
+    return {
+        "format": FORMAT_VERSION,
+        "sha256": tensors_sha256,
+        "json_sha256": json_digest(tree),
+        "state": tree,
+    }
+
+
 def load_state(folder: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read a state written by `save_state`, checking it is whole (sha256)."""
+    """Read a state written by `save_state`, checking both files are whole and unedited (sha256).
+
+    Any damage (a truncated or edited file, a dangling tensor reference, a wrong type)
+    raises a `CheckpointError` naming the file.
+    """
+    from torchhouse.safety import json_digest
+
     source = Path(folder)
-    meta = read_json(source / STATE_JSON)
+    json_file = source / STATE_JSON
+    meta = read_json(json_file)
     if not isinstance(meta, dict) or meta.get("format") != FORMAT_VERSION or "state" not in meta:
-        raise CheckpointError(f"{source / STATE_JSON}: is not a torchhouse training state")
+        raise CheckpointError(f"{json_file}: is not a torchhouse training state (format {FORMAT_VERSION})")
+    try:
+        intact = meta.get("json_sha256") == json_digest(meta["state"])
+    except (TypeError, ValueError, RecursionError):
+        intact = False
+    if not intact:
+        raise CheckpointError(f"{json_file}: its checksum does not match its content (damaged or edited)")
     tensor_file = source / STATE_TENSORS
     if not tensor_file.exists():
         raise CheckpointError(f"{tensor_file}: no such file")
     if sha256_file(tensor_file) != meta.get("sha256"):
         raise CheckpointError(f"{tensor_file}: its checksum does not match (corrupt file)")
     tensors = read_tensors(tensor_file)
-    state = unflatten(meta["state"], tensors)
-    assert isinstance(state, dict)
+    try:
+        state = unflatten(meta["state"], tensors)
+    except (KeyError, TypeError, ValueError, RecursionError) as exc:
+        raise CheckpointError(f"{json_file}: does not fit its tensors ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{json_file}: the state is not a mapping")
     return state

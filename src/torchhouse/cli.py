@@ -6,10 +6,17 @@ Exit codes: 0 success, 1 training failure, 2 usage error (bad arguments or input
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from torchhouse.errors import TorchhouseError
+
+TRUST_HELP = (
+    "trust the config or run folder: let it import the code it names (module:callable) and "
+    "read paths outside its folder (see docs/security.md)"
+)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -37,6 +44,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--run-dir", default="runs/demo", help="run folder (default runs/demo)")
     demo.add_argument("--device", default=None, help="cpu, cuda, mps (default: best available)")
     demo.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
+    demo.add_argument("--overwrite", action="store_true", help="replace the run in --run-dir")
     demo.add_argument(
         "--progress", default="auto", choices=["auto", "bar", "epoch", "none"], help="progress display"
     )
@@ -58,6 +66,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     fit.add_argument("--run-dir", default=None, help="run folder (default runs/<name>)")
     fit.add_argument("--resume", action="store_true", help="continue the run in the run folder")
+    fit.add_argument("--overwrite", action="store_true", help="replace the run in the run folder")
+    fit.add_argument("--trust-code", action="store_true", help=TRUST_HELP)
     fit.add_argument("--progress", default=None, choices=["auto", "bar", "epoch", "none"])
 
     evaluate = commands.add_parser(
@@ -68,6 +78,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("run", help="a run folder written by `torchhouse fit`")
     evaluate.add_argument("--csv", default=None, help="a CSV with the feature and target columns")
+    evaluate.add_argument(
+        "--target", default=None, help="the target column of --csv (default: the run's, else 'target')"
+    )
+    evaluate.add_argument("--trust-code", action="store_true", help=TRUST_HELP)
 
     predict = commands.add_parser(
         "predict",
@@ -79,6 +93,7 @@ def _parser() -> argparse.ArgumentParser:
     predict.add_argument("run", help="a run folder written by `torchhouse fit`")
     predict.add_argument("input", help="a CSV of feature rows")
     predict.add_argument("--output", default=None, help="write the predictions to this CSV")
+    predict.add_argument("--trust-code", action="store_true", help=TRUST_HELP)
 
     tune = commands.add_parser(
         "tune",
@@ -99,6 +114,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     tune.add_argument("--tune-dir", default=None, help="tuning folder (default runs/<name>-tune)")
     tune.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    tune.add_argument("--trust-code", action="store_true", help=TRUST_HELP)
 
     app = commands.add_parser(
         "app",
@@ -112,6 +128,7 @@ def _parser() -> argparse.ArgumentParser:
     app.add_argument(
         "--max-upload-mb", type=float, default=5.0, help="largest upload accepted (default 5 MB)"
     )
+    app.add_argument("--trust-code", action="store_true", help=TRUST_HELP)
 
     runs = commands.add_parser(
         "runs",
@@ -196,6 +213,7 @@ def _demo(args: argparse.Namespace) -> int:
         progress=args.progress,
         device=args.device,
         resume=args.resume,
+        overwrite=args.overwrite,
     )
     test = result["test"]
     print(f"Test (held-out 20%): loss {test['loss']:.4f}, accuracy {test['acc']:.4f}")
@@ -207,7 +225,14 @@ def _fit(args: argparse.Namespace) -> int:
     from torchhouse.config import load_config, train_from_config
 
     config = load_config(args.config, args.overrides)
-    result = train_from_config(config, run_dir=args.run_dir, resume=args.resume, progress=args.progress)
+    result = train_from_config(
+        config,
+        run_dir=args.run_dir,
+        resume=args.resume,
+        progress=args.progress,
+        trust_code=args.trust_code,
+        overwrite=args.overwrite,
+    )
     test = result["test"]
     if test:
         print("Test (held-out split): " + ", ".join(f"{k} {v:.4f}" for k, v in test.items()))
@@ -215,22 +240,52 @@ def _fit(args: argparse.Namespace) -> int:
     return 0
 
 
-def _evaluate(args: argparse.Namespace) -> int:
-    from torchhouse.config import _read_csv, _read_text_csv, load_data, load_run, prepare_inputs
+def _read_input_csv(path: str, info: dict[str, Any], target: str | None, where: str) -> tuple[Any, Any]:
+    """Rows (and targets) of a CSV given on the command line, prepared as the run's inputs were."""
+    from torchhouse.config import prepare_inputs, read_csv, read_text_csv
+    from torchhouse.errors import ConfigError
+    from torchhouse.safety import MAX_CSV_ROWS
 
-    config, model = load_run(args.run)
+    if os.path.isdir(path):
+        raise ConfigError(f"{where}: {path} is a folder; expected a CSV file")
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as handle:
+            if info.get("vocabulary") is not None:
+                rows, y = read_text_csv(handle, info.get("text") or "text", target, where, MAX_CSV_ROWS)
+            else:
+                rows, y, _ = read_csv(handle, target, info.get("feature_names"), where, MAX_CSV_ROWS)
+    except OSError as exc:
+        raise ConfigError(f"{where}: {path}: {exc.strerror}") from exc
+    if info.get("vocabulary") is None:
+        expected = 1
+        for size in info.get("input_shape") or []:
+            expected *= int(size)
+        if info.get("input_shape") is not None and rows.shape[1] != expected:
+            raise ConfigError(
+                f"{where}: {path}: rows have {rows.shape[1]} values, the model expects {expected} "
+                f"(columns: {info.get('feature_names') or 'any'})"
+            )
+    return prepare_inputs(rows, info), y
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from torchhouse.config import load_data, load_run
+
+    config, model = load_run(args.run, trust_code=args.trust_code)
     info = config["data"]
     if args.csv:
-        target = info.get("target") or config["data"].get("target")
-        with open(args.csv, newline="") as handle:
-            if info.get("vocabulary") is not None:
-                x, y = _read_text_csv(handle, info.get("text") or "text", target, "--csv")
-            else:
-                x, y, _ = _read_csv(handle, target, info.get("feature_names"), "--csv")
-        x = prepare_inputs(x, info)
+        target = args.target or info.get("target") or "target"
+        x, y = _read_input_csv(args.csv, info, target, "--csv")
         y = y.astype("int64") if info["task"] == "classification" else y.astype("float32").reshape(len(y), -1)
     else:
-        data = load_data(config)
+        if "served_from" in config and not any(k in info for k in ("dataset", "csv")):
+            print(
+                f"torchhouse evaluate: error: {args.run} records no data to evaluate on; give --csv "
+                "(with --target when the target column is not named 'target')",
+                file=sys.stderr,
+            )
+            return 2
+        data = load_data(config, trust_code=args.trust_code, base=args.run)
         if data.x_test is None:
             print(
                 "torchhouse evaluate: error: the run has no held-out split (test_fraction 0); give --csv",
@@ -247,40 +302,23 @@ def _predict(args: argparse.Namespace) -> int:
     import csv
     import io
 
-    from torchhouse.config import _read_csv, _read_text_csv, load_run, prepare_inputs
+    from torchhouse.config import load_run
 
-    config, model = load_run(args.run)
+    config, model = load_run(args.run, trust_code=args.trust_code)
     info = config["data"]
-    text_model = info.get("vocabulary") is not None
-    try:
-        with open(args.input, newline="") as handle:
-            if text_model:
-                rows, _ = _read_text_csv(handle, info.get("text") or "text", None, "input")
-            else:
-                rows, _, _ = _read_csv(handle, None, info.get("feature_names"), "input")
-    except OSError as exc:
-        print(f"torchhouse predict: error: {args.input}: {exc.strerror}", file=sys.stderr)
-        return 2
-    expected = 1
-    for size in info.get("input_shape") or []:
-        expected *= int(size)
-    if not text_model and rows.shape[1] != expected:
-        print(
-            f"torchhouse predict: error: {args.input}: rows have {rows.shape[1]} values, the model "
-            f"expects {expected} (columns: {info.get('feature_names') or 'any'})",
-            file=sys.stderr,
-        )
-        return 2
-    outputs = model.predict(prepare_inputs(rows, info), batch_size=256)
+    inputs, _ = _read_input_csv(args.input, info, None, "input")
+    outputs = model.predict(inputs, batch_size=256)
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    if info["task"] == "classification":
+    task = info.get("task")
+    if task == "classification":
         probabilities = outputs.softmax(dim=1)
         writer.writerow(["prediction", *(f"p{c}" for c in range(probabilities.shape[1]))])
         for row in probabilities.tolist():
             writer.writerow([max(range(len(row)), key=row.__getitem__), *(f"{p:.6f}" for p in row)])
-    elif info["task"] == "binary":
-        probabilities = outputs.sigmoid().reshape(-1)
+    elif task in ("binary", "probability"):
+        # a BCELoss net outputs probabilities already; a BCEWithLogitsLoss net outputs logits
+        probabilities = (outputs if task == "probability" else outputs.sigmoid()).reshape(-1)
         writer.writerow(["prediction", "p1"])
         for p in probabilities.tolist():
             writer.writerow([int(p > 0.5), f"{p:.6f}"])
@@ -295,7 +333,7 @@ def _predict(args: argparse.Namespace) -> int:
         from torchhouse.checkpoint import atomic_write_bytes
 
         atomic_write_bytes(args.output, buffer.getvalue().encode())
-        print(f"wrote {len(rows)} predictions to {args.output}")
+        print(f"wrote {len(inputs)} predictions to {args.output}")
     else:
         print(buffer.getvalue(), end="")
     return 0
@@ -309,7 +347,9 @@ def _tune(args: argparse.Namespace) -> int:
         print("torchhouse tune: error: --trials must be >= 1", file=sys.stderr)
         return 2
     config = load_config(args.config, args.overrides)
-    study = tune_from_config(config, args.trials, args.storage, args.study_name, args.timeout, args.tune_dir)
+    study = tune_from_config(
+        config, args.trials, args.storage, args.study_name, args.timeout, args.tune_dir, args.trust_code
+    )
     print(best_trials_table(study))
     if study.best_run_dir is not None:
         print(f"best trial's run folder: {study.best_run_dir}")
@@ -322,7 +362,7 @@ def _app(args: argparse.Namespace) -> int:
     from importlib.util import find_spec
 
     from torchhouse.app import streamlit_command
-    from torchhouse.config import RUN_CONFIG
+    from torchhouse.config import load_run
 
     if find_spec("streamlit") is None:
         print(
@@ -330,18 +370,13 @@ def _app(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    if not os.path.isfile(os.path.join(args.run, RUN_CONFIG)):
-        print(
-            f"torchhouse app: error: {args.run}: not a run folder with {RUN_CONFIG} (train it with "
-            "`torchhouse fit CONFIG` or `torchhouse demo`)",
-            file=sys.stderr,
-        )
-        return 2
+    load_run(args.run, trust_code=args.trust_code)  # a run that cannot be served fails here, clearly
     if args.max_upload_mb <= 0:
         print("torchhouse app: error: --max-upload-mb must be > 0", file=sys.stderr)
         return 2
     os.environ["TORCHHOUSE_APP_MAX_UPLOAD_MB"] = str(args.max_upload_mb)
     os.environ["TORCHHOUSE_RUN_DIR"] = os.path.abspath(args.run)
+    os.environ["TORCHHOUSE_TRUST_CODE"] = "1" if args.trust_code else "0"
     command = streamlit_command(os.path.abspath(args.run), args.port, args.max_upload_mb)
     print(f"torchhouse app for {args.run} on http://127.0.0.1:{args.port}/ (Ctrl-C to stop)", flush=True)
     os.execv(sys.executable, command)

@@ -28,6 +28,7 @@ import copy
 import csv
 import importlib
 import inspect
+import io
 import json
 import os
 import re
@@ -40,6 +41,16 @@ import torch
 from torch import nn
 
 from torchhouse.errors import ConfigError
+from torchhouse.safety import (
+    CALLBACK_PATH_ARGUMENTS,
+    MAX_CONFIG_BYTES,
+    allowed_name,
+    check_run_name,
+    contained_path,
+    json_digest,
+    safe_yaml_load,
+    untrusted_name_error,
+)
 
 SECTIONS: dict[str, Any] = {
     "name": str,
@@ -114,14 +125,15 @@ def load_config(path: str | os.PathLike[str], overrides: list[str] | None = None
     file = Path(path)
     if not file.is_file():
         raise ConfigError(f"{file}: no such config file")
-    text = file.read_text()
+    size = file.stat().st_size
+    if size > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{file}: is {size} bytes; a config may hold at most {MAX_CONFIG_BYTES} bytes")
     try:
-        if file.suffix == ".json":
-            config = json.loads(text)
-        else:
-            import yaml
-
-            config = yaml.safe_load(text)
+        text = file.read_text()
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{file}: is not a text file (UTF-8)") from exc
+    try:
+        config = json.loads(text) if file.suffix == ".json" else safe_yaml_load(text)
     except Exception as exc:
         raise ConfigError(f"{file}: not valid {'JSON' if file.suffix == '.json' else 'YAML'}: {exc}") from exc
     if not isinstance(config, dict):
@@ -210,7 +222,16 @@ def _named(spec: Any, where: str) -> tuple[str, dict[str, Any]]:
     raise ConfigError(f"{where}: expected a name or a mapping with 'name', got {type(spec).__name__}")
 
 
-def _resolve(name: str, namespaces: list[Any], where: str) -> Any:
+def _resolve(name: str, namespaces: list[Any], where: str, kind: str, trust: bool, source: str) -> Any:
+    """The class ``name`` stands for: a short name of ``kind`` in ``namespaces``, or ``module:name``.
+
+    Without ``trust`` only torchhouse's allowlist (`torchhouse.safety.allowed_name`) resolves.
+    """
+    if not trust and not allowed_name(name, kind):
+        if ":" in name or "." in name:
+            raise untrusted_name_error(where, name, source)
+        known = ", ".join(n.__name__ for n in namespaces)
+        raise ConfigError(f"{where}: {name!r} is not a {kind} in {known}; use 'module:name' for your own")
     if ":" in name:
         return import_object(name, where)
     for namespace in namespaces:
@@ -234,9 +255,23 @@ def _check_kwargs(fn: Any, kwargs: dict[str, Any], where: str, skip: int = 0) ->
         raise ConfigError(f"{where}: {getattr(fn, '__name__', fn)} takes no argument(s) {unknown}")
 
 
-def validate(config: dict[str, Any]) -> dict[str, Any]:
-    """Check a config and return it with defaults filled in. Raises ConfigError naming the key."""
+def validate(
+    config: dict[str, Any],
+    trust_code: bool = False,
+    source: str = "the config",
+    base: Any = None,
+    check_paths: bool = True,
+) -> dict[str, Any]:
+    """Check a config and return it with defaults filled in. Raises ConfigError naming the key.
+
+    Without ``trust_code`` the config is data: it may name only torchhouse's own factories,
+    torch's losses / optimizers / schedulers by short name, torchhouse metrics and
+    callbacks, and its paths must stay inside ``base`` (default: the current folder).
+    Nothing it names is imported before these checks pass. ``check_paths=False`` leaves
+    the paths to be checked where they are used (a run folder's recorded data path).
+    """
     config = copy.deepcopy(config)
+    config.pop(CHECKSUM_KEY, None)
     for key, value in config.items():
         if key not in SECTIONS:
             raise ConfigError(f"config: unknown section {key!r}; allowed: {sorted(SECTIONS)}")
@@ -246,12 +281,23 @@ def validate(config: dict[str, Any]) -> dict[str, Any]:
         if required not in config:
             raise ConfigError(f"config: the section {required!r} is missing")
     config.setdefault("name", "run")
+    check_run_name(config["name"])
+    base = Path.cwd() if base is None else Path(base)
+    if "run_dir" in config and check_paths:
+        contained_path(config["run_dir"], base, "run_dir", trust_code)
     config.setdefault("optimizer", {"name": "AdamW", "lr": 1e-3})
     config.setdefault("fit", {})
     config.setdefault("trainer", {})
     model = config["model"]
     _check_keys(model, MODEL_KEYS, "model")
-    factory = import_object(model.get("factory", ""), "model.factory")
+    factory_name = model.get("factory", "")
+    if not trust_code and not allowed_name(factory_name, "factory"):
+        if not isinstance(factory_name, str) or not factory_name:
+            raise ConfigError(
+                f"model.factory: expected an import path like 'package.module:name', got {factory_name!r}"
+            )
+        raise untrusted_name_error("model.factory", factory_name, source)
+    factory = import_object(factory_name, "model.factory")
     if not callable(factory):
         raise ConfigError(f"model.factory: {model['factory']!r} is not callable")
     if not isinstance(model.setdefault("kwargs", {}), dict):
@@ -264,31 +310,44 @@ def validate(config: dict[str, Any]) -> dict[str, Any]:
         raise ConfigError(f"data: give exactly one of dataset, csv or factory (got {sources or 'none'})")
     if "dataset" in data and data["dataset"] not in BUNDLED:
         raise ConfigError(f"data.dataset: {data['dataset']!r} is not bundled; choose from {list(BUNDLED)}")
-    if "csv" in data and "target" not in data:
-        raise ConfigError("data.target: a csv source needs the name of its target column")
+    if "csv" in data:
+        if "target" not in data:
+            raise ConfigError("data.target: a csv source needs the name of its target column")
+        if check_paths:
+            contained_path(data["csv"], base, "data.csv", trust_code)
     if "factory" in data:
+        if not trust_code:
+            raise untrusted_name_error("data.factory", data["factory"], source)
         import_object(data["factory"], "data.factory")
     fraction = data.setdefault("test_fraction", 0.2)
-    if not isinstance(fraction, (int, float)) or not 0 <= fraction < 1:
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 <= fraction < 1:
         raise ConfigError(f"data.test_fraction: expected a number in [0, 1), got {fraction!r}")
     loss_name, loss_kwargs = _named(config["loss"], "loss")
-    loss_cls = _resolve(loss_name, [nn], "loss")
+    loss_cls = _resolve(loss_name, [nn], "loss", "loss", trust_code, source)
     _check_kwargs(loss_cls, loss_kwargs, "loss")
     opt_name, opt_kwargs = _named(config["optimizer"], "optimizer")
-    opt_cls = _resolve(opt_name, [torch.optim], "optimizer")
+    opt_cls = _resolve(opt_name, [torch.optim], "optimizer", "optimizer", trust_code, source)
     _check_kwargs(opt_cls, opt_kwargs, "optimizer", skip=1)
     if config.get("lr_scheduler"):
         name, kwargs = _named(config["lr_scheduler"], "lr_scheduler")
         kwargs.pop("interval", None)
-        _check_kwargs(_resolve(name, [torch.optim.lr_scheduler], "lr_scheduler"), kwargs, "lr_scheduler", 1)
+        scheduler_cls = _resolve(
+            name, [torch.optim.lr_scheduler], "lr_scheduler", "lr_scheduler", trust_code, source
+        )
+        _check_kwargs(scheduler_cls, kwargs, "lr_scheduler", 1)
     for metric_name, spec in (config.get("metrics") or {}).items():
         name, _ = _named(spec, f"metrics.{metric_name}")
-        _metric_factory(name, f"metrics.{metric_name}")
+        _metric_factory(name, f"metrics.{metric_name}", trust_code, source)
     from torchhouse import callbacks as th_callbacks
 
     for i, spec in enumerate(config.get("callbacks") or []):
         name, kwargs = _named(spec, f"callbacks[{i}]")
-        _check_kwargs(_resolve(name, [th_callbacks], f"callbacks[{i}]"), kwargs, f"callbacks[{i}]")
+        callback_cls = _resolve(name, [th_callbacks], f"callbacks[{i}]", "callback", trust_code, source)
+        _check_kwargs(callback_cls, kwargs, f"callbacks[{i}]")
+        for key in CALLBACK_PATH_ARGUMENTS:
+            if key in kwargs and check_paths:
+                # resolved against the run folder when built; checked against a stand-in here
+                contained_path(kwargs[key], base / "run", f"callbacks[{i}].{key}", trust_code)
     _check_keys(config["trainer"], TRAINER_KEYS, "trainer")
     _check_keys(config["fit"], FIT_KEYS, "fit")
     epochs = config["fit"].get("epochs", 1)
@@ -297,11 +356,15 @@ def validate(config: dict[str, Any]) -> dict[str, Any]:
     return config
 
 
-def _metric_factory(name: str, where: str) -> Any:
+def _metric_factory(name: str, where: str, trust: bool = False, source: str = "the config") -> Any:
     from torchhouse import metrics as th_metrics
 
     if ":" in name or "." in name:
+        if not trust:
+            raise untrusted_name_error(where, name, source)
         return import_object(name, where)
+    if not trust and not allowed_name(name, "metric"):
+        raise ConfigError(f"{where}: {name!r} is not a torchhouse metric; use 'module:name' for your own")
     if hasattr(th_metrics, name) and callable(getattr(th_metrics, name)):
         return getattr(th_metrics, name)
     raise ConfigError(f"{where}: {name!r} is not in torchhouse.metrics; use 'module:name' for your own")
@@ -331,7 +394,7 @@ def task_of(config: dict[str, Any]) -> str:
     return "regression"
 
 
-def _bundled(name: str) -> tuple[np.ndarray, np.ndarray, list[str] | None]:
+def _bundled(name: str) -> tuple[np.ndarray, Any, list[str] | None]:
     from importlib import resources
 
     from torchhouse.datasets import load_digits
@@ -346,49 +409,103 @@ def _bundled(name: str) -> tuple[np.ndarray, np.ndarray, list[str] | None]:
         return np.asarray(words, dtype=object), labels, None
     file = resources.files("torchhouse.datasets").joinpath("breast_cancer.csv")
     with file.open("r") as handle:
-        return _read_csv(handle, "benign", None, "data.dataset")
+        return read_csv(handle, "benign", None, "data.dataset")
 
 
-def _read_csv(
-    handle: Any, target: str | None, features: list[str] | None, where: str
-) -> tuple[Any, Any, list[str]]:
-    rows = list(csv.reader(handle))
+def _csv_rows(handle: Any, where: str, max_rows: int | None) -> list[list[str]]:
+    rows: list[list[str]] = []
+    try:
+        for row in csv.reader(handle):
+            rows.append(row)
+            if max_rows is not None and len(rows) > max_rows + 1:
+                raise ConfigError(
+                    f"{where}: the CSV has more than {max_rows:,} rows; split it into smaller files"
+                )
+    except csv.Error as exc:
+        limit = csv.field_size_limit()
+        raise ConfigError(
+            f"{where}: line {len(rows) + 1} of the CSV cannot be read ({exc}); a field may hold at "
+            f"most {limit:,} characters"
+        ) from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{where}: the file is not a text CSV (UTF-8)") from exc
+    return rows
+
+
+def read_csv(
+    handle: Any,
+    target: str | None,
+    features: list[str] | None,
+    where: str,
+    max_rows: int | None = None,
+) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
+    """Feature rows (float32), target values (or None) and feature names from a CSV with a header.
+
+    Every value must be a finite number; an error names the row and column otherwise.
+    """
+    rows = _csv_rows(handle, where, max_rows)
     if not rows:
         raise ConfigError(f"{where}: the CSV file is empty")
-    header, body = rows[0], rows[1:]
+    header, body = [h.strip() for h in rows[0]], rows[1:]
     if target is not None and target not in header:
-        raise ConfigError(f"data.target: no column {target!r} in the CSV; columns: {header}")
+        raise ConfigError(f"{where}: no target column {target!r} in the CSV; columns: {header}")
     names = features or [h for h in header if h != target]
     missing = [n for n in names if n not in header]
     if missing:
         raise ConfigError(f"{where}: the CSV has no column(s) {missing}; columns: {header}")
-    index = [header.index(n) for n in names]
-    try:
-        x = np.array([[float(r[i]) for i in index] for r in body], dtype=np.float32)
-        y = None if target is None else np.array([float(r[header.index(target)]) for r in body])
-    except (ValueError, IndexError) as exc:
-        raise ConfigError(f"{where}: every feature and target value must be a number ({exc})") from exc
     if len(body) == 0:
         raise ConfigError(f"{where}: the CSV has a header but no rows")
+    columns = [*names, *([target] if target is not None else [])]
+    index = [header.index(n) for n in columns]
+    values = np.empty((len(body), len(columns)), dtype=np.float64)
+    for line, row in enumerate(body, start=2):
+        for j, i in enumerate(index):
+            try:
+                values[line - 2, j] = float(row[i])
+            except IndexError:
+                raise ConfigError(f"{where}: row {line} has no value for column {columns[j]!r}") from None
+            except ValueError:
+                raise ConfigError(
+                    f"{where}: row {line}, column {columns[j]!r}: expected a number, got {row[i][:40]!r}"
+                ) from None
+    finite = np.isfinite(values)
+    if not finite.all():
+        line, j = (int(v) for v in np.argwhere(~finite)[0])
+        raise ConfigError(
+            f"{where}: row {line + 2}, column {columns[j]!r} is {values[line, j]}; every value must be a "
+            "finite number (no nan or inf)"
+        )
+    x = values[:, : len(names)].astype(np.float32)
+    y = values[:, len(names)] if target is not None else None
     return x, y, names
 
 
-def load_data(config: dict[str, Any]) -> Data:
-    """Load and split the config's data; returns splits and the info needed to predict later."""
+def load_data(config: dict[str, Any], trust_code: bool = False, base: Any = None) -> Data:
+    """Load and split the config's data; returns splits and the info needed to predict later.
+
+    ``data.csv`` must lie inside ``base`` (default: the current folder) unless ``trust_code``;
+    ``data.factory`` is code and needs ``trust_code``.
+    """
     data = config["data"]
     names: list[str] | None = None
     if "dataset" in data:
+        if data["dataset"] not in BUNDLED:
+            raise ConfigError(
+                f"data.dataset: {data['dataset']!r} is not bundled; choose from {list(BUNDLED)}"
+            )
         x, y, names = _bundled(data["dataset"])
     elif "csv" in data:
-        path = Path(data["csv"])
+        path = contained_path(data["csv"], Path.cwd() if base is None else base, "data.csv", trust_code)
         if not path.is_file():
             raise ConfigError(f"data.csv: {path}: no such file")
         with path.open(newline="") as handle:
             if data.get("text"):
-                x, y = _read_text_csv(handle, data["text"], data["target"], "data.csv")
+                x, y = read_text_csv(handle, data["text"], data["target"], "data.csv")
             else:
-                x, y, names = _read_csv(handle, data["target"], data.get("features"), "data.csv")
+                x, y, names = read_csv(handle, data["target"], data.get("features"), "data.csv")
     else:
+        if not trust_code:
+            raise untrusted_name_error("data.factory", data.get("factory"), "the config")
         produced = import_object(data["factory"], "data.factory")(**(data.get("kwargs") or {}))
         if isinstance(produced, dict):
             produced = (produced.get("x"), produced.get("y"))
@@ -431,20 +548,28 @@ def load_data(config: dict[str, Any]) -> Data:
     return Data(x_train, y_train, x_test if n_test else None, y_test if n_test else None, info)
 
 
-def _read_text_csv(handle: Any, text: str, target: str | None, where: str) -> tuple[Any, Any]:
-    rows = list(csv.DictReader(handle))
-    if not rows:
+def read_text_csv(
+    handle: Any, text: str, target: str | None, where: str, max_rows: int | None = None
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Texts (and numeric targets, or None) from a CSV with a header."""
+    rows = _csv_rows(handle, where, max_rows)
+    if len(rows) < 2:
         raise ConfigError(f"{where}: the CSV has no rows")
-    missing = [c for c in (text, target) if c is not None and c not in rows[0]]
+    header = [h.strip() for h in rows[0]]
+    missing = [c for c in (text, target) if c is not None and c not in header]
     if missing:
-        raise ConfigError(f"{where}: the CSV has no column(s) {missing}; columns: {list(rows[0])}")
-    texts = np.asarray([r[text] for r in rows], dtype=object)
+        raise ConfigError(f"{where}: the CSV has no column(s) {missing}; columns: {header}")
+    text_index = header.index(text)
+    try:
+        texts = np.asarray([r[text_index] for r in rows[1:]], dtype=object)
+    except IndexError as exc:
+        raise ConfigError(f"{where}: a row has no value for the column {text!r}") from exc
     if target is None:
         return texts, None
-    try:
-        return texts, np.asarray([float(r[target]) for r in rows])
-    except ValueError as exc:
-        raise ConfigError(f"{where}: the target column {target!r} must hold numbers ({exc})") from exc
+    column = header.index(target)
+    lines = [target] + [r[column] if column < len(r) else "" for r in rows[1:]]
+    _, y, _ = read_csv(io.StringIO("\n".join(lines)), target, None, where)
+    return texts, y
 
 
 def prepare_inputs(rows: Any, info: dict[str, Any]) -> np.ndarray:
@@ -462,8 +587,11 @@ def prepare_inputs(rows: Any, info: dict[str, Any]) -> np.ndarray:
     return x.reshape(len(x), *shape) if shape else x
 
 
-def build_net(config: dict[str, Any]) -> nn.Module:
+def build_net(config: dict[str, Any], trust_code: bool = False) -> nn.Module:
+    """The net a (validated) config's model section describes."""
     model = config["model"]
+    if not trust_code and not allowed_name(model["factory"], "factory"):
+        raise untrusted_name_error("model.factory", model["factory"], "the config")
     net = import_object(model["factory"], "model.factory")(**model.get("kwargs", {}))
     if not isinstance(net, nn.Module):
         raise ConfigError(
@@ -472,28 +600,29 @@ def build_net(config: dict[str, Any]) -> nn.Module:
     return net
 
 
-def build_model(config: dict[str, Any], net: nn.Module | None = None) -> Any:
-    """The `Model` a (validated) config describes."""
+def build_model(config: dict[str, Any], net: nn.Module | None = None, trust_code: bool = False) -> Any:
+    """The `Model` a (validated) config describes; names resolve as `validate` allows them."""
     from torchhouse.model import Model
 
+    source = "the config"
     loss_name, loss_kwargs = _named(config["loss"], "loss")
-    loss = _resolve(loss_name, [nn], "loss")(**loss_kwargs)
+    loss = _resolve(loss_name, [nn], "loss", "loss", trust_code, source)(**loss_kwargs)
     opt_name, opt_kwargs = _named(config["optimizer"], "optimizer")
-    opt_cls = _resolve(opt_name, [torch.optim], "optimizer")
+    opt_cls = _resolve(opt_name, [torch.optim], "optimizer", "optimizer", trust_code, source)
     scheduler = None
     trainer = dict(config.get("trainer") or {})
     if config.get("lr_scheduler"):
         name, kwargs = _named(config["lr_scheduler"], "lr_scheduler")
         trainer.setdefault("lr_scheduler_interval", kwargs.pop("interval", "epoch"))
-        cls = _resolve(name, [torch.optim.lr_scheduler], "lr_scheduler")
+        cls = _resolve(name, [torch.optim.lr_scheduler], "lr_scheduler", "lr_scheduler", trust_code, source)
         scheduler = lambda optimizer: cls(optimizer, **kwargs)  # noqa: E731
     metrics = {}
     for metric_name, spec in (config.get("metrics") or {}).items():
         name, kwargs = _named(spec, f"metrics.{metric_name}")
-        factory = _metric_factory(name, f"metrics.{metric_name}")
+        factory = _metric_factory(name, f"metrics.{metric_name}", trust_code, source)
         metrics[metric_name] = factory(**kwargs) if inspect.isclass(factory) else factory
     return Model(
-        net if net is not None else build_net(config),
+        net if net is not None else build_net(config, trust_code),
         loss=loss,
         optimizer=lambda params: opt_cls(params, **opt_kwargs),
         metrics=metrics,
@@ -502,17 +631,45 @@ def build_model(config: dict[str, Any], net: nn.Module | None = None) -> Any:
     )
 
 
-def build_callbacks(config: dict[str, Any]) -> list[Any]:
+def build_callbacks(config: dict[str, Any], run_dir: Any, trust_code: bool = False) -> list[Any]:
+    """The config's callbacks; their path arguments are taken relative to ``run_dir``."""
     from torchhouse import callbacks as th_callbacks
 
     built = []
     for i, spec in enumerate(config.get("callbacks") or []):
         name, kwargs = _named(spec, f"callbacks[{i}]")
-        built.append(_resolve(name, [th_callbacks], f"callbacks[{i}]")(**kwargs))
+        cls = _resolve(name, [th_callbacks], f"callbacks[{i}]", "callback", trust_code, "the config")
+        for key in CALLBACK_PATH_ARGUMENTS:
+            if key in kwargs:
+                kwargs[key] = contained_path(kwargs[key], run_dir, f"callbacks[{i}].{key}", trust_code)
+        built.append(cls(**kwargs))
     return built
 
 
 RUN_CONFIG = "run_config.json"
+CHECKSUM_KEY = "checksum"
+
+
+def write_run_config(folder: str | os.PathLike[str], config: dict[str, Any]) -> None:
+    """Write ``run_config.json`` with a checksum of its content (verified by `read_run_config`)."""
+    from torchhouse.checkpoint import atomic_write_json
+
+    body = {k: v for k, v in config.items() if k != CHECKSUM_KEY}
+    atomic_write_json(Path(folder) / RUN_CONFIG, {**body, CHECKSUM_KEY: json_digest(body)})
+
+
+def read_run_config(folder: str | os.PathLike[str]) -> dict[str, Any]:
+    """A run folder's ``run_config.json``, refused if damaged or edited (its checksum)."""
+    from torchhouse.checkpoint import read_json
+
+    file = Path(folder) / RUN_CONFIG
+    config = read_json(file)
+    if not isinstance(config, dict):
+        raise ConfigError(f"{file}: expected a mapping of sections, got {type(config).__name__}")
+    saved = config.pop(CHECKSUM_KEY, None)
+    if saved is not None and saved != json_digest(config):
+        raise ConfigError(f"{file}: its checksum does not match its content (damaged or edited)")
+    return config
 
 
 def train_from_config(
@@ -521,15 +678,19 @@ def train_from_config(
     resume: bool = False,
     progress: str | None = None,
     extra_callbacks: list[Any] | None = None,
+    trust_code: bool = False,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Validate, build, train and evaluate on the held-out split; writes the run folder.
 
-    Returns ``{"model", "history", "test", "run_dir"}``.
+    ``trust_code=True`` lets the config name your own code (``module:callable``) and paths
+    outside the current folder; see docs/security.md. Returns ``{"model", "history",
+    "test", "run_dir"}``.
     """
-    from torchhouse.checkpoint import atomic_write_json
-
-    config = validate(config)
-    data = load_data(config)
+    config = validate(config, trust_code)
+    data = load_data(config, trust_code)
+    if "csv" in config["data"]:  # recorded as an absolute path: the run folder may be opened elsewhere
+        config["data"]["csv"] = str(Path(config["data"]["csv"]).resolve())
     folder = Path(run_dir or config.get("run_dir") or Path("runs") / config["name"])
     config["data"].update(data.info)
     config["run_dir"] = str(folder)
@@ -541,20 +702,24 @@ def train_from_config(
         factory = import_object(config["model"]["factory"], "model.factory")
         if "vocabulary_size" in inspect.signature(factory).parameters:
             config["model"]["kwargs"].setdefault("vocabulary_size", len(data.info["vocabulary"]) + 2)
-    model = build_model(config)
+    model = build_model(config, trust_code=trust_code)
     fit_kwargs = dict(config["fit"])
     if progress is not None:
         fit_kwargs["progress"] = progress
-    folder.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(folder / RUN_CONFIG, config)
+    callbacks = build_callbacks(config, folder, trust_code) + list(extra_callbacks or [])
     history = model.fit(
         data.x_train,
         data.y_train,
         run_dir=folder,
         resume=resume,
-        callbacks=build_callbacks(config) + list(extra_callbacks or []),
+        overwrite=overwrite,
+        callbacks=callbacks,
         **fit_kwargs,
     )
+    write_run_config(folder, config)
+    from torchhouse.serving import add_data_info
+
+    add_data_info(folder, data.info)
     test = model.evaluate(data.x_test, data.y_test, batch_size=256) if data.x_test is not None else {}
     if test:
         from torchhouse.runs import RunDir
@@ -563,15 +728,8 @@ def train_from_config(
     return {"model": model, "history": history, "test": test, "run_dir": folder}
 
 
-def load_run(run_dir: str | os.PathLike[str]) -> tuple[dict[str, Any], Any]:
-    """The resolved config and the trained Model of a run folder written by `train_from_config`."""
-    from torchhouse.checkpoint import read_json
+def load_run(run_dir: str | os.PathLike[str], trust_code: bool = False) -> tuple[dict[str, Any], Any]:
+    """The config and trained Model of a run folder; see `torchhouse.serving.load_run`."""
+    from torchhouse.serving import load_run as load
 
-    folder = Path(run_dir)
-    if not (folder / RUN_CONFIG).exists():
-        raise ConfigError(f"{folder}: has no {RUN_CONFIG}; was it trained with `torchhouse fit CONFIG`?")
-    config = read_json(folder / RUN_CONFIG)
-    model = build_model(config)
-    weights = folder / "model.safetensors"
-    model.load_weights(weights)
-    return config, model
+    return load(run_dir, trust_code=trust_code)

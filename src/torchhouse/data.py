@@ -219,6 +219,16 @@ class Batches:
         last = len(self) - 1
         return last, real - last * self._batch_size()
 
+    def fingerprint(self) -> dict[str, Any]:
+        """What identifies this data for a resume check (size and batching here)."""
+        return {
+            "kind": type(self).__name__,
+            "num_samples": self.num_samples,
+            "steps": len(self) if self.has_len() else None,
+            "batch_size": self._batch_size(),
+            "shuffle": bool(getattr(self, "shuffle", False)),
+        }
+
     def _batch_size(self) -> int:
         raise NotImplementedError
 
@@ -259,6 +269,21 @@ class ArrayBatches(Batches):
 
     def _batch_size(self) -> int:
         return self.batch_size
+
+    def fingerprint(self) -> dict[str, Any]:
+        """Shapes, dtypes and a hash of a fixed sample of rows: tells other data from the same data."""
+        import hashlib
+
+        n = self.num_samples
+        assert n is not None
+        rows = torch.linspace(0, n - 1, steps=min(n, 32)).long()
+        digest = hashlib.sha256()
+        described = []
+        for name, leaf in _named_leaves((self.inputs, self.target), "data"):
+            described.append([name, list(leaf.shape), str(leaf.dtype)])
+            sample = leaf[rows.to(leaf.device)].detach().cpu().contiguous()
+            digest.update(sample.reshape(-1).view(torch.uint8).numpy().tobytes())
+        return {**super().fingerprint(), "tensors": described, "sample_sha256": digest.hexdigest()}
 
     def shard(self, rank: int, world: int, seed: int) -> ArrayBatches:
         self.rank, self.world = rank, world
@@ -537,23 +562,35 @@ def split_validation(batches: Batches, fraction: float) -> tuple[Batches, Batche
             f"validation_split={fraction} of {n} samples leaves {n - n_val} for training "
             f"and {n_val} for validation; both must be at least 1"
         )
+    sampler = loader.sampler
+    if type(sampler) not in (torch.utils.data.SequentialSampler, torch.utils.data.RandomSampler) or (
+        isinstance(sampler, torch.utils.data.RandomSampler)
+        and (sampler.replacement or sampler.num_samples != n)
+    ):
+        raise DataError(
+            f"validation_split cannot split a DataLoader whose sampler is a {type(sampler).__name__}: "
+            "the split would change what it draws (a weighted sampler would train on classes it never "
+            "draws). Pass validation_data (a DataLoader of held-out samples) instead"
+        )
     train_set = Subset(dataset, range(n - n_val))
     val_set = Subset(dataset, range(n - n_val, n))
-    shuffle = not isinstance(loader.sampler, torch.utils.data.SequentialSampler)
+    shuffle = isinstance(sampler, torch.utils.data.RandomSampler)
+    common: dict[str, Any] = {
+        "num_workers": loader.num_workers,
+        "collate_fn": loader.collate_fn,
+        "pin_memory": loader.pin_memory,
+        "worker_init_fn": loader.worker_init_fn,
+        "persistent_workers": loader.persistent_workers,
+    }
     train = DataLoader(
         train_set,
         batch_size=loader.batch_size,
         shuffle=shuffle,
         generator=loader.generator,
-        num_workers=loader.num_workers,
-        collate_fn=loader.collate_fn,
+        drop_last=loader.drop_last,
+        **common,
     )
-    val = DataLoader(
-        val_set,
-        batch_size=loader.batch_size,
-        num_workers=loader.num_workers,
-        collate_fn=loader.collate_fn,
-    )
+    val = DataLoader(val_set, batch_size=loader.batch_size, **common)
     return LoaderBatches(train, batches.name), LoaderBatches(val, "validation_data")
 
 

@@ -43,6 +43,7 @@ def run_demo(
     progress: str = "auto",
     device: str | None = None,
     resume: bool = False,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Train the digits CNN with validation and early stopping; returns the test metrics.
 
@@ -71,6 +72,7 @@ def run_demo(
         progress=progress,
         run_dir=run_dir,
         resume=resume,
+        overwrite=overwrite,
         monitor="val_acc",
     )
     result = model.evaluate(x_test, y_test, batch_size=256)
@@ -83,12 +85,11 @@ def _write_run_config(run_dir: Any, epochs: int, batch_size: int, seed: int, tes
     """Record how to rebuild the demo's net and data, so `torchhouse app/evaluate` work from the folder."""
     from pathlib import Path
 
-    from torchhouse.checkpoint import atomic_write_json
-    from torchhouse.config import RUN_CONFIG
+    from torchhouse.config import write_run_config
     from torchhouse.runs import RunDir
 
-    atomic_write_json(
-        Path(run_dir) / RUN_CONFIG,
+    write_run_config(
+        Path(run_dir),
         {
             "name": Path(run_dir).name,
             "model": {"factory": "torchhouse.demo:digits_cnn", "kwargs": {}},

@@ -34,3 +34,7 @@ class NonFiniteLossError(TorchhouseError, FloatingPointError):
             "stopped; saved checkpoints are intact. Try a lower learning rate, gradient "
             "clipping (gradient_clip_val), or on_nonfinite='skip' to skip such batches."
         )
+
+
+class UntrustedCodeError(ConfigError):
+    """A file names code (``module:callable``) that torchhouse runs only with ``trust_code=True``."""

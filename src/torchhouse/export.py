@@ -1,11 +1,11 @@
 """Export a trained net as a self-contained program (torch.export, .pt2), and load it back safely.
 
 An exported program runs without the Python code that defined the net. ``Model.export``
-writes ``model.pt2`` with ``model.safetensors`` + ``model.json`` beside it;
-``th.load_exported`` checks the archive before loading it: the weights must be stored as
-raw tensors (no pickled payloads), and the only pickle in a .pt2 — its example inputs —
-must load with torch's restricted weights-only unpickler. Anything else is refused
-without being run (``torch.export.load`` alone would fall back to full unpickling).
+writes ``model.pt2`` (without the pickled example inputs torch.export.save adds) with
+``model.safetensors`` + ``model.json`` beside it. ``th.load_exported`` never hands a
+file to ``torch.export.load`` as it is: `torchhouse.pt2_check` admits only the members,
+operators and expressions of the safe subset of the format and rebuilds the archive
+from them; anything else is refused without being run.
 
 Nets with data-dependent Python control flow (``if x.sum() > 0:``), Python side effects
 in ``forward`` or non-tensor outputs cannot be exported; the error says why.
@@ -21,9 +21,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+from torch import nn
 
 from torchhouse.data import Tree, call_net, describe, inputs_of, make_batches, move_to, tree_leaves, tree_map
 from torchhouse.errors import CheckpointError, ConfigError, TorchhouseError
+from torchhouse.pt2_check import admitted_archive
 
 if TYPE_CHECKING:
     from torchhouse.model import Model
@@ -109,9 +111,17 @@ def export_model(
                 ) from exc
             buffer = io.BytesIO()
             torch.export.save(program, buffer)
+            data = without_example_inputs(buffer.getvalue())
+            try:
+                admitted_archive(target, data)
+            except CheckpointError as exc:
+                raise ExportError(
+                    f"{type(net).__name__} exported, but the program holds content that "
+                    f"th.load_exported would refuse: {exc}"
+                ) from exc
             from torchhouse.checkpoint import atomic_write_bytes
 
-            atomic_write_bytes(target, buffer.getvalue())
+            atomic_write_bytes(target, data)
     finally:
         net.to(device).train(was_training)
     model.save(target.with_suffix(".safetensors"))
@@ -157,35 +167,36 @@ def _first_line(exc: BaseException) -> str:
 # --------------------------------------------------------------------------- loading
 
 
-def check_archive(path: Path) -> None:
-    """Refuse a .pt2 whose loading would unpickle anything beyond weights-only data."""
-    if not path.exists():
-        raise CheckpointError(f"{path}: no such file")
-    try:
-        archive = zipfile.ZipFile(path)
-    except zipfile.BadZipFile as exc:
-        raise CheckpointError(f"{path}: is not a .pt2 archive (not a zip file)") from exc
-    with archive:
-        names = archive.namelist()
-        if not any(n.endswith(".json") and "/models/" in f"/{n}" for n in names):
-            raise CheckpointError(f"{path}: is not a torch.export program (no models/*.json)")
-        for name in names:
-            if name.endswith("_config.json") and ("/weights/" in name or "/constants/" in name):
-                config = json.loads(archive.read(name))
-                pickled = [k for k, v in config.get("config", {}).items() if v.get("use_pickle")]
-                if pickled:
-                    raise CheckpointError(
-                        f"{path}: holds pickled payloads ({', '.join(pickled[:3])}); torchhouse never "
-                        "unpickles them, because that can run arbitrary code"
-                    )
-            if "/sample_inputs/" in f"/{name}" and archive.getinfo(name).file_size:
-                try:
-                    torch.load(io.BytesIO(archive.read(name)), weights_only=True)
-                except Exception as exc:
-                    raise CheckpointError(
-                        f"{path}: its example inputs ({name}) are not plain tensors and would need full "
-                        "unpickling, which can run arbitrary code; refusing to load it"
-                    ) from exc
+def without_example_inputs(data: bytes) -> bytes:
+    """A torch.export archive with its pickled example inputs emptied (they are not needed to run it)."""
+    source = zipfile.ZipFile(io.BytesIO(data))
+    out = io.BytesIO()
+    with source, zipfile.ZipFile(out, "w", compression=zipfile.ZIP_STORED) as target:
+        for info in source.infolist():
+            content = source.read(info)
+            if info.filename.endswith("/data/sample_inputs/model.pt"):
+                content = b""
+            target.writestr(info.filename, content)
+    return out.getvalue()
+
+
+class ExportedNet(nn.Module):
+    """An exported program as an ``nn.Module`` that `Model` can evaluate and predict with.
+
+    The program's train/eval behaviour was fixed when it was exported (``Model.export``
+    exports in eval mode), so ``train()`` / ``eval()`` only set the flag here.
+    """
+
+    def __init__(self, program_module: nn.Module) -> None:
+        super().__init__()
+        self.program = program_module
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self.program(*args, **kwargs)
+
+    def train(self, mode: bool = True) -> ExportedNet:
+        self.training = mode
+        return self
 
 
 class ExportedModel:
@@ -213,8 +224,13 @@ class ExportedModel:
         return _concat(outputs)
 
 
-def load_exported(path: str | os.PathLike[str]) -> ExportedModel:
-    """Load a program written by `Model.export` (checked first; see the module docstring).
+def load_exported(path: str | os.PathLike[str], trust_code: bool = False) -> ExportedModel:
+    """Load a program written by `Model.export`, checked first (see `torchhouse.pt2_check`).
+
+    The archive is read once, every member is checked against the safe subset of the
+    format, and only the checked bytes reach ``torch.export.load``. ``trust_code=True``
+    skips the check for a file you trust (torch.export.load may then unpickle and run
+    code from it).
 
     Example::
 
@@ -222,11 +238,23 @@ def load_exported(path: str | os.PathLike[str]) -> ExportedModel:
         exported.predict(x_new)
     """
     file = Path(path)
-    check_archive(file)
+    if not file.is_file():
+        raise CheckpointError(f"{file}: no such file")
+    data = file.read_bytes()
+    admitted = data if trust_code else admitted_archive(file, data)
     try:
-        program = torch.export.load(str(file))
+        program = torch.export.load(io.BytesIO(admitted))
     except Exception as exc:
         raise CheckpointError(f"{file}: cannot load the exported program: {_first_line(exc)}") from exc
     meta_file = file.with_suffix(".json")
-    meta = json.loads(meta_file.read_text()) if meta_file.exists() else {}
-    return ExportedModel(program.module(), meta, file)
+    meta: dict[str, Any] = {}
+    if meta_file.is_file():
+        from torchhouse.checkpoint import read_json
+
+        loaded = read_json(meta_file)
+        meta = loaded if isinstance(loaded, dict) else {}
+    try:
+        module = program.module()
+    except Exception as exc:
+        raise CheckpointError(f"{file}: cannot rebuild the exported program: {_first_line(exc)}") from exc
+    return ExportedModel(module, meta, file)

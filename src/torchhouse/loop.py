@@ -59,6 +59,7 @@ class FitLoop:
         progress: Any,
         run_dir: str | os.PathLike[str] | None,
         resume: bool,
+        overwrite: bool = False,
         checkpoint_every: int | None,
         keep_checkpoints: int,
         generator: torch.Generator,
@@ -79,6 +80,8 @@ class FitLoop:
         self.progress = Progress(resolve_progress(progress) if self.is_main else "none", epochs)
         self.run_dir = RunDir(run_dir) if run_dir is not None else None
         self.resume = resume
+        self.overwrite = overwrite
+        self.example_batch: Any = None  # the first training batch, for the run folder's exported program
         self.checkpoint_every = checkpoint_every
         self.keep_checkpoints = keep_checkpoints
         self.generator = generator
@@ -93,6 +96,7 @@ class FitLoop:
         self.train_metrics.ignore_nonfinite = model._skip_nonfinite
         self.train_metrics.sync = model._eval_metrics.sync = context is not None
         self.train_metrics.reset()
+        self.fingerprint = self._fingerprint()  # before a resumed state changes the optimizer
 
     # ----------------------------------------------------------------------- the fit
 
@@ -102,15 +106,41 @@ class FitLoop:
         model.global_step = 0
         start_epoch, start_batch = 0, 0
         state: dict[str, Any] | None = None
-        if self.run_dir is not None and self.resume:
-            state = self._load_resume_state()
-        if state is not None:
-            start_epoch, start_batch = int(state["epoch"]), int(state["batch"])
-            if state.get("finished") and (state.get("stop_training") or start_epoch >= self.epochs):
-                return self._return_finished(state)
-        self.monitor_mode = resolve_mode(self.monitor, "auto", model.metrics)
-        if self.run_dir is not None and self.is_main:
-            self.run_dir.start(self._config(), resumed=state is not None)
+        self._prepare_run_dir()
+        try:
+            if self.run_dir is not None and self.resume:
+                state = self._load_resume_state()
+            if state is not None:
+                start_epoch, start_batch = int(state["epoch"]), int(state["batch"])
+                if state.get("finished") and (state.get("stop_training") or start_epoch >= self.epochs):
+                    return self._return_finished(state)
+            self.monitor_mode = resolve_mode(self.monitor, "auto", model.metrics)
+            if self.run_dir is not None and self.is_main:
+                self.run_dir.start(self._config(), resumed=state is not None)
+            return self._run_epochs(start_epoch, start_batch, state)
+        finally:
+            if self.run_dir is not None:
+                self.run_dir.release()
+
+    def _prepare_run_dir(self) -> None:
+        """Rank 0 checks and locks the run folder; every rank learns whether that worked."""
+        if self.run_dir is None:
+            return
+        failure: BaseException | None = None
+        if self.is_main:
+            try:
+                self.run_dir.prepare(self.resume, self.overwrite)
+            except TorchhouseError as exc:
+                failure = exc
+        failed = failure is not None
+        others_failed = self.context is not None and distributed.any_rank(failed, self.model.device)
+        if others_failed and failure is None:
+            raise CheckpointError(f"{self.run_dir.path}: rank 0 could not open the run folder")
+        if failure is not None:
+            raise failure
+
+    def _run_epochs(self, start_epoch: int, start_batch: int, state: dict[str, Any] | None) -> History:
+        model = self.model
         model.optimizer.zero_grad(set_to_none=True)
         logs: dict[str, Any] = {}
         status = "crashed"
@@ -174,6 +204,8 @@ class FitLoop:
             model._last_batch = index == last
             if index == start:
                 out = _checked(model, train_step, batch, "training", acc, index == padded_index, real)
+                if self.example_batch is None:
+                    self.example_batch = batch
             else:
                 out = train_step(batch)
                 if index == padded_index:
@@ -281,11 +313,26 @@ class FitLoop:
         }
 
     def _fingerprint(self) -> dict[str, Any]:
+        """Everything that decides this fit's result, compared on resume (`_check_fingerprint`)."""
         model = self.model
+        config = self.fit_config
         return {
             "parameters": {k: list(v.shape) for k, v in model.net.state_dict().items()},
             "optimizer": type(model.optimizer).__name__,
             "param_groups": [len(g["params"]) for g in model.optimizer.param_groups],
+            "hyperparameters": [_hyperparameters(g) for g in model.optimizer.param_groups],
+            "loss": repr(model.loss),
+            "metrics": sorted(model.metrics),
+            "lr_scheduler": type(model.lr_scheduler).__name__ if model.lr_scheduler is not None else None,
+            "lr_scheduler_interval": model.lr_scheduler_interval,
+            "precision": model.precision,
+            "accumulate_grad_batches": model.accumulate_grad_batches,
+            "gradient_clip": [model.gradient_clip_val, model.gradient_clip_algorithm],
+            "batch_size": config.get("batch_size"),
+            "shuffle": config.get("shuffle"),
+            "seed": config.get("seed"),
+            "validation_split": config.get("validation_split"),
+            "data": self.train.fingerprint(),
             "num_samples": self.train.num_samples,
             "steps_per_epoch": len(self.train) if self.train.has_len() else None,
             "world_size": 1 if self.context is None else self.context.world_size,
@@ -299,7 +346,7 @@ class FitLoop:
             "epoch": epoch,
             "batch": batch,
             "global_step": model.global_step,
-            "fingerprint": self._fingerprint(),
+            "fingerprint": self.fingerprint,
             "model": model.net.state_dict(),
             "optimizer": model.optimizer.state_dict(),
             "lr_scheduler": model.lr_scheduler.state_dict() if model.lr_scheduler else None,
@@ -328,13 +375,13 @@ class FitLoop:
             distributed.barrier()
 
     def _finish_run(self, status: str) -> None:
+        """Record how the fit ended; the status is written first, so a second Ctrl-C keeps it."""
         assert self.run_dir is not None
         model = self.model
-        if status in ("finished", "stopped_early"):
+        finished = status in ("finished", "stopped_early")
+        if finished:
             model.save(self.run_dir.path / "model.safetensors")
             self._mark_last_state_finished()
-        if len(model.history):
-            _write_plot(model.history, self.monitor, self.run_dir.path / "history.png")
         best_epoch = None
         if self.monitor in model.history.history and len(model.history):
             try:
@@ -349,10 +396,18 @@ class FitLoop:
             best_epoch=best_epoch,
             ended=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         )
+        if len(model.history):
+            _write_plot(model.history, self.monitor, self.run_dir.path / "history.png")
+        if finished and self.example_batch is not None:
+            from torchhouse.serving import write_serving_files
+
+            inputs, _ = model.unpack_batch(self.example_batch)
+            example = tree_map(lambda t: t[:2].detach(), inputs)
+            write_serving_files(self.run_dir.path, model, example)
 
     def _mark_last_state_finished(self) -> None:
         assert self.run_dir is not None
-        from torchhouse.checkpoint import STATE_JSON, atomic_write_json, read_json
+        from torchhouse.checkpoint import STATE_JSON, atomic_write_json, read_json, seal_state_json
 
         names = self.run_dir.state_names()
         if not names:
@@ -361,18 +416,48 @@ class FitLoop:
         meta = read_json(meta_file)
         meta["state"]["finished"] = True
         meta["state"]["stop_training"] = self.model.stop_training
-        atomic_write_json(meta_file, meta)
+        atomic_write_json(meta_file, seal_state_json(meta["sha256"], meta["state"]))
 
     # ----------------------------------------------------------------------- resume
 
     def _load_resume_state(self) -> dict[str, Any] | None:
+        """Restore the newest usable state; a damaged one falls back to the one before it.
+
+        A state that does not match this fit (`_check_fingerprint`) is an error, not damage:
+        falling back would silently continue an older run.
+        """
         assert self.run_dir is not None
-        loaded = self.run_dir.load_latest_state()
-        if loaded is None:
+        names = self.run_dir.state_names()
+        if not names:
             self._say(f"resume=True: no saved state in {self.run_dir.path}; starting from scratch.")
             return None
-        name, state = loaded
-        self._check_fingerprint(state["fingerprint"], self.run_dir.checkpoints / name)
+        for name, state in self.run_dir.intact_states():
+            where = self.run_dir.checkpoints / name
+            fingerprint = state.get("fingerprint")
+            if not isinstance(fingerprint, dict):
+                warnings.warn(f"skipping the damaged checkpoint {name}: it has no fingerprint", stacklevel=3)
+                continue
+            self._check_fingerprint(fingerprint, where)
+            try:
+                self._apply_state(state)
+            except Exception as exc:  # damage the checksum cannot see, e.g. a state from a bug
+                warnings.warn(
+                    f"skipping the checkpoint {name}, which cannot be restored ({type(exc).__name__}: "
+                    f"{exc}); falling back to an older one",
+                    stacklevel=3,
+                )
+                continue
+            self._say(
+                f"Resuming {self.run_dir.path} from {name} (epoch {int(state['epoch']) + 1}, "
+                f"batch {int(state['batch'])})."
+            )
+            return state
+        raise CheckpointError(
+            f"{self.run_dir.checkpoints}: none of the {len(names)} saved states can be used (see the "
+            "warnings above); resume is impossible. Start again with overwrite=True (CLI: --overwrite)"
+        )
+
+    def _apply_state(self, state: dict[str, Any]) -> None:
         if "ranks" in state:
             state.update(state["ranks"][0 if self.context is None else self.context.rank])
         model = self.model
@@ -391,40 +476,29 @@ class FitLoop:
         model.global_step = int(state["global_step"])
         model.stop_training = bool(state["stop_training"])
         self.best = state["best"]
-        self._say(
-            f"Resuming {self.run_dir.path} from {name} (epoch {state['epoch']}, batch {state['batch']})."
-        )
-        return state
+        int(state["epoch"]), int(state["batch"])
+        # The epoch loop restores these again at the right moment; restoring them here
+        # finds a damaged RNG or metric state now, while an older state can still be used.
+        rng.restore(state["rng"], self.generators)
+        if int(state["batch"]) > 0:
+            for key in ("rng_epoch_start", "train_metrics"):
+                if state.get(key) is None:
+                    raise CheckpointError(f"a mid-epoch state without {key!r}")
+            rng.restore(state["rng_epoch_start"], self.generators)
+            self.train_metrics.load_state_dict(state["train_metrics"])
 
     def _say(self, message: str) -> None:
         if self.is_main:  # one line, not one per process
             print(message)
 
     def _check_fingerprint(self, saved: dict[str, Any], where: Any) -> None:
-        now = self._fingerprint()
-        if saved.get("world_size", 1) != now["world_size"]:
+        """Refuse to resume when anything that decides the result differs; list every difference."""
+        differences = _differences(_comparable(saved), _comparable(self.fingerprint))
+        if differences:
             raise CheckpointError(
-                f"{where}: the run was saved with {saved.get('world_size', 1)} processes, now "
-                f"{now['world_size']}; resume with the same number of processes"
-            )
-        if saved["parameters"] != now["parameters"]:
-            diffs = [
-                f"{k}: saved {saved['parameters'].get(k)}, now {now['parameters'].get(k)}"
-                for k in sorted(set(saved["parameters"]) | set(now["parameters"]))
-                if saved["parameters"].get(k) != now["parameters"].get(k)
-            ]
-            raise CheckpointError(f"{where}: the model does not match the saved run ({'; '.join(diffs[:5])})")
-        if saved["optimizer"] != now["optimizer"] or saved["param_groups"] != now["param_groups"]:
-            raise CheckpointError(
-                f"{where}: the optimizer does not match the saved run (saved {saved['optimizer']} "
-                f"with groups {saved['param_groups']}, now {now['optimizer']} with groups "
-                f"{now['param_groups']})"
-            )
-        if saved["num_samples"] != now["num_samples"] or saved["steps_per_epoch"] != now["steps_per_epoch"]:
-            raise CheckpointError(
-                f"{where}: the training data does not match the saved run (saved "
-                f"{saved['num_samples']} samples in {saved['steps_per_epoch']} batches, now "
-                f"{now['num_samples']} samples in {now['steps_per_epoch']} batches)"
+                f"{where}: this fit differs from the saved run, so resuming would not continue it "
+                "exactly:\n  " + "\n  ".join(differences) + "\nResume with the same settings and data, "
+                "or start a new run (overwrite=True / --overwrite, or another run_dir)."
             )
 
     def _return_finished(self, state: dict[str, Any]) -> History:
@@ -541,6 +615,46 @@ def _num_samples(out: dict[str, Any], batch: Any) -> int:
     if size is not None:
         return int(size)
     return batch_size_of(target if target is not None else batch)
+
+
+def _hyperparameters(group: dict[str, Any]) -> dict[str, Any]:
+    """An optimizer group's settings as given (``initial_lr`` when a scheduler moved ``lr``)."""
+    settings = {k: v for k, v in group.items() if k not in ("params", "initial_lr")}
+    if "initial_lr" in group:
+        settings["lr"] = group["initial_lr"]
+    return _comparable(settings)
+
+
+def _comparable(value: Any) -> Any:
+    """JSON-like plain values: tuples as lists, tensors as numbers."""
+    if isinstance(value, torch.Tensor):
+        return value.tolist()
+    if isinstance(value, dict):
+        return {str(k): _comparable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_comparable(v) for v in value]
+    return value
+
+
+def _differences(saved: Any, now: Any, prefix: str = "") -> list[str]:
+    """'key: saved A, now B' for each differing entry, descending into mappings."""
+    if isinstance(saved, dict) and isinstance(now, dict):
+        found = []
+        for key in now:
+            name = f"{prefix}{key}"
+            if key not in saved:
+                found.append(f"{name}: not recorded in the saved run, now {_short(now[key])}")
+            else:
+                found += _differences(saved[key], now[key], f"{name}.")
+        return found
+    if saved != now:
+        return [f"{prefix.rstrip('.')}: saved {_short(saved)}, now {_short(now)}"]
+    return []
+
+
+def _short(value: Any) -> str:
+    text = repr(_comparable(value))
+    return text if len(text) <= 120 else text[:117] + "..."
 
 
 def _current_lr(optimizer: torch.optim.Optimizer) -> float:

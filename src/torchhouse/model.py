@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -372,6 +373,7 @@ class Model:
         progress: str | bool = "auto",
         run_dir: str | os.PathLike[str] | None = None,
         resume: bool = False,
+        overwrite: bool = False,
         checkpoint_every: str | int = "epoch",
         keep_checkpoints: int = 3,
         monitor: str | None = None,
@@ -394,7 +396,9 @@ class Model:
             seed: seeds Python, NumPy and torch and the shuffling, for repeatable runs.
             progress: "auto", "bar", "notebook", "epoch" (a line per epoch) or "none".
             run_dir: a folder for config, history, weights and resumable checkpoints.
-            resume: continue from the newest intact state in ``run_dir``.
+            resume: continue from the newest intact state in ``run_dir``. Without it, a
+                folder that already holds a run is refused (one run per folder).
+            overwrite: replace the run already in ``run_dir`` (its files are removed first).
             checkpoint_every: "epoch", or an int N to also save every N batches.
             keep_checkpoints: how many of the newest states to keep (the best is kept too).
             monitor: the value that picks the best checkpoint (default ``val_loss`` with
@@ -429,6 +433,10 @@ class Model:
             )
         if resume and run_dir is None:
             raise ConfigError("resume=True needs run_dir, the folder of the run to continue")
+        if run_dir is not None and not os.fspath(run_dir).strip():
+            raise ConfigError("run_dir: an empty path would write into the current folder; name a folder")
+        if resume and overwrite:
+            raise ConfigError("resume=True and overwrite=True contradict each other; choose one")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
             raise ConfigError(f"seed: expected an int or None, got {seed!r}")
         callback_list = list(callbacks or [])
@@ -483,6 +491,7 @@ class Model:
             progress=progress,
             run_dir=run_dir,
             resume=resume,
+            overwrite=overwrite,
             checkpoint_every=None if checkpoint_every == "epoch" else int(checkpoint_every),
             keep_checkpoints=keep_checkpoints,
             generator=generator,
@@ -606,6 +615,14 @@ class Model:
             torch.Size([5, 3])
         """
         batch_size = _check_positive_int("batch_size", batch_size)
+        if isinstance(x, torch.utils.data.DataLoader) and isinstance(
+            x.sampler, torch.utils.data.RandomSampler
+        ):
+            warnings.warn(
+                "predict: the DataLoader shuffles (shuffle=True), so the outputs come in an order "
+                "that does not match the dataset's; pass a DataLoader with shuffle=False",
+                stacklevel=2,
+            )
         batches = self._batches(x, None, batch_size, shuffle=False, generator=None, require_target=False)
         return loop.predict(self, batches)
 
@@ -627,7 +644,7 @@ class Model:
         if target.suffix != ".safetensors":
             raise ConfigError(f"save: the path must end in .safetensors, got {os.fspath(path)!r}")
         state = self.net.state_dict()
-        atomic_save_tensors(target, state, metadata={"format": "torchhouse-weights"})
+        atomic_save_tensors(target, state, metadata={"format": "torchhouse-weights"}, content_digest=True)
         atomic_write_json(target.with_suffix(".json"), self._metadata(state))
         return target
 

@@ -15,13 +15,16 @@ import io
 import math
 import os
 import shutil
+import socket
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from torchhouse.checkpoint import atomic_write_bytes, atomic_write_json, load_state, read_json, save_state
-from torchhouse.errors import CheckpointError
+from torchhouse.errors import CheckpointError, ConfigError
+from torchhouse.runlock import LOCK_FILE, acquire_lock, is_locked, release_lock
 
 if TYPE_CHECKING:
     from torchhouse.history import History
@@ -52,25 +55,143 @@ def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
+RUN_FILES = frozenset(
+    {
+        "run.json",
+        "config.json",
+        "run_config.json",
+        "history.csv",
+        "history.png",
+        "model.safetensors",
+        "model.json",
+        "model.pt2",
+        "serve.json",
+        "params.json",
+        "checkpoints",
+        "tensorboard",
+        LOCK_FILE,
+    }
+)
+_LEFTOVER_PREFIXES = (".ckpt-", ".deleting-", ".trash-")
+
+
 class RunDir:
-    """Reads and writes one run folder (see the module docstring)."""
+    """Reads and writes one run folder (see the module docstring).
+
+    A fit holds the folder's lock (`acquire`) while it writes; `prepare` enforces one run
+    per folder. Nothing is written through a symlink that leaves the folder.
+    """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
+        if not os.fspath(path).strip():
+            raise ConfigError("run_dir: an empty path would write into the current folder; name a folder")
         self.path = Path(path)
         self.checkpoints = self.path / "checkpoints"
+        self._lock: Any = None
 
-    # -- run metadata ---------------------------------------------------------------------
+    # -- one run per folder, one writer ----------------------------------------------------
 
-    def start(self, config: dict[str, Any], resumed: bool) -> None:
+    def holds_run(self) -> bool:
+        """Whether the folder holds a torchhouse run (a run.json or saved states)."""
+        return (self.path / "run.json").is_file() or bool(self.state_names())
+
+    def prepare(self, resume: bool, overwrite: bool) -> None:
+        """Create and lock the folder for a fit, refusing what would mix two runs.
+
+        A folder holding a run is continued only with ``resume``, or replaced with
+        ``overwrite``; a non-empty folder that is not a run is refused.
+        """
+        if resume and overwrite:
+            raise ConfigError("resume=True and overwrite=True contradict each other; choose one")
+        if self.path.exists() and not self.path.is_dir():
+            raise ConfigError(f"run_dir: {self.path} is a file, not a folder")
+        if self.path.is_dir():
+            foreign = sorted(p.name for p in self.path.iterdir() if p.name not in RUN_FILES)
+            if foreign and not self.holds_run():
+                raise ConfigError(
+                    f"run_dir: {self.path} is not empty and is not a torchhouse run (it holds "
+                    f"{', '.join(foreign[:3])}{' ...' if len(foreign) > 3 else ''}); "
+                    "choose a new or empty folder"
+                )
         try:
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise CheckpointError(f"run_dir: cannot create {self.path}: {exc.strerror}") from exc
         if not os.access(self.path, os.W_OK):
             raise CheckpointError(f"run_dir: the folder {self.path} is not writable")
+        self._refuse_symlinks()
+        self.acquire()
+        try:
+            self.clean_leftovers()
+            if self.holds_run() and not resume:
+                if not overwrite:
+                    raise ConfigError(
+                        f"run_dir: {self.path} already holds a run. Continue it with resume=True "
+                        "(CLI: --resume), replace it with overwrite=True (CLI: --overwrite), or "
+                        "choose another folder"
+                    )
+                self._remove_run()
+        except BaseException:
+            self.release()
+            raise
+
+    def acquire(self) -> None:
+        """Take the folder's exclusive lock; a second writer gets a clear error at once."""
+        self._lock = acquire_lock(self.path / LOCK_FILE)
+
+    def release(self) -> None:
+        if self._lock is not None:
+            release_lock(self._lock)
+            self._lock = None
+
+    def _refuse_symlinks(self) -> None:
+        root = self.path.resolve()
+        for name in ("checkpoints", "tensorboard"):
+            sub = self.path / name
+            if sub.is_symlink() or (sub.exists() and root not in sub.resolve().parents):
+                raise CheckpointError(
+                    f"run_dir: {sub} is a symbolic link; torchhouse writes only inside the run folder. "
+                    "Remove the link (or choose another folder)"
+                )
+
+    def _remove_run(self) -> None:
+        # Move the old run aside with one rename per entry, then delete it: a kill in between
+        # leaves a .trash-* folder that the next start removes, never a half-old run.
+        trash = self.path / f".trash-{os.getpid()}"
+        trash.mkdir(exist_ok=True)
+        for entry in list(self.path.iterdir()):
+            if entry.name in RUN_FILES and entry.name != LOCK_FILE:
+                os.replace(entry, trash / entry.name)
+        shutil.rmtree(trash, ignore_errors=True)
+
+    def clean_leftovers(self) -> list[str]:
+        """Remove what a killed process left: temporary files and states, half-pruned states."""
+        removed = []
+        for folder in (self.path, self.checkpoints):
+            if not folder.is_dir():
+                continue
+            for entry in folder.iterdir():
+                name = entry.name
+                leftover = name.startswith(_LEFTOVER_PREFIXES) or (
+                    name.startswith(".") and name.endswith(".tmp")
+                )
+                if not leftover or entry.is_symlink():
+                    continue
+                if entry.is_dir():
+                    shutil.rmtree(entry, ignore_errors=True)
+                else:
+                    entry.unlink(missing_ok=True)
+                removed.append(name)
+        return removed
+
+    # -- run metadata ---------------------------------------------------------------------
+
+    def start(self, config: dict[str, Any], resumed: bool) -> None:
         info = self.info() if resumed else {}
         atomic_write_json(self.path / "config.json", config)
-        info.update({"status": "running", "pid": os.getpid(), "updated": _now()})
+        info.update(
+            {"status": "running", "pid": os.getpid(), "host": socket.gethostname(), "updated": _now()}
+        )
         info.setdefault("started", _now())
         if resumed:
             info["resumed"] = info.get("resumed", 0) + 1
@@ -84,7 +205,10 @@ class RunDir:
         return data if isinstance(data, dict) else {}
 
     def update(self, **fields: Any) -> None:
-        info = self.info()
+        try:
+            info = self.info()
+        except CheckpointError:
+            info = {}
         info.update(fields, updated=_now())
         atomic_write_json(self.path / "run.json", info)
 
@@ -94,16 +218,21 @@ class RunDir:
     # -- training states ------------------------------------------------------------------
 
     def state_names(self) -> list[str]:
-        """Names of the saved states, oldest first."""
-        if not self.checkpoints.is_dir():
+        """Names of the saved states, oldest first (symlinks are not states)."""
+        if not self.checkpoints.is_dir() or self.checkpoints.is_symlink():
             return []
-        return sorted(p.name for p in self.checkpoints.iterdir() if p.name.startswith(STATE_PREFIX))
+        return sorted(
+            p.name
+            for p in self.checkpoints.iterdir()
+            if p.name.startswith(STATE_PREFIX) and not p.is_symlink() and p.is_dir()
+        )
 
     @staticmethod
     def state_name(epoch: int, batch: int) -> str:
         return f"{STATE_PREFIX}{epoch:05d}-{batch:07d}"
 
     def save_state(self, state: dict[str, Any], keep: int, best: bool = False) -> str:
+        self._refuse_symlinks()
         name = self.state_name(state["epoch"], state["batch"])
         save_state(self.checkpoints / name, state)
         if best:
@@ -125,19 +254,29 @@ class RunDir:
         protected = {self.best_state_name()}
         for name in names[: max(len(names) - keep, 0)]:
             if name not in protected:
-                shutil.rmtree(self.checkpoints / name, ignore_errors=True)
+                # rename first: a state is either whole under its name or gone
+                doomed = self.checkpoints / f".deleting-{name}"
+                os.replace(self.checkpoints / name, doomed)
+                shutil.rmtree(doomed, ignore_errors=True)
 
     def load_latest_state(self) -> tuple[str, dict[str, Any]] | None:
-        """The newest intact state; corrupt ones are skipped with a warning."""
+        """The newest intact state; damaged ones are skipped with a warning naming the problem."""
+        for name, state in self.intact_states():
+            return name, state
+        return None
+
+    def intact_states(self) -> Iterator[tuple[str, dict[str, Any]]]:
+        """Intact states, newest first; each damaged one is skipped with a warning."""
         for name in reversed(self.state_names()):
             try:
-                return name, load_state(self.checkpoints / name)
+                state = load_state(self.checkpoints / name)
             except CheckpointError as exc:
                 warnings.warn(
-                    f"skipping a corrupt checkpoint and falling back to an older one: {exc}",
+                    f"skipping the damaged checkpoint {name} and falling back to an older one: {exc}",
                     stacklevel=3,
                 )
-        return None
+                continue
+            yield name, state
 
 
 def finite_or_none(value: float | None) -> float | None:
@@ -155,15 +294,19 @@ def _pid_alive(pid: Any) -> bool:
     return True
 
 
-def run_status(info: dict[str, Any]) -> str:
+def run_status(info: dict[str, Any], folder: str | os.PathLike[str] | None = None) -> str:
     """finished / stopped early / crashed / interrupted / running, from run.json.
 
-    A run whose process died without a word (SIGKILL, power loss) still says "running";
-    if its process is gone, it is reported as crashed.
+    A run whose process died without a word (SIGKILL, power loss) still says "running"
+    in run.json; it is reported as crashed when nobody holds the folder's lock (for a
+    folder without a lock file, written by torchhouse 0.1: when its process is gone).
     """
     status = str(info.get("status", "unknown"))
-    if status == "running" and not _pid_alive(info.get("pid")):
-        return "crashed"
+    if status == "running":
+        lock = Path(folder) / LOCK_FILE if folder is not None else None
+        alive = is_locked(lock) if lock is not None and lock.exists() else _pid_alive(info.get("pid"))
+        if not alive:
+            return "crashed"
     return status.replace("_", " ")
 
 
@@ -197,7 +340,7 @@ def list_runs(folder: str | os.PathLike[str]) -> list[dict[str, Any]]:
                 "best": info.get("best"),
                 # displayed epochs count from 1, as the progress lines do
                 "best_epoch": None if info.get("best_epoch") is None else int(info["best_epoch"]) + 1,
-                "status": run_status(info),
+                "status": run_status(info, path),
             }
         )
     rows.sort(key=lambda r: str(r["started"]), reverse=True)
@@ -251,7 +394,8 @@ def describe_run(path: str | os.PathLike[str]) -> str:
     net = config.get("net", {})
     lines = [
         f"run: {run.path}",
-        f"status: {run_status(info)}   started: {info.get('started', '-')}   ended: {info.get('ended', '-')}",
+        f"status: {run_status(info, run.path)}   started: {info.get('started', '-')}   "
+        f"ended: {info.get('ended', '-')}",
         "",
         "config:",
     ]

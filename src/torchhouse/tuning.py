@@ -85,7 +85,10 @@ def tune(
     folder.mkdir(parents=True, exist_ok=True)
     storage = storage or f"sqlite:///{(folder / 'study.db').resolve()}"
     direction = "minimize" if resolve_mode(monitor, mode) == "min" else "maximize"
-    study = create_study(storage, study_name or "torchhouse", direction, sampler, pruner, seed)
+    rdb = open_storage(storage)
+    study = create_study(rdb, study_name or "torchhouse", direction, sampler, pruner, seed)
+    check_study_matches(study, monitor, direction)
+    fail_dead_trials(study, rdb)
 
     def objective(trial: Any) -> float:
         trial.set_user_attr("run_dir", str(_trial_folder(folder, trial.number)))
@@ -126,31 +129,41 @@ def tune(
     return study
 
 
-def create_study(
-    storage: str,
-    study_name: str,
-    direction: str,
-    sampler: Any = None,
-    pruner: Any = None,
-    seed: int | None = None,
-) -> Any:
-    """Create or load (``load_if_exists``) a study on an RDB storage with heartbeats.
-
-    Heartbeats let Optuna mark the trial of a killed worker as failed, so it is not left
-    "running" for ever.
-    """
+def open_storage(storage: str) -> Any:
+    """An Optuna RDB storage with heartbeats, so a killed worker's trial is eventually failed."""
     optuna = _optuna()
     # Workers that start together on a new database race to create its tables: retry.
     for attempt in range(5):
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                rdb = optuna.storages.RDBStorage(storage, heartbeat_interval=30, grace_period=90)
-            break
+                return optuna.storages.RDBStorage(storage, heartbeat_interval=30, grace_period=90)
         except Exception as exc:
             if attempt == 4 or "Failed to import" in str(exc):
                 raise ConfigError(f"storage: cannot open {storage!r}: {exc}") from exc
             time.sleep(0.2 + random.random())
+    raise AssertionError("unreachable")
+
+
+def create_study(
+    storage: Any,
+    study_name: str,
+    direction: str,
+    sampler: Any = None,
+    pruner: Any = None,
+    seed: int | None = None,
+) -> Any:
+    """Create or load (``load_if_exists``) a study on ``storage`` (a URL or an `open_storage` result)."""
+    optuna = _optuna()
+    rdb = open_storage(storage) if isinstance(storage, str) else storage
+    if sampler is None and seed is not None:
+        # A resumed study must not replay the random draws of its first run: offset the
+        # seed by the trials already recorded (still deterministic for a given history).
+        try:
+            done = len(optuna.load_study(study_name=study_name, storage=rdb).trials)
+        except KeyError:
+            done = 0
+        sampler = optuna.samplers.TPESampler(seed=seed + done)
     return optuna.create_study(
         storage=rdb,
         study_name=study_name,
@@ -159,6 +172,50 @@ def create_study(
         pruner=pruner or optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1),
         load_if_exists=True,
     )
+
+
+def check_study_matches(study: Any, monitor: str, direction: str) -> None:
+    """Refuse to continue a study that optimises another value or in the other direction."""
+    saved_monitor = study.user_attrs.get("monitor")
+    saved_direction = study.direction.name.lower()
+    if saved_direction != direction or (saved_monitor is not None and saved_monitor != monitor):
+        raise ConfigError(
+            f"study {study.study_name!r}: it was created to {saved_direction} "
+            f"{saved_monitor or '(unrecorded)'}, now asked to {direction} {monitor}; mixing them would "
+            "compare unlike values. Use another study_name or tune_dir"
+        )
+    if saved_monitor is None:
+        study.set_user_attr("monitor", monitor)
+
+
+def fail_dead_trials(study: Any, storage: Any) -> list[int]:
+    """Mark as failed the RUNNING trials whose process is gone (their run folder is not locked).
+
+    A trial killed with its worker stays RUNNING in the database; Optuna's heartbeat marks
+    it failed only after its grace period. Here a trial whose run folder is on this machine,
+    says "running" and is unlocked (the lock dies with its process) is known dead, and is
+    failed at once, so the sampler draws anew.
+    """
+    from torchhouse.runlock import LOCK_FILE, is_locked
+
+    optuna = _optuna()
+    study_id = storage.get_study_id_from_name(study.study_name)
+    failed = []
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        run_dir = trial.user_attrs.get("run_dir")
+        if not run_dir or not (Path(run_dir) / "run.json").is_file():
+            continue  # not started on this machine (or another worker's): Optuna's heartbeat decides
+        try:
+            status = json.loads((Path(run_dir) / "run.json").read_text()).get("status")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if status != "running" or is_locked(Path(run_dir) / LOCK_FILE):
+            continue  # alive, or its fit ended and the trial is about to report
+        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
+        storage.set_trial_user_attr(trial_id, "error", "its process died (found unlocked on restart)")
+        storage.set_trial_state_values(trial_id, state=optuna.trial.TrialState.FAIL)
+        failed.append(trial.number)
+    return failed
 
 
 def _finished(study: Any) -> int:
@@ -303,17 +360,20 @@ def tune_from_config(
     study_name: str | None = None,
     timeout: float | None = None,
     tune_dir: str | os.PathLike[str] | None = None,
+    trust_code: bool = False,
 ) -> Any:
-    """`torchhouse tune CONFIG`: search the config's ``search`` space; each trial is a run folder."""
+    """`torchhouse tune CONFIG`: search the config's ``search`` space; each trial is a run folder.
+
+    ``trust_code`` as in `torchhouse.config.train_from_config`.
+    """
     import copy
 
-    from torchhouse.checkpoint import atomic_write_json
-    from torchhouse.config import RUN_CONFIG, apply_override, build_model, load_data, validate
+    from torchhouse.config import apply_override, build_model, load_data, validate, write_run_config
 
-    config = validate(config)
+    config = validate(config, trust_code)
     search = config.pop("search", None)
     check_search(search or {})
-    data = load_data(config)
+    data = load_data(config, trust_code)
     config["data"].update(data.info)
     folder = Path(tune_dir or Path("runs") / f"{config['name']}-tune")
     fit = dict(config["fit"])
@@ -324,15 +384,15 @@ def tune_from_config(
         for key, spec in (search or {}).items():
             value = suggest(trial, key, spec)
             apply_override(trial_config, f"{key}={json.dumps(value)}")
-        trial_config = validate(trial_config)
+        trial_config = validate(trial_config, trust_code)
         if not isinstance(trial, _optuna().trial.FixedTrial):
             run_dir = _trial_folder(folder, trial.number)
             trial_config["run_dir"] = str(run_dir)
             run_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write_json(run_dir / RUN_CONFIG, trial_config)
+            write_run_config(run_dir, trial_config)
         fixed = ("epochs", "seed", "monitor", "validation_split")  # given to tune() for every trial
         kwargs = {k: v for k, v in trial_config["fit"].items() if k not in fixed}
-        return build_model(trial_config), kwargs
+        return build_model(trial_config, trust_code=trust_code), kwargs
 
     fit.pop("batch_size", None)
     validation_split = fit.pop("validation_split", 0.2) or 0.2

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from torchhouse.errors import TorchhouseError
+from torchhouse.safety import MAX_CSV_ROWS, MAX_IMAGE_PIXELS
 
 
 class AppInputError(TorchhouseError, ValueError):
@@ -57,22 +58,36 @@ class AppRun:
         return [f"x{i}" for i in range(width)]
 
 
-def load_app_run(path: str | os.PathLike[str]) -> AppRun:
-    """Load a run folder's config, model and history; a clear error if it cannot be served."""
-    from torchhouse.config import RUN_CONFIG, load_run
+def trust_code_from_env() -> bool:
+    """Whether `torchhouse app --trust-code` started this page."""
+    return os.environ.get("TORCHHOUSE_TRUST_CODE") == "1"
+
+
+def load_app_run(path: str | os.PathLike[str], trust_code: bool | None = None) -> AppRun:
+    """Load a run folder's config, model and history; a clear error if it cannot be served.
+
+    The folder is data: it is served without importing code it names unless
+    ``trust_code`` (default: what `torchhouse app --trust-code` said).
+    """
+    from torchhouse.config import load_run
     from torchhouse.runs import RunDir, read_history_csv
 
     folder = Path(path)
     if not folder.is_dir():
         raise AppInputError(f"{folder}: no such run folder")
-    if not (folder / RUN_CONFIG).exists():
-        raise AppInputError(
-            f"{folder}: has no {RUN_CONFIG}, so the app cannot rebuild its model; train it with "
-            "`torchhouse fit CONFIG` or `torchhouse demo`"
-        )
-    config, model = load_run(folder)
-    history = read_history_csv(folder / "history.csv") if (folder / "history.csv").exists() else {}
-    return AppRun(folder, config, model, config["data"], RunDir(folder).info(), history)
+    trust = trust_code_from_env() if trust_code is None else trust_code
+    config, model = load_run(folder, trust_code=trust)
+    history: dict[str, list[float]] = {}
+    if (folder / "history.csv").is_file():
+        try:
+            history = read_history_csv(folder / "history.csv")
+        except (OSError, ValueError, KeyError, csv.Error):
+            history = {}
+    try:
+        info = RunDir(folder).info()
+    except TorchhouseError:
+        info = {}
+    return AppRun(folder, config, model, config["data"], info, history)
 
 
 def _check_size(data: bytes) -> None:
@@ -91,8 +106,15 @@ def rows_from_csv(app: AppRun, data: bytes) -> np.ndarray:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise AppInputError("the file is not text: upload a CSV file (UTF-8)") from exc
-    rows = list(csv.reader(io.StringIO(text)))
+    try:
+        rows = list(csv.reader(io.StringIO(text)))
+    except csv.Error as exc:
+        raise AppInputError(
+            f"the CSV cannot be read ({exc}); a field may hold at most 131,072 characters"
+        ) from exc
     rows = [r for r in rows if any(cell.strip() for cell in r)]
+    if len(rows) > MAX_CSV_ROWS + 1:
+        raise AppInputError(f"the CSV has more than {MAX_CSV_ROWS:,} rows; upload fewer")
     if len(rows) < 2:
         raise AppInputError("the CSV needs a header row and at least one row of values")
     header = [h.strip() for h in rows[0]]
@@ -105,9 +127,15 @@ def rows_from_csv(app: AppRun, data: bytes) -> np.ndarray:
     values = []
     for line, row in enumerate(rows[1:], start=2):
         try:
-            values.append([float(row[i]) for i in index])
+            numbers = [float(row[i]) for i in index]
         except (ValueError, IndexError) as exc:
             raise AppInputError(f"row {line} of the CSV has a missing or non-numeric value") from exc
+        for name, number in zip(expected, numbers):
+            if not np.isfinite(number):
+                raise AppInputError(
+                    f"row {line}, column {name!r} is {number}; every value must be a finite number"
+                )
+        values.append(numbers)
     return np.asarray(values, dtype=np.float32)
 
 
@@ -119,11 +147,19 @@ def image_to_input(app: AppRun, data: bytes) -> tuple[np.ndarray, np.ndarray]:
     from PIL import Image, UnidentifiedImageError
 
     _check_size(data)
+    too_big = f"the limit is {MAX_IMAGE_PIXELS:,} pixels (4096x4096): upload a smaller picture"
     try:
-        image: Any = Image.open(io.BytesIO(data))
-        image.load()
-    except (UnidentifiedImageError, OSError) as exc:
+        image: Any = Image.open(io.BytesIO(data))  # reads the header only
+    except Image.DecompressionBombError as exc:
+        raise AppInputError(f"the image has more pixels than Pillow will decode; {too_big}") from exc
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise AppInputError("the file is not an image: upload a PNG or JPEG") from exc
+    if image.width * image.height > MAX_IMAGE_PIXELS:
+        raise AppInputError(f"the image is {image.width}x{image.height} pixels; {too_big}")
+    try:
+        image.load()
+    except (OSError, Image.DecompressionBombError, ValueError, SyntaxError) as exc:
+        raise AppInputError(f"the image cannot be decoded ({exc}); upload a PNG or JPEG") from exc
     channels, height, width = (int(s) for s in app.info["input_shape"])
     if image.width < width or image.height < height:
         raise AppInputError(
@@ -158,8 +194,9 @@ def predict_rows(app: AppRun, rows: Any) -> tuple[list[str], list[list[Any]], np
         labels = probabilities.argmax(axis=1)
         table = [[int(label), float(p[label])] for label, p in zip(labels, probabilities)]
         return ["prediction", "probability"], table, probabilities
-    if task == "binary":
-        p1 = outputs.sigmoid().reshape(-1).numpy()
+    if task in ("binary", "probability"):
+        # a BCELoss net outputs probabilities; a BCEWithLogitsLoss net outputs logits
+        p1 = (outputs if task == "probability" else outputs.sigmoid()).reshape(-1).numpy()
         probabilities = np.stack([1 - p1, p1], axis=1)
         return (
             ["prediction", "probability"],
@@ -175,7 +212,12 @@ def example_csv(app: AppRun, rows: int = 3) -> str:
     """A small CSV of held-out rows, for the page's example (tabular runs)."""
     from torchhouse.config import load_data
 
-    data = load_data(app.config)
+    if not any(k in app.info for k in ("dataset", "csv")):
+        return ",".join(app.feature_names) + "\n"
+    try:
+        data = load_data(app.config, trust_code=False, base=app.path)
+    except TorchhouseError:
+        return ",".join(app.feature_names) + "\n"
     x = data.x_test if data.x_test is not None else data.x_train
     x = np.asarray(x[:rows], dtype=np.float64)
     if "mean" in app.info:  # undo the standardisation: the form takes raw feature values

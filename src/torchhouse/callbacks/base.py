@@ -103,14 +103,24 @@ class CallbackList:
         return [c for c in self.callbacks if not c.auto]
 
     def state_dict(self) -> list[dict[str, Any]]:
-        return [{"type": type(c).__name__, "state": c.state_dict()} for c in self._user()]
+        """The state of each callback that carries one (stateless callbacks are left out)."""
+        states = ({"type": type(c).__name__, "state": c.state_dict()} for c in self._user())
+        return [s for s in states if s["state"]]
 
     def load_state_dict(self, states: list[dict[str, Any]]) -> None:
+        """Give each stateful callback its saved state; stateless ones may be added or removed.
+
+        Raises a `CheckpointError` when the stateful callbacks differ from the saved run's
+        (by class, in order), since their state decides what happens next.
+        """
         from torchhouse.errors import CheckpointError
 
-        names = [type(c).__name__ for c in self._user()]
-        saved = [s["type"] for s in states]
+        stateful = [c for c in self._user() if c.state_dict()]
+        names = [type(c).__name__ for c in stateful]
+        saved = [str(s.get("type")) if isinstance(s, dict) else "?" for s in states]
         if names != saved:
-            raise CheckpointError(f"the callbacks do not match the saved run: saved {saved}, given {names}")
-        for callback, state in zip(self._user(), states, strict=True):
+            raise CheckpointError(
+                f"the callbacks that carry state do not match the saved run: saved {saved}, given {names}"
+            )
+        for callback, state in zip(stateful, states, strict=True):
             callback.load_state_dict(state["state"])

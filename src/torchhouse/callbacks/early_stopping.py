@@ -69,9 +69,15 @@ class EarlyStopping(Callback):
             self.stopped_epoch = epoch
             self.model.stop_training = True
             if self.verbose:
+                if self.best_epoch is not None:
+                    best = f"best {self.best:.4g} at epoch {self.best_epoch + 1}"
+                elif self.best is not None:
+                    best = f"none beat the baseline {self.best:.4g}"
+                else:
+                    best = "no finite value yet"
                 print(
                     f"EarlyStopping: {self.monitor} has not improved for {self.wait} epochs "
-                    f"(best {self.best:.4g} at epoch {(self.best_epoch or 0) + 1}); stopping."
+                    f"({best}); stopping."
                 )
 
     def on_fit_end(self, logs: dict[str, Any]) -> None:

@@ -1,0 +1,113 @@
+"""An exclusive lock on a run folder, so two fits never write into one run.
+
+The lock is an OS file lock (``fcntl.flock``) on ``run_dir/.lock``: the kernel releases it
+when its process dies, however it dies, so a lock left by a killed process is never
+stale. The file also records the holder's pid and host for the error message. Where
+``fcntl`` is missing (Windows), the lock falls back to the recorded pid.
+
+Example:
+    >>> import tempfile, os
+    >>> folder = tempfile.mkdtemp()
+    >>> lock = acquire_lock(os.path.join(folder, LOCK_FILE))
+    >>> is_locked(os.path.join(folder, LOCK_FILE))
+    True
+    >>> release_lock(lock)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import warnings
+from pathlib import Path
+from typing import Any
+
+from torchhouse.errors import CheckpointError
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
+
+__all__ = ["LOCK_FILE", "acquire_lock", "is_locked", "release_lock"]
+
+LOCK_FILE = ".lock"
+
+
+def _holder(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text() or "{}")
+    except (OSError, ValueError, RecursionError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _pid_alive(pid: Any) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (OSError, ValueError, TypeError):
+        return False
+    return True
+
+
+def acquire_lock(path: str | os.PathLike[str]) -> Any:
+    """Lock ``path`` for this process or raise a `CheckpointError` naming the holder."""
+    file = Path(path)
+    previous = _holder(file)
+    try:
+        fd = os.open(file, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise CheckpointError(f"cannot create the lock {file}: {exc.strerror}") from exc
+    if fcntl is not None:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            holder = _holder(file)
+            raise CheckpointError(
+                f"{file.parent}: another process is training into this run folder (pid "
+                f"{holder.get('pid', '?')} on {holder.get('host', '?')}); wait for it to finish, or "
+                "choose another run_dir"
+            ) from None
+    elif previous.get("pid") not in (None, os.getpid()) and _pid_alive(previous.get("pid")):
+        os.close(fd)
+        raise CheckpointError(f"{file.parent}: another process (pid {previous['pid']}) holds this run folder")
+    if previous.get("pid") not in (None, os.getpid()) and previous.get("host") == socket.gethostname():
+        warnings.warn(
+            f"{file.parent}: taking over the lock of process {previous['pid']}, which is gone",
+            stacklevel=3,
+        )
+    os.ftruncate(fd, 0)
+    os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname()}).encode())
+    return fd
+
+
+def release_lock(fd: Any) -> None:
+    """Release a lock taken by `acquire_lock` (the file stays, empty, for the next writer)."""
+    try:
+        os.ftruncate(fd, 0)
+        if fcntl is not None:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def is_locked(path: str | os.PathLike[str]) -> bool:
+    """Whether a live process holds the lock at ``path``."""
+    file = Path(path)
+    if not file.exists():
+        return False
+    if fcntl is None:  # pragma: no cover - Windows
+        return _pid_alive(_holder(file).get("pid"))
+    try:
+        fd = os.open(file, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
+    return False
