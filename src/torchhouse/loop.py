@@ -155,15 +155,17 @@ class FitLoop:
             status = "stopped_early" if model.stop_training else "finished"
         except KeyboardInterrupt:
             status = "interrupted"
+            if self.run_dir is not None and self.is_main:
+                self.run_dir.update(status=status)  # first, so a second Ctrl-C cannot lose it
             raise
         except Exception as exc:
             if type(exc).__name__ == "TrialPruned":  # optuna's, raised by OptunaPruning
                 status = "pruned"
             raise
         finally:
-            self.progress.close()
             if self.run_dir is not None and self.is_main:
                 self._finish_run(status)
+            self.progress.close()
         return model.history
 
     def _run_epoch(self, epoch: int, start: int, resumed: dict[str, Any] | None) -> dict[str, Any]:

@@ -156,8 +156,8 @@ def load_run(run_dir: str | os.PathLike[str], trust_code: bool = False) -> tuple
             raise CheckpointError(f"{weights}: no such file (did the run finish?)")
         model.load_weights(weights)
         return config, model
-    if has_program:
-        return _from_program(folder, None)
+    if (folder / SERVE_FILE).is_file():
+        return _from_program(folder, None)  # says why when the net could not be exported
     raise ConfigError(
         f"{folder}: cannot be served: it has neither {RUN_CONFIG} nor {SERVE_FILE} + {PROGRAM_FILE} "
         "(these are written when a fit with run_dir finishes)"
