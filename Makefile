@@ -5,28 +5,42 @@ TORCH_VERSION ?= 2.13.0
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: demo test lint bench clean venv
+.PHONY: demo test check lint bench clean venv dev
 
-$(VENV)/.installed: pyproject.toml
+# The demo's environment: torch (the file pip finds for TORCH_VERSION) and torchhouse's core.
+$(VENV)/.core: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet "torch==$(TORCH_VERSION)"
+	$(PIP) install --quiet -e .
+	touch $@
+
+# Everything the tests need on top: the optional extras and the dev tools.
+$(VENV)/.installed: $(VENV)/.core
 	$(PIP) install --quiet -e ".[dev]"
 	touch $@
 
-venv: $(VENV)/.installed
+venv: $(VENV)/.core
+dev: $(VENV)/.installed
 
 demo: venv
-	$(VENV)/bin/torchhouse demo
+	$(VENV)/bin/torchhouse demo --overwrite  # runs/demo is the demo's own folder: replace it
 
-lint: venv
+lint: dev
 	$(VENV)/bin/ruff check src tests benchmarks examples
 	$(VENV)/bin/ruff format --check src tests benchmarks examples
 	$(VENV)/bin/mypy
 
+# The whole suite, every skip printed with its reason (-rs).
 test: lint
-	$(VENV)/bin/pytest
+	$(VENV)/bin/pytest -rs
 
-bench: venv
+# The fast tier: lint, types and the tests not marked slow (no subprocess fleets, servers
+# or browsers); about 2 minutes here.
+check: lint
+	$(VENV)/bin/pytest -rs -m "not slow"
+
+# The peers' rows need: $(PIP) install -e ".[bench]" (Lightning, torchkeras, Keras 3).
+bench: dev
 	$(PY) benchmarks/run.py
 
 clean:

@@ -1,10 +1,7 @@
-import os
-
 import pytest
 import torch
 from torch import nn
 
-os.environ.setdefault("TORCHHOUSE_TEST", "1")
 torch.set_num_threads(1)
 
 

@@ -19,9 +19,11 @@ from torchhouse.app.logic import AppInputError, image_to_input, load_app_run, pr
 from torchhouse.cli import main
 
 pytest.importorskip("streamlit")
-ARTIFACTS = Path(
-    os.environ.get("TORCHHOUSE_TEST_ARTIFACTS", Path(__file__).resolve().parent.parent / "test-artifacts")
-)
+
+
+def artifacts(tmp_path: Path) -> Path:
+    """Where the browser test saves its screenshot: TORCHHOUSE_TEST_ARTIFACTS, or the test's tmp_path."""
+    return Path(os.environ.get("TORCHHOUSE_TEST_ARTIFACTS") or tmp_path)
 
 
 @pytest.fixture(scope="module")
@@ -181,12 +183,14 @@ def _serve(run_dir):
 @pytest.mark.skipif(
     _chromium() is None, reason="Chromium is not installed (.ci/run installs Debian's chromium)"
 )
+@pytest.mark.slow
 def test_in_a_real_browser(digits_run, tmp_path):
     playwright = pytest.importorskip("playwright.sync_api")
     process, port = _serve(digits_run)
     upload = tmp_path / "three.png"
     upload.write_bytes(digit_png(3))
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    shots = artifacts(tmp_path)
+    shots.mkdir(parents=True, exist_ok=True)
     try:
         with playwright.sync_playwright() as p:
             browser = p.chromium.launch(
@@ -208,12 +212,12 @@ def test_in_a_real_browser(digits_run, tmp_path):
             page.get_by_text("Predicted class", exact=False).first.wait_for(timeout=60_000)
             page.get_by_text("what the model sees").first.wait_for(timeout=60_000)
             time.sleep(1.5)  # let the chart finish drawing
-            page.screenshot(path=str(ARTIFACTS / "app-digits.png"), full_page=True)
+            page.screenshot(path=str(shots / "app-digits.png"), full_page=True)
             body = page.inner_text("body")
             browser.close()
         assert "Traceback" not in body
         assert "Predicted class 3 with probability" in body
-        assert (ARTIFACTS / "app-digits.png").stat().st_size > 10_000
+        assert (shots / "app-digits.png").stat().st_size > 10_000
     finally:
         process.terminate()
         process.wait(timeout=30)

@@ -165,8 +165,11 @@ def test_cli_config_errors_exit_2_and_training_failures_exit_1(tmp_path, capsys)
 
 
 def test_example_configs_are_valid():
-    for path in EXAMPLES.glob("*.yaml"):
-        validate(load_config(path))
+    paths = sorted(EXAMPLES.glob("*.yaml"))
+    assert [p.name for p in paths] == ["breast_cancer.yaml", "digits.yaml", "sentiment_words.yaml"]
+    for path in paths:
+        config = validate(load_config(path))
+        assert config["model"]["factory"].startswith("torchhouse.")
 
 
 def test_digits_config_trains(tmp_path, capsys):

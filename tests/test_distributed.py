@@ -15,7 +15,10 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import ddp_worker  # noqa: E402
 
-pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed missing")
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed missing"),
+]
 
 
 def torchrun(nprocs, out, mode="fit", timeout=180, *extra):
@@ -82,19 +85,16 @@ def test_launch_returns_rank_zeros_result():
     assert_close_results(result, reference)
 
 
+@pytest.mark.timeout(90)  # a rank left waiting for a collective would hang until this
 def test_a_failing_rank_stops_the_others_under_launch():
-    start = time.monotonic()
     with pytest.raises(RuntimeError, match="(?s)rank 1 raised.*fails on purpose"):
         th.launch(ddp_worker.train, "raise", nprocs=2)
-    assert time.monotonic() - start < 90
 
 
 def test_a_failing_rank_stops_the_others_under_torchrun(tmp_path):
-    start = time.monotonic()
-    done = torchrun(2, tmp_path / "x.json", mode="raise", timeout=150)
+    done = torchrun(2, tmp_path / "x.json", mode="raise", timeout=150)  # a hang raises TimeoutExpired
     assert done.returncode != 0
     assert "fails on purpose" in done.stderr
-    assert time.monotonic() - start < 120
 
 
 def test_two_process_run_resumes_bit_identical_after_a_crash(tmp_path):
@@ -150,10 +150,9 @@ def _pruned_everywhere():
 
 def test_pruning_is_decided_by_rank_zero_and_stops_every_rank():
     pytest.importorskip("optuna")
-    start = time.monotonic()
+    # launch's timeout fails the test if rank 1 waits for a collective that never comes
     result = th.launch(_pruned_everywhere, nprocs=2, timeout=60)
     assert result == {"rank": 0, "epochs": 1}
-    assert time.monotonic() - start < 60  # rank 1 did not wait for a collective that never came
 
 
 def _nan_on_rank_one():

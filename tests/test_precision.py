@@ -69,9 +69,20 @@ def test_gradient_clipping_by_norm_and_value():
 
 
 def test_no_hidden_clipping_by_default():
-    _x, _y = make_classification(n=16)
-    model = th.Model(make_net(), loss=nn.CrossEntropyLoss(), device="cpu")
-    assert model.gradient_clip_val is None and model._plain_step
+    """A huge gradient reaches the optimizer as it is (torchkeras clips to 1.0 silently)."""
+    x, y = make_classification(n=16)
+    net = make_net()
+    seen = []
+
+    class Spy(th.Model):
+        def optimizer_step(self):
+            seen.append(float(torch.cat([p.grad.reshape(-1) for p in self.net.parameters()]).norm()))
+            return super().optimizer_step()
+
+    Spy(net, loss=lambda preds, target: 1e4 * nn.functional.cross_entropy(preds, target), device="cpu").fit(
+        x, y, epochs=1, batch_size=16, progress="none"
+    )
+    assert seen and seen[0] > 100.0
 
 
 def test_bf16_mixed_precision_trains_on_cpu():

@@ -121,6 +121,7 @@ def start(run, seed, pause, *extra):
     )
 
 
+@pytest.mark.slow
 def test_two_writers_on_one_folder_one_clear_error_one_intact_run(tmp_path):
     run = tmp_path / "r"
     first = start(run, 5, 1.5)
@@ -138,6 +139,7 @@ def test_two_writers_on_one_folder_one_clear_error_one_intact_run(tmp_path):
     assert state["state"]["fingerprint"]["seed"] == 5
 
 
+@pytest.mark.slow
 def test_a_killed_writer_leaves_a_crashed_run_whose_lock_is_taken_over(tmp_path):
     run = tmp_path / "r"
     first = start(run, 5, 5.0)
@@ -220,7 +222,7 @@ def reseal(state_dir: Path, edit) -> None:
 
 
 DAMAGE = {
-    "a missing key": lambda s: s.pop("optimizer"),
+    "a missing key": lambda s: s.pop("optimizers"),
     "a dangling tensor reference": lambda s: s["model"].update({"0.weight": {"__tensor__": "s.nowhere"}}),
     "a wrong type": lambda s: s.update(global_step="many"),
     "a bad RNG state": lambda s: s["rng"].update(torch={"__tensor__": s["model"]["0.bias"]["__tensor__"]}),

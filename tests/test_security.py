@@ -153,6 +153,7 @@ def run_cli(args, cwd, extra_path):
     )
 
 
+@pytest.mark.slow
 def test_evaluate_and_predict_commands_never_run_the_folder_code(genuine_run, tmp_path, rows_csv):
     marker = tmp_path / "marker"
     payload_module(tmp_path, marker)
@@ -453,6 +454,7 @@ def fuzz(path: Path, load, expected, seed: int) -> dict:
 
 
 @pytest.mark.timeout(240)
+@pytest.mark.slow
 def test_fuzzed_weights_states_configs_and_programs_load_identically_or_fail_clearly(genuine_run, tmp_path):
     weights = tmp_path / "w.safetensors"
     th.Model(make_net(), device="cpu").save(weights)

@@ -17,6 +17,8 @@ from torch import nn
 import torchhouse as th
 from torchhouse.cli import main
 
+pytestmark = pytest.mark.slow
+
 optuna = pytest.importorskip("optuna")
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 

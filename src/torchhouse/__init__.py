@@ -13,8 +13,15 @@ pandas, matplotlib, tensorboard, optuna and streamlit are imported only when use
 
 from torchhouse import callbacks, datasets, metrics, models
 from torchhouse.distributed import launch
-from torchhouse.errors import CheckpointError, ConfigError, DataError, NonFiniteLossError, TorchhouseError
-from torchhouse.export import load_exported
+from torchhouse.errors import (
+    CheckpointError,
+    ConfigError,
+    DataError,
+    NonFiniteLossError,
+    TorchhouseError,
+    UntrustedCodeError,
+)
+from torchhouse.export import ExportError, load_exported
 from torchhouse.history import History
 from torchhouse.model import Model
 from torchhouse.rng import seed_everything
@@ -27,11 +34,13 @@ __all__ = [
     "CheckpointError",
     "ConfigError",
     "DataError",
+    "ExportError",
     "History",
     "Model",
     "NonFiniteLossError",
     "Summary",
     "TorchhouseError",
+    "UntrustedCodeError",
     "__version__",
     "callbacks",
     "datasets",

@@ -24,6 +24,23 @@ from safetensors.torch import load_file, save_file
 
 from torchhouse.errors import CheckpointError
 
+__all__ = [
+    "CONTENT_DIGEST",
+    "FORMAT_VERSION",
+    "atomic_save_tensors",
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "flatten",
+    "load_state",
+    "read_json",
+    "read_tensors",
+    "save_state",
+    "seal_state_json",
+    "sha256_file",
+    "tensors_digest",
+    "unflatten",
+]
+
 _TENSOR, _TUPLE, _ITEMS = "__tensor__", "__tuple__", "__items__"
 
 

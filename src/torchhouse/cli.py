@@ -13,6 +13,8 @@ from typing import Any
 
 from torchhouse.errors import TorchhouseError
 
+__all__ = ["main"]
+
 TRUST_HELP = (
     "trust the config or run folder: let it import the code it names (module:callable) and "
     "read paths outside its folder (see docs/security.md)"
@@ -162,31 +164,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    handler = COMMANDS.get(args.command)
+    if handler is None:
+        parser.error(f"unknown command {args.command}")
     try:
-        if args.command == "demo":
-            return _demo(args)
-        if args.command == "fit":
-            return _fit(args)
-        if args.command == "evaluate":
-            return _evaluate(args)
-        if args.command == "predict":
-            return _predict(args)
-        if args.command == "tune":
-            return _tune(args)
-        if args.command == "app":
-            return _app(args)
-        if args.command == "runs":
-            from torchhouse.runs import runs_table
-
-            print(runs_table(args.dir))
-            return 0
-        if args.command == "show":
-            from torchhouse.runs import describe_run
-
-            print(describe_run(args.run))
-            return 0
-        if args.command == "tensorboard":
-            return _tensorboard(args)
+        return handler(args)
     except TorchhouseError as exc:
         print(f"torchhouse {args.command}: error: {exc}", file=sys.stderr)
         return 2 if not isinstance(exc, FloatingPointError) else 1
@@ -195,8 +177,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"torchhouse {args.command}: training failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
-    parser.error(f"unknown command {args.command}")
-    return 2
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -410,6 +390,32 @@ def _tensorboard(args: argparse.Namespace) -> int:
     print(f"TensorBoard on http://127.0.0.1:{args.port}/ (Ctrl-C to stop)", flush=True)
     os.execv(sys.executable, command)  # become TensorBoard: Ctrl-C and signals reach it directly
 
+
+def _runs(args: argparse.Namespace) -> int:
+    from torchhouse.runs import runs_table
+
+    print(runs_table(args.dir))
+    return 0
+
+
+def _show(args: argparse.Namespace) -> int:
+    from torchhouse.runs import describe_run
+
+    print(describe_run(args.run))
+    return 0
+
+
+COMMANDS = {
+    "demo": _demo,
+    "fit": _fit,
+    "evaluate": _evaluate,
+    "predict": _predict,
+    "tune": _tune,
+    "app": _app,
+    "runs": _runs,
+    "show": _show,
+    "tensorboard": _tensorboard,
+}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -52,6 +52,36 @@ from torchhouse.safety import (
     untrusted_name_error,
 )
 
+__all__ = [
+    "BINARY_LOSSES",
+    "BUNDLED",
+    "CHECKSUM_KEY",
+    "CLASSIFICATION_LOSSES",
+    "DATA_KEYS",
+    "Data",
+    "FIT_KEYS",
+    "MODEL_KEYS",
+    "RUN_CONFIG",
+    "SECTIONS",
+    "TRAINER_KEYS",
+    "apply_override",
+    "build_callbacks",
+    "build_model",
+    "build_net",
+    "import_object",
+    "load_config",
+    "load_data",
+    "load_run",
+    "prepare_inputs",
+    "read_csv",
+    "read_run_config",
+    "read_text_csv",
+    "task_of",
+    "train_from_config",
+    "validate",
+    "write_run_config",
+]
+
 SECTIONS: dict[str, Any] = {
     "name": str,
     "run_dir": str,
@@ -112,7 +142,6 @@ FIT_KEYS = {
     "tensorboard",
 }
 BUNDLED = ("digits", "breast_cancer", "sentiment_words")
-TEXT_DATASETS = ("sentiment_words",)
 CLASSIFICATION_LOSSES = ("CrossEntropyLoss", "NLLLoss")
 BINARY_LOSSES = ("BCEWithLogitsLoss", "BCELoss")
 
@@ -138,10 +167,10 @@ def load_config(path: str | os.PathLike[str], overrides: list[str] | None = None
         raise ConfigError(f"{file}: not valid {'JSON' if file.suffix == '.json' else 'YAML'}: {exc}") from exc
     if not isinstance(config, dict):
         raise ConfigError(f"{file}: expected a mapping of sections at the top, got {type(config).__name__}")
-    config = _numbers(config)
+    checked: dict[str, Any] = _numbers(config)
     for item in overrides or []:
-        apply_override(config, item)
-    return config
+        apply_override(checked, item)
+    return checked
 
 
 _FLOAT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)$")

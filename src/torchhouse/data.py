@@ -26,6 +26,26 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset
 
 from torchhouse.errors import DataError
 
+__all__ = [
+    "ArrayBatches",
+    "Batches",
+    "LoaderBatches",
+    "as_pair",
+    "batch_size_of",
+    "call_net",
+    "describe",
+    "inputs_of",
+    "make_batches",
+    "move_to",
+    "split_validation",
+    "to_cpu",
+    "to_tensor",
+    "to_tensor_tree",
+    "tree_leaves",
+    "tree_map",
+    "validation_batches",
+]
+
 Tree = Any  # a tensor, or a tuple / list / dict of tensors
 Batch = tuple[Tree, Tree]
 
@@ -55,6 +75,11 @@ def tree_leaves(tree: Tree) -> list[torch.Tensor]:
 def move_to(tree: Tree, device: torch.device, non_blocking: bool = False) -> Tree:
     """Move every tensor of ``tree`` to ``device`` (a no-op for tensors already there)."""
     return tree_map(lambda t: t.to(device, non_blocking=non_blocking), tree)
+
+
+def to_cpu(tree: Any) -> Any:
+    """``tree`` with every tensor detached and on the CPU (for saving or sending)."""
+    return tree_map(lambda t: t.detach().cpu(), tree)
 
 
 def batch_size_of(tree: Tree) -> int:
@@ -373,7 +398,7 @@ def _take(tree: Tree, rows: slice | torch.Tensor) -> Tree:
 class LoaderBatches(Batches):
     """Batches from a `DataLoader` (given by the user, or built here from a `Dataset`)."""
 
-    def __init__(self, loader: DataLoader, name: str = "x") -> None:
+    def __init__(self, loader: DataLoader[Any], name: str = "x") -> None:
         self.loader = loader
         self.name = name
         self.num_samples = _dataset_length(loader.dataset)

@@ -13,6 +13,8 @@ from torchhouse.datasets import load_digits, train_test_split
 from torchhouse.metrics import accuracy
 from torchhouse.model import Model
 
+__all__ = ["digits_cnn", "run_demo"]
+
 
 def digits_cnn(channels: int = 32, hidden: int = 128, dropout: float = 0.25) -> nn.Module:
     """A small CNN for 1x8x8 digit images (about 150k parameters).

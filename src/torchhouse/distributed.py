@@ -12,6 +12,7 @@ from __future__ import annotations
 import atexit
 import datetime
 import os
+import pickle
 import socket
 import time
 import traceback
@@ -22,7 +23,21 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from torchhouse.data import to_cpu
 from torchhouse.errors import ConfigError
+
+__all__ = [
+    "Context",
+    "all_sum",
+    "any_rank",
+    "barrier",
+    "broadcast_object",
+    "env_world_size",
+    "gather_objects",
+    "launch",
+    "local_rank",
+    "setup",
+]
 
 
 @dataclass(frozen=True)
@@ -129,7 +144,9 @@ def _worker(
     try:
         result = fn(*args)
         if rank == 0:
-            queue.put(("ok", result))
+            # Plain pickle bytes: the queue's own pickler would share tensors through file
+            # descriptors that vanish when this process exits before the parent reads them.
+            queue.put(("ok", pickle.dumps(to_cpu(result))))
     except BaseException:
         queue.put(("error", f"rank {rank} raised:\n{traceback.format_exc()}"))
         raise
@@ -144,7 +161,7 @@ def _drain(queue: Any, failure: str | None, result: Any) -> tuple[str | None, An
         if kind == "error" and failure is None:
             failure = payload
         elif kind == "ok":
-            result = payload
+            result = pickle.loads(payload)  # bytes this launch's own rank 0 wrote
     return failure, result
 
 

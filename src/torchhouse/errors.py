@@ -2,6 +2,15 @@
 
 from __future__ import annotations
 
+__all__ = [
+    "CheckpointError",
+    "ConfigError",
+    "DataError",
+    "NonFiniteLossError",
+    "TorchhouseError",
+    "UntrustedCodeError",
+]
+
 
 class TorchhouseError(Exception):
     """Base class of torchhouse's own errors."""

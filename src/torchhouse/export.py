@@ -30,6 +30,15 @@ from torchhouse.pt2_check import admitted_archive
 if TYPE_CHECKING:
     from torchhouse.model import Model
 
+__all__ = [
+    "ExportError",
+    "ExportedModel",
+    "ExportedNet",
+    "export_model",
+    "load_exported",
+    "without_example_inputs",
+]
+
 
 class ExportError(TorchhouseError, RuntimeError):
     """The net cannot be exported."""
@@ -219,9 +228,9 @@ class ExportedModel:
         with torch.no_grad():
             for batch in batches.iterate(None):
                 outputs.append(call_net(self.module, inputs_of(batch)))
-        from torchhouse.loop import _concat
+        from torchhouse.loop import concat_outputs
 
-        return _concat(outputs)
+        return concat_outputs(outputs)
 
 
 def load_exported(path: str | os.PathLike[str], trust_code: bool = False) -> ExportedModel:

@@ -7,6 +7,8 @@ from typing import Any
 
 from torchhouse.monitor import resolve_mode
 
+__all__ = ["History"]
+
 
 class History:
     """What `Model.fit` returns: one float per epoch for the loss and each metric.

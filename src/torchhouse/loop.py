@@ -22,6 +22,7 @@ batch order (skipping the batches already done), then restores the second.
 from __future__ import annotations
 
 import os
+import sys
 import time
 import warnings
 from typing import TYPE_CHECKING, Any
@@ -30,8 +31,8 @@ import torch
 
 from torchhouse import distributed, rng
 from torchhouse.callbacks.base import Callback, CallbackList
-from torchhouse.data import Batches, batch_size_of, describe, move_to, tree_map
-from torchhouse.errors import CheckpointError, DataError, NonFiniteLossError, TorchhouseError
+from torchhouse.data import Batches, batch_size_of, describe, move_to, to_cpu, tree_map
+from torchhouse.errors import CheckpointError, ConfigError, DataError, NonFiniteLossError, TorchhouseError
 from torchhouse.history import History
 from torchhouse.metrics import EpochMetrics
 from torchhouse.monitor import is_improvement, resolve_mode
@@ -41,6 +42,8 @@ from torchhouse.runs import RunDir
 
 if TYPE_CHECKING:
     from torchhouse.model import Model
+
+__all__ = ["FitLoop", "concat_outputs", "evaluate", "predict"]
 
 _USER_ERRORS = (RuntimeError, ValueError, IndexError, TypeError, AttributeError)
 
@@ -91,12 +94,13 @@ class FitLoop:
         self.best: float | None = None
         self.fit_config = fit_config
         steps = len(train) if train.has_len() else 64
-        self.train_metrics = model._train_metrics
+        self.train_metrics = model.train_metrics
         self.train_metrics.capacity = max(steps, 1)
-        self.train_metrics.ignore_nonfinite = model._skip_nonfinite
-        self.train_metrics.sync = model._eval_metrics.sync = context is not None
+        self.train_metrics.ignore_nonfinite = model.on_nonfinite == "skip"
+        self.train_metrics.sync = model.eval_metrics.sync = context is not None
         self.train_metrics.reset()
         self.fingerprint = self._fingerprint()  # before a resumed state changes the optimizer
+        model.net_calls = 0
 
     # ----------------------------------------------------------------------- the fit
 
@@ -159,7 +163,8 @@ class FitLoop:
                 self.run_dir.update(status=status)  # first, so a second Ctrl-C cannot lose it
             raise
         except Exception as exc:
-            if type(exc).__name__ == "TrialPruned":  # optuna's, raised by OptunaPruning
+            optuna = sys.modules.get("optuna")  # loaded if OptunaPruning raised; never imported here
+            if optuna is not None and isinstance(exc, optuna.TrialPruned):
                 status = "pruned"
             raise
         finally:
@@ -203,11 +208,12 @@ class FitLoop:
         for batch in batches:
             if transfer:
                 batch = move_to(batch, device, non_blocking=device.type == "cuda")
-            model._last_batch = index == last
+            model.is_last_batch = index == last
             if index == start:
                 out = _checked(model, train_step, batch, "training", acc, index == padded_index, real)
                 if self.example_batch is None:
                     self.example_batch = batch
+                    _check_step_contract(model, self.context is not None, self.run_dir is not None)
             else:
                 out = train_step(batch)
                 if index == padded_index:
@@ -225,9 +231,9 @@ class FitLoop:
                 self._save(epoch, index, epoch_rng)
         if index == 0:
             raise DataError("the training data yielded no batch")
-        model._last_batch = False
+        model.is_last_batch = False
         logs = acc.compute()  # the epoch's one host sync
-        if acc.nonfinite and not model._skip_nonfinite:
+        if acc.nonfinite and model.on_nonfinite != "skip":
             bad = acc.first_nonfinite_loss()  # None on a rank whose losses were all finite
             raise NonFiniteLossError(epoch, *(bad or (-1, float("nan"))))
         if self.context is not None:
@@ -242,7 +248,7 @@ class FitLoop:
         if model.lr_scheduler is not None:
             logs["lr"] = lr
         if self.val is not None:
-            val_logs = evaluate(model, self.val, model._eval_metrics)
+            val_logs = evaluate(model, self.val, model.eval_metrics)
             logs.update({f"val_{k}": v for k, v in val_logs.items()})
             callbacks.on_validation_end({f"val_{k}": v for k, v in val_logs.items()})
         self._step_scheduler_per_epoch(logs)
@@ -260,7 +266,7 @@ class FitLoop:
         return logs
 
     def _check_finite(self, epoch: int) -> None:
-        if self.model._skip_nonfinite:
+        if self.model.on_nonfinite == "skip":
             return
         bad = self.train_metrics.first_nonfinite_loss()
         if self.context is not None and distributed.any_rank(bad is not None, self.model.device):
@@ -320,9 +326,9 @@ class FitLoop:
         config = self.fit_config
         return {
             "parameters": {k: list(v.shape) for k, v in model.net.state_dict().items()},
-            "optimizer": type(model.optimizer).__name__,
-            "param_groups": [len(g["params"]) for g in model.optimizer.param_groups],
-            "hyperparameters": [_hyperparameters(g) for g in model.optimizer.param_groups],
+            "optimizer": [type(o).__name__ for o in model.optimizers()],
+            "param_groups": [len(g["params"]) for o in model.optimizers() for g in o.param_groups],
+            "hyperparameters": [_hyperparameters(g) for o in model.optimizers() for g in o.param_groups],
             "loss": repr(model.loss),
             "metrics": sorted(model.metrics),
             "lr_scheduler": type(model.lr_scheduler).__name__ if model.lr_scheduler is not None else None,
@@ -350,11 +356,11 @@ class FitLoop:
             "global_step": model.global_step,
             "fingerprint": self.fingerprint,
             "model": model.net.state_dict(),
-            "optimizer": model.optimizer.state_dict(),
+            "optimizers": [optimizer.state_dict() for optimizer in model.optimizers()],
             "lr_scheduler": model.lr_scheduler.state_dict() if model.lr_scheduler else None,
             "scaler": model.scaler.state_dict() if model.scaler else None,
             "grads": {n: p.grad for n, p in model.net.named_parameters() if p.grad is not None},
-            "micro_step": model._micro_step,
+            "micro_step": model.micro_step,
             "history": model.history.state_dict(),
             "callbacks": self.callbacks.state_dict(),
             "stop_training": model.stop_training,
@@ -370,7 +376,7 @@ class FitLoop:
             state.update(own)
         else:
             # Each rank has its own RNG streams and partial epoch values: keep them all.
-            state["ranks"] = distributed.gather_objects(_to_cpu(own))
+            state["ranks"] = distributed.gather_objects(to_cpu(own))
         if self.is_main:
             self.run_dir.save_state(state, self.keep_checkpoints, best=best)
         if self.context is not None:
@@ -464,7 +470,8 @@ class FitLoop:
             state.update(state["ranks"][0 if self.context is None else self.context.rank])
         model = self.model
         model.net.load_state_dict(state["model"])
-        model.optimizer.load_state_dict(state["optimizer"])
+        for optimizer, saved in zip(model.optimizers(), state["optimizers"], strict=True):
+            optimizer.load_state_dict(saved)
         if model.lr_scheduler is not None and state["lr_scheduler"] is not None:
             model.lr_scheduler.load_state_dict(state["lr_scheduler"])
         if model.scaler is not None and state["scaler"] is not None:
@@ -472,7 +479,7 @@ class FitLoop:
         params = dict(model.net.named_parameters())
         for pname, grad in state["grads"].items():
             params[pname].grad = grad.to(params[pname].device)
-        model._micro_step = int(state["micro_step"])
+        model.micro_step = int(state["micro_step"])
         model.history.load_state_dict(state["history"])
         self.callbacks.load_state_dict(state["callbacks"])
         model.global_step = int(state["global_step"])
@@ -562,17 +569,17 @@ def predict(model: Model, batches: Batches) -> Any:
                 outputs.append(model.predict_step(batch))
     finally:
         net.train(was_training)
-    return move_to(_concat(outputs), torch.device("cpu"))
+    return move_to(concat_outputs(outputs), torch.device("cpu"))
 
 
-def _concat(outputs: list[Any]) -> Any:
+def concat_outputs(outputs: list[Any]) -> Any:
     first = outputs[0]
     if isinstance(first, torch.Tensor):
         return torch.cat(outputs) if first.dim() > 0 else torch.stack(outputs)
     if isinstance(first, dict):
-        return {k: _concat([o[k] for o in outputs]) for k in first}
+        return {k: concat_outputs([o[k] for o in outputs]) for k in first}
     if isinstance(first, (tuple, list)):
-        return type(first)(_concat([o[i] for o in outputs]) for i in range(len(first)))
+        return type(first)(concat_outputs([o[i] for o in outputs]) for i in range(len(first)))
     raise DataError(f"predict: the net returned {type(first).__name__}; expected tensors")
 
 
@@ -599,16 +606,6 @@ def _update_without_padding(
         acc.update(trimmed, _num_samples(trimmed, batch))
 
 
-def _to_cpu(tree: Any) -> Any:
-    if isinstance(tree, torch.Tensor):
-        return tree.detach().cpu()
-    if isinstance(tree, dict):
-        return {k: _to_cpu(v) for k, v in tree.items()}
-    if isinstance(tree, (list, tuple)):
-        return type(tree)(_to_cpu(v) for v in tree)
-    return tree
-
-
 def _num_samples(out: dict[str, Any], batch: Any) -> int:
     target = out.get("target")
     if type(target) is torch.Tensor and target.dim() > 0:
@@ -619,12 +616,54 @@ def _num_samples(out: dict[str, Any], batch: Any) -> int:
     return batch_size_of(target if target is not None else batch)
 
 
+def _check_step_contract(model: Model, several_processes: bool, checkpoints: bool) -> None:
+    """After the first training step: refuse features a custom step silently bypasses."""
+    if several_processes and not model.net_calls:
+        raise ConfigError(
+            f"{type(model).__name__}.train_step calls the net directly, not through self.forward(...); "
+            "under several processes only self.forward runs the DDP-wrapped net that averages "
+            "gradients across ranks, so the ranks would drift apart (docs/steps.md)"
+        )
+    if model.optimizer_steps:
+        return  # the step went through optimizer_step(): every feature applies
+    if checkpoints and type(model).optimizers is _base_optimizers():
+        raise ConfigError(
+            f"{type(model).__name__}.train_step steps its optimizer(s) itself (it did not call "
+            "self.optimizer_step()); list them in an override of Model.optimizers() so checkpoints "
+            "save and resume their state (docs/steps.md)"
+        )
+    needs = []
+    if model.accumulate_grad_batches > 1:
+        needs.append(f"accumulate_grad_batches={model.accumulate_grad_batches}")
+    if model.gradient_clip_val is not None:
+        needs.append(f"gradient_clip_val={model.gradient_clip_val}")
+    if model.scaler is not None:
+        needs.append('precision="16-mixed" (its grad scaler)')
+    if model.on_nonfinite == "skip":
+        needs.append('on_nonfinite="skip"')
+    if model.lr_scheduler is not None and model.lr_scheduler_interval == "step":
+        needs.append('lr_scheduler_interval="step"')
+    if needs:
+        raise ConfigError(
+            f"{type(model).__name__}.train_step steps its optimizer(s) itself (it did not call "
+            f"self.optimizer_step()), so {', '.join(needs)} cannot apply. Call self.backward(loss) "
+            "and self.optimizer_step() in the step, or leave these options out (docs/steps.md)"
+        )
+
+
+def _base_optimizers() -> Any:
+    from torchhouse.model import Model
+
+    return Model.optimizers
+
+
 def _hyperparameters(group: dict[str, Any]) -> dict[str, Any]:
     """An optimizer group's settings as given (``initial_lr`` when a scheduler moved ``lr``)."""
     settings = {k: v for k, v in group.items() if k not in ("params", "initial_lr")}
     if "initial_lr" in group:
         settings["lr"] = group["initial_lr"]
-    return _comparable(settings)
+    plain: dict[str, Any] = _comparable(settings)
+    return plain
 
 
 def _comparable(value: Any) -> Any:
@@ -728,7 +767,7 @@ def _explain(model: Model, batch: Any, exc: Exception, what: str) -> Exception:
     for name, metric in model.metrics.items():
         try:
             fn: Any = getattr(metric, "update", metric)
-            fn(_detach_tree(preds), target)
+            fn(tree_map(lambda t: t.detach(), preds), target)
         except Exception as metric_exc:
             return DataError(
                 f"metric {name!r} failed on preds {describe(preds)} and target "
@@ -738,10 +777,6 @@ def _explain(model: Model, batch: Any, exc: Exception, what: str) -> Exception:
             if hasattr(metric, "reset"):
                 metric.reset()
     return exc
-
-
-def _detach_tree(tree: Any) -> Any:
-    return tree_map(lambda t: t.detach(), tree)
 
 
 def _loss_hint(loss: Any, preds: Any, target: Any) -> str:

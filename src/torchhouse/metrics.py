@@ -24,6 +24,16 @@ import torch
 from torchhouse.data import tree_map
 from torchhouse.errors import CheckpointError, ConfigError
 
+__all__ = [
+    "EpochMetrics",
+    "RESERVED_NAMES",
+    "accuracy",
+    "binary_accuracy_logits",
+    "copy_metrics",
+    "is_stateful_metric",
+    "normalise_metrics",
+]
+
 MetricLike = Any
 
 RESERVED_NAMES = ("loss", "lr")
@@ -150,7 +160,7 @@ class EpochMetrics:
                 metric.update(preds, target)
             for name, fn in self.functions.items():
                 columns[name][i] = fn(preds, target).detach()
-        if len(out) > 3:
+        if not _STEP_KEYS.issuperset(out):
             self._update_extras(out, i)
         self.sizes.append(n)
         self.count = i + 1
@@ -158,7 +168,7 @@ class EpochMetrics:
     def _update_extras(self, out: Mapping[str, Any], i: int) -> None:
         # Extra scalar tensors returned by a custom train_step/eval_step (e.g. "d_loss").
         for name, value in out.items():
-            if name in ("loss", "preds", "target") or not isinstance(value, torch.Tensor):
+            if name in _STEP_KEYS or not isinstance(value, torch.Tensor):
                 continue
             if value.numel() != 1:
                 continue
@@ -272,6 +282,9 @@ class EpochMetrics:
             if name not in self.stateful:
                 raise CheckpointError(f"the checkpoint has state for an unknown metric {name!r}")
             _load_metric_state(self.stateful[name], metric_state, self.device)
+
+
+_STEP_KEYS = frozenset({"loss", "preds", "target", "batch_size"})  # every other scalar key is logged
 
 
 def _detach(t: torch.Tensor) -> torch.Tensor:

@@ -38,7 +38,6 @@ from torchhouse.data import (
     call_net,
     inputs_of,
     make_batches,
-    move_to,
     split_validation,
     tree_leaves,
     tree_map,
@@ -47,6 +46,8 @@ from torchhouse.data import (
 from torchhouse.errors import CheckpointError, ConfigError, DataError
 from torchhouse.history import History
 from torchhouse.metrics import EpochMetrics, copy_metrics, normalise_metrics
+
+__all__ = ["Model", "PRECISIONS", "check_state_matches", "default_device"]
 
 PRECISIONS = ("32", "bf16-mixed", "16-mixed")
 _ELEMENTWISE_LOSSES = (
@@ -160,14 +161,16 @@ class Model:
         self._plain_step = (
             self.accumulate_grad_batches == 1 and gradient_clip_val is None and self.scaler is None
         )
-        self._micro_step = 0
-        self._last_batch = False
-        self._skip_nonfinite = False
         self._check_loss_shapes = True
-        self._train_metrics = EpochMetrics(
-            copy_metrics(self.metrics), self.device, 64, self._loss_reduction()
-        )
-        self._eval_metrics = EpochMetrics(copy_metrics(self.metrics), self.device, 64, self._loss_reduction())
+        self._step_loss: torch.Tensor | None = None
+        # State the loop and the step share (the step contract, docs/steps.md):
+        self.on_nonfinite = "raise"  # set by fit: "raise", "skip" or "stop"
+        self.is_last_batch = False  # set by the loop before each training step
+        self.micro_step = 0  # batches summed into the pending gradients (accumulation)
+        self.optimizer_steps = 0  # calls of optimizer_step() in this fit
+        self.net_calls = 0  # calls of forward() (the loop checks the first step made one)
+        self.train_metrics = EpochMetrics(copy_metrics(self.metrics), self.device, 64, self._loss_reduction())
+        self.eval_metrics = EpochMetrics(copy_metrics(self.metrics), self.device, 64, self._loss_reduction())
         self.history = History()
         self.stop_training = False
         self.skipped_batches = 0
@@ -257,8 +260,21 @@ class Model:
         return as_pair(batch)
 
     def forward(self, inputs: Tree) -> Any:
-        """Run the net: tensor -> net(x), tuple -> net(*x), dict -> net(**x)."""
+        """Run the net: tensor -> net(x), tuple -> net(*x), dict -> net(**x).
+
+        Under several processes this runs the DDP-wrapped net, which averages gradients
+        across ranks; a step must call the net through here (docs/steps.md).
+        """
+        self.net_calls += 1
         return call_net(self._forward_net, inputs)  # type: ignore[arg-type]
+
+    def optimizers(self) -> list[torch.optim.Optimizer]:
+        """The optimizers this model steps; checkpoints save and restore each of them.
+
+        Override it when ``train_step`` steps optimizers of its own (a GAN), returning all
+        of them, so a resumed run continues their state exactly.
+        """
+        return [self.optimizer]
 
     def compute_loss(self, preds: Any, target: Any) -> torch.Tensor:
         """The loss of one batch. Override to combine several losses."""
@@ -270,7 +286,12 @@ class Model:
         return self.loss(preds, target)
 
     def backward(self, loss: torch.Tensor) -> None:
-        """Backpropagate ``loss`` (scaled for fp16, divided for gradient accumulation)."""
+        """Backpropagate ``loss`` (scaled for fp16, divided for gradient accumulation).
+
+        The loss is also what the next `optimizer_step` checks with ``on_nonfinite="skip"``.
+        """
+        if self.on_nonfinite == "skip":
+            self._step_loss = loss.detach()
         if self._plain_step:
             loss.backward()
             return
@@ -281,20 +302,27 @@ class Model:
         loss.backward()
 
     def optimizer_step(self) -> bool:
-        """Step the optimizer (at the end of an accumulation window); returns True if it stepped."""
-        if self._skip_nonfinite and not self._last_loss_finite():
+        """Step the optimizer (at the end of an accumulation window); returns True if it stepped.
+
+        Applies, in order: the non-finite skip (``on_nonfinite="skip"``: the loss given to
+        the last `backward` is checked, and a non-finite one drops the pending gradients),
+        the accumulation window, gradient clipping, the fp16 grad scaler, the optimizer
+        step, ``zero_grad`` and a per-step scheduler.
+        """
+        self.optimizer_steps += 1
+        if self.on_nonfinite == "skip" and not self._step_loss_finite():
             self.optimizer.zero_grad(set_to_none=True)
-            self._micro_step = 0
+            self.micro_step = 0
             self.skipped_batches += 1
             return False
         if self._plain_step:
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
         else:
-            self._micro_step += 1
-            if self._micro_step < self.accumulate_grad_batches and not self._last_batch:
+            self.micro_step += 1
+            if self.micro_step < self.accumulate_grad_batches and not self.is_last_batch:
                 return False
-            self._micro_step = 0
+            self.micro_step = 0
             if self.gradient_clip_val is not None:
                 if self.scaler is not None:
                     self.scaler.unscale_(self.optimizer)
@@ -318,10 +346,12 @@ class Model:
         else:
             nn.utils.clip_grad_value_(params, self.gradient_clip_val)
 
-    def _last_loss_finite(self) -> bool:
-        return bool(torch.isfinite(self._last_loss).all()) if self._last_loss is not None else True
-
-    _last_loss: torch.Tensor | None = None
+    def _step_loss_finite(self) -> bool:
+        if self._step_loss is None:
+            return True
+        finite = bool(torch.isfinite(self._step_loss).all())  # the one host sync "skip" costs
+        self._step_loss = None
+        return finite
 
     def train_step(self, batch: Batch) -> dict[str, Any]:
         """One training step: forward, loss, backward, optimizer step.
@@ -330,11 +360,9 @@ class Model:
         ``target`` (for the metrics). Extra scalar tensors in the dict are logged too.
         """
         inputs, target = self.unpack_batch(batch)
-        with self._autocast:
+        with self.autocast():
             preds = self.forward(inputs)
             loss = self.compute_loss(preds, target)
-        if self._skip_nonfinite:
-            self._last_loss = loss.detach()
         self.backward(loss)
         self.optimizer_step()
         return {"loss": loss, "preds": preds, "target": target}
@@ -342,7 +370,7 @@ class Model:
     def eval_step(self, batch: Batch) -> dict[str, Any]:
         """One evaluation step (run under ``torch.no_grad``): forward and loss."""
         inputs, target = self.unpack_batch(batch)
-        with self._autocast:
+        with self.autocast():
             preds = self.forward(inputs)
             loss = self.compute_loss(preds, target)
         return {"loss": loss, "preds": preds, "target": target}
@@ -353,7 +381,7 @@ class Model:
             inputs = inputs_of(batch)
         else:
             inputs, _ = self.unpack_batch(batch)
-        with self._autocast:
+        with self.autocast():
             return self.forward(inputs)
 
     # ----------------------------------------------------------------------- fit
@@ -470,7 +498,8 @@ class Model:
                 val = val.shard(context.rank, context.world_size, data_seed)
 
         self.stop_training = False
-        self._skip_nonfinite = on_nonfinite == "skip"
+        self.on_nonfinite = on_nonfinite
+        self.optimizer_steps = 0
         self.fit_params = {"epochs": epochs, "batch_size": batch_size, "seed": seed}
         self.log_names = self._log_names(val is not None)
         config = {
@@ -505,7 +534,7 @@ class Model:
         try:
             return fit_loop.run()
         finally:
-            self._skip_nonfinite = False
+            self.on_nonfinite = "raise"
             self._forward_net = plain_forward  # fit drops its DDP wrapper when it returns
 
     def _wrap_ddp(self) -> Callable[..., Any]:
@@ -523,7 +552,7 @@ class Model:
             return out
         preds = tree_map(lambda t: t[:real], out["preds"])
         target = tree_map(lambda t: t[:real], out["target"])
-        with torch.no_grad(), self._autocast:
+        with torch.no_grad(), self.autocast():
             loss = self.compute_loss(preds, target)
         return {**out, "loss": loss, "preds": preds, "target": target}
 
@@ -600,8 +629,8 @@ class Model:
         if context is not None:
             batches = batches.shard(context.rank, context.world_size, 0)
         self._check_loss_shapes = True
-        self._eval_metrics.sync = context is not None
-        return loop.evaluate(self, batches, self._eval_metrics)
+        self.eval_metrics.sync = context is not None
+        return loop.evaluate(self, batches, self.eval_metrics)
 
     def predict(self, x: Any, *, batch_size: int = 32) -> Any:
         """The net's outputs for ``x``, all batches concatenated, as CPU tensors.
@@ -754,8 +783,3 @@ def _check_loss_inputs(loss: Any, preds: Any, target: Any) -> None:
             f"{type(loss).__name__} needs a floating-point target, got {target.dtype}; "
             "convert y with y.float() (or .astype('float32'))"
         )
-
-
-def move_batch(batch: Any, device: torch.device) -> Any:
-    """Move a batch to ``device`` (non-blocking from pinned memory on CUDA)."""
-    return move_to(batch, device, non_blocking=device.type == "cuda")

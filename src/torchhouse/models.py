@@ -7,6 +7,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+__all__ = ["BagOfTrigrams", "bag_of_trigrams", "mlp"]
+
 
 def mlp(
     in_features: int,
@@ -57,7 +59,8 @@ class BagOfTrigrams(nn.Module):
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         mask = (ids > 0).unsqueeze(-1).float()
         pooled = (self.embedding(ids) * mask).sum(1) / mask.sum(1).clamp(min=1)
-        return self.head(pooled)
+        out: torch.Tensor = self.head(pooled)
+        return out
 
 
 def bag_of_trigrams(

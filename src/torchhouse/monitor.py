@@ -12,6 +12,8 @@ from typing import Any
 
 from torchhouse.errors import ConfigError
 
+__all__ = ["check_monitor", "is_improvement", "resolve_mode"]
+
 _LOWER = ("loss", "error", "mse", "mae", "rmse", "mape", "perplexity", "distance")
 _HIGHER = ("acc", "auc", "auroc", "f1", "precision", "recall", "r2", "iou", "dice", "score", "ap")
 

@@ -11,10 +11,12 @@ from torchhouse.errors import ConfigError
 if TYPE_CHECKING:
     from torchhouse.history import History
 
+__all__ = ["INSTALL_HINT", "plot_history", "pyplot"]
+
 INSTALL_HINT = "plots need matplotlib: pip install 'torchhouse[plot]'"
 
 
-def _pyplot() -> Any:
+def pyplot() -> Any:
     try:
         import matplotlib
 
@@ -40,7 +42,7 @@ def plot_history(
     """
     from torchhouse.monitor import resolve_mode
 
-    plt = _pyplot()
+    plt = pyplot()
     names = [n for n in history.history if not n.startswith("val_")]
     names += [n[4:] for n in history.history if n.startswith("val_") and n[4:] not in names]
     if not names:

@@ -14,10 +14,12 @@ from typing import Any
 
 from torchhouse.errors import ConfigError
 
+__all__ = ["MODES", "Progress", "format_logs", "in_notebook", "resolve_mode"]
+
 MODES = ("auto", "bar", "notebook", "epoch", "none")
 
 
-def _in_notebook() -> bool:
+def in_notebook() -> bool:
     shell = getattr(sys.modules.get("IPython"), "get_ipython", lambda: None)()
     return type(shell).__name__ == "ZMQInteractiveShell"
 
@@ -32,7 +34,7 @@ def resolve_mode(progress: Any) -> str:
         raise ConfigError(f"progress: expected one of {MODES} or a bool, got {progress!r}")
     if progress != "auto":
         return str(progress)
-    if _in_notebook():
+    if in_notebook():
         return "notebook"
     return "bar" if sys.stderr.isatty() else "epoch"
 

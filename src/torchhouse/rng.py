@@ -8,6 +8,8 @@ from typing import Any
 import numpy as np
 import torch
 
+__all__ = ["capture", "restore", "seed_everything"]
+
 
 def seed_everything(seed: int) -> None:
     """Seed Python's ``random``, NumPy's global generator and torch (CPU and all GPUs).

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import csv
 import io
-import math
 import os
 import shutil
 import socket
@@ -28,6 +27,19 @@ from torchhouse.runlock import LOCK_FILE, acquire_lock, is_locked, release_lock
 
 if TYPE_CHECKING:
     from torchhouse.history import History
+
+__all__ = [
+    "RUN_FILES",
+    "RunDir",
+    "STATE_PREFIX",
+    "describe_run",
+    "format_table",
+    "list_runs",
+    "read_history_csv",
+    "run_status",
+    "runs_table",
+    "write_history_csv",
+]
 
 STATE_PREFIX = "ckpt-"
 
@@ -277,10 +289,6 @@ class RunDir:
                 )
                 continue
             yield name, state
-
-
-def finite_or_none(value: float | None) -> float | None:
-    return value if value is not None and math.isfinite(value) else None
 
 
 # --------------------------------------------------------------------------- reading runs

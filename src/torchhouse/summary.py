@@ -11,6 +11,8 @@ from torch import nn
 from torchhouse.data import call_net, tree_leaves
 from torchhouse.errors import ConfigError, DataError
 
+__all__ = ["LayerRow", "Summary", "summary"]
+
 
 @dataclass
 class LayerRow:

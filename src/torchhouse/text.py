@@ -10,6 +10,8 @@ from collections.abc import Iterable, Sequence
 
 import torch
 
+__all__ = ["TrigramVocabulary", "trigrams"]
+
 PAD, UNKNOWN = 0, 1
 
 

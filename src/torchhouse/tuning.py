@@ -30,9 +30,23 @@ from typing import Any
 import torch
 
 from torchhouse.callbacks.base import Callback
-from torchhouse.callbacks.optuna_pruning import OptunaPruning, _optuna
+from torchhouse.callbacks.optuna_pruning import OptunaPruning, import_optuna
 from torchhouse.errors import ConfigError
 from torchhouse.monitor import resolve_mode
+
+__all__ = [
+    "SEARCH_TYPES",
+    "attach_best",
+    "best_trials_table",
+    "check_search",
+    "check_study_matches",
+    "create_study",
+    "fail_dead_trials",
+    "open_storage",
+    "suggest",
+    "tune",
+    "tune_from_config",
+]
 
 
 def _trial_folder(tune_dir: Path, number: int) -> Path:
@@ -76,7 +90,7 @@ def tune(
     ``study.best_model`` is the best trial's model, rebuilt with ``build`` and *restored
     from that trial's saved weights* (no refit); ``study.best_run_dir`` is its folder.
     """
-    optuna = _optuna()
+    optuna = import_optuna()
     if isinstance(n_trials, bool) or not isinstance(n_trials, int) or n_trials < 1:
         raise ConfigError(f"n_trials: expected an int >= 1, got {n_trials!r}")
     if not callable(build):
@@ -131,7 +145,7 @@ def tune(
 
 def open_storage(storage: str) -> Any:
     """An Optuna RDB storage with heartbeats, so a killed worker's trial is eventually failed."""
-    optuna = _optuna()
+    optuna = import_optuna()
     # Workers that start together on a new database race to create its tables: retry.
     for attempt in range(5):
         try:
@@ -154,7 +168,7 @@ def create_study(
     seed: int | None = None,
 ) -> Any:
     """Create or load (``load_if_exists``) a study on ``storage`` (a URL or an `open_storage` result)."""
-    optuna = _optuna()
+    optuna = import_optuna()
     rdb = open_storage(storage) if isinstance(storage, str) else storage
     if sampler is None and seed is not None:
         # A resumed study must not replay the random draws of its first run: offset the
@@ -198,7 +212,7 @@ def fail_dead_trials(study: Any, storage: Any) -> list[int]:
     """
     from torchhouse.runlock import LOCK_FILE, is_locked
 
-    optuna = _optuna()
+    optuna = import_optuna()
     study_id = storage.get_study_id_from_name(study.study_name)
     failed = []
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
@@ -219,7 +233,7 @@ def fail_dead_trials(study: Any, storage: Any) -> list[int]:
 
 
 def _finished(study: Any) -> int:
-    optuna = _optuna()
+    optuna = import_optuna()
     done = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
     return len(study.get_trials(deepcopy=False, states=done))
 
@@ -237,7 +251,7 @@ def _run_trial(
     try:
         history = model.fit(x, y, run_dir=run_dir, monitor=monitor, **fit_kwargs)
     except Exception as exc:
-        if type(exc).__name__ != "TrialPruned":
+        if not isinstance(exc, import_optuna().TrialPruned):
             trial.set_user_attr("error", f"{type(exc).__name__}: {exc}")
         raise
     try:
@@ -255,7 +269,7 @@ def _run_trial(
 
 def attach_best(study: Any, build: Callable[[Any], Any] | None) -> None:
     """Set ``study.best_model`` (restored from the best trial's weights) and ``study.best_run_dir``."""
-    optuna = _optuna()
+    optuna = import_optuna()
     study.best_model = None
     study.best_run_dir = None
     try:
@@ -277,7 +291,7 @@ def best_trials_table(study: Any, top: int = 5) -> str:
     """The best finished trials as a text table (number, value, state, params)."""
     from torchhouse.runs import format_table
 
-    optuna = _optuna()
+    optuna = import_optuna()
     trials = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
     reverse = study.direction == optuna.study.StudyDirection.MAXIMIZE
     trials.sort(key=lambda t: t.value, reverse=reverse)
@@ -385,7 +399,7 @@ def tune_from_config(
             value = suggest(trial, key, spec)
             apply_override(trial_config, f"{key}={json.dumps(value)}")
         trial_config = validate(trial_config, trust_code)
-        if not isinstance(trial, _optuna().trial.FixedTrial):
+        if not isinstance(trial, import_optuna().trial.FixedTrial):
             run_dir = _trial_folder(folder, trial.number)
             trial_config["run_dir"] = str(run_dir)
             run_dir.mkdir(parents=True, exist_ok=True)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+__all__ = ["APP_SCRIPT", "streamlit_command"]
+
 APP_SCRIPT = Path(__file__).with_name("streamlit_app.py")
 
 

@@ -18,6 +18,20 @@ import torch
 from torchhouse.errors import TorchhouseError
 from torchhouse.safety import MAX_CSV_ROWS, MAX_IMAGE_PIXELS
 
+__all__ = [
+    "AppInputError",
+    "AppRun",
+    "DEFAULT_MAX_UPLOAD_MB",
+    "example_csv",
+    "image_to_input",
+    "load_app_run",
+    "max_upload_bytes",
+    "predict_rows",
+    "rows_from_csv",
+    "texts_from_box",
+    "trust_code_from_env",
+]
+
 
 class AppInputError(TorchhouseError, ValueError):
     """An upload or a form entry the model cannot take; the message is shown in the page."""

@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from torchhouse.model import Model
 
+__all__ = ["Callback", "CallbackList", "overrides"]
+
 
 class Callback:
     """Base class for callbacks: override any hook you need.

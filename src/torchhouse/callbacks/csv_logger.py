@@ -7,6 +7,8 @@ from typing import Any
 
 from torchhouse.callbacks.base import Callback
 
+__all__ = ["CSVLogger"]
+
 
 class CSVLogger(Callback):
     """Write the history to ``path`` after every epoch (the whole file, atomically).

@@ -10,6 +10,8 @@ from torchhouse.callbacks.base import Callback
 from torchhouse.errors import ConfigError
 from torchhouse.monitor import check_monitor, is_improvement, resolve_mode
 
+__all__ = ["EarlyStopping"]
+
 
 class EarlyStopping(Callback):
     """Stop training when ``monitor`` has not improved for ``patience`` epochs.

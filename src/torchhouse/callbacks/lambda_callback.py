@@ -7,6 +7,8 @@ from typing import Any
 
 from torchhouse.callbacks.base import Callback
 
+__all__ = ["LambdaCallback"]
+
 LogsFn = Callable[[dict[str, Any]], None]
 EpochFn = Callable[[int, dict[str, Any]], None]
 

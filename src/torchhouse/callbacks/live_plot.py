@@ -8,6 +8,8 @@ from typing import Any
 
 from torchhouse.callbacks.base import Callback
 
+__all__ = ["LivePlot"]
+
 
 class LivePlot(Callback):
     """Update one figure of the training curves after every epoch (``fit(plot="live")``).
@@ -27,9 +29,9 @@ class LivePlot(Callback):
 
     def on_fit_start(self, logs: dict[str, Any]) -> None:
         if self._display is None:
-            from torchhouse.progress import _in_notebook
+            from torchhouse.progress import in_notebook
 
-            if not _in_notebook():
+            if not in_notebook():
                 warnings.warn("plot='live' draws in Jupyter only; use history.plot() elsewhere", stacklevel=2)
                 self._display = lambda *args, **kwargs: None
             else:
@@ -38,10 +40,10 @@ class LivePlot(Callback):
                 self._display = display
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any]) -> None:
-        from torchhouse.plotting import _pyplot, plot_history
+        from torchhouse.plotting import plot_history, pyplot
 
         if self._figure is None:
-            self._figure = _pyplot().figure()
+            self._figure = pyplot().figure()
         plot_history(self.model.history, monitor=self.monitor, figure=self._figure)
         assert self._display is not None
         if self._handle is None:

@@ -9,6 +9,8 @@ from torchhouse.callbacks.base import Callback
 from torchhouse.errors import ConfigError
 from torchhouse.monitor import check_monitor, is_improvement, resolve_mode
 
+__all__ = ["ModelCheckpoint"]
+
 
 class ModelCheckpoint(Callback):
     """Save weights to ``path`` at the end of an epoch.

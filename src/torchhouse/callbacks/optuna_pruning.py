@@ -11,10 +11,12 @@ from torchhouse.callbacks.base import Callback
 from torchhouse.errors import ConfigError
 from torchhouse.monitor import check_monitor
 
+__all__ = ["INSTALL_HINT", "OptunaPruning", "import_optuna"]
+
 INSTALL_HINT = "tuning needs Optuna: pip install 'torchhouse[tune]'"
 
 
-def _optuna() -> Any:
+def import_optuna() -> Any:
     try:
         import optuna
     except ImportError as exc:
@@ -49,7 +51,7 @@ class OptunaPruning(Callback):
     def on_epoch_end(self, epoch: int, logs: dict[str, Any]) -> None:
         from torchhouse import distributed
 
-        optuna = _optuna()
+        optuna = import_optuna()
         value = logs.get(self.monitor, math.nan)
         prune = False
         if self.trial is not None:

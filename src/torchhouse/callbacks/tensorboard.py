@@ -11,6 +11,8 @@ import torch
 from torchhouse.callbacks.base import Callback
 from torchhouse.errors import ConfigError
 
+__all__ = ["INSTALL_HINT", "TensorBoard", "tensorboard_available"]
+
 INSTALL_HINT = "TensorBoard logging needs the tensorboard package: pip install 'torchhouse[tensorboard]'"
 
 
@@ -104,7 +106,7 @@ class TensorBoard(Callback):
     def _flush_steps(self) -> None:
         """Write the step losses recorded since the last flush (one read of the device buffer)."""
         model = self.model
-        acc = model._train_metrics
+        acc = model.train_metrics
         first_in_buffer = model.global_step - acc.count + 1  # global step of buffer row 0
         start = max(self._written_step + 1, first_in_buffer)
         if start > model.global_step:
