@@ -34,7 +34,7 @@ from torchhouse.callbacks.base import Callback, CallbackList
 from torchhouse.data import Batches, batch_size_of, describe, move_to, to_cpu, tree_map
 from torchhouse.errors import CheckpointError, ConfigError, DataError, NonFiniteLossError, TorchhouseError
 from torchhouse.history import History
-from torchhouse.metrics import EpochMetrics
+from torchhouse.metrics import EpochMetrics, check_binary_accuracy_inputs
 from torchhouse.monitor import is_improvement, resolve_mode
 from torchhouse.progress import Progress
 from torchhouse.progress import resolve_mode as resolve_progress
@@ -149,7 +149,9 @@ class FitLoop:
         logs: dict[str, Any] = {}
         status = "crashed"
         try:
-            self.callbacks.on_fit_start(dict(logs))
+            self.callbacks.on_fit_start(dict(logs))  # callbacks start afresh (Keras' rule)...
+            if state is not None:
+                self.callbacks.load_state_dict(state["callbacks"])  # ...unless the fit resumes
             for epoch in range(start_epoch, self.epochs):
                 resumed = state if epoch == start_epoch else None
                 logs = self._run_epoch(epoch, start_batch if resumed else 0, resumed)
@@ -729,6 +731,7 @@ def _checked(
             f"must return a dict with a 'loss' tensor, got {describe(out)}"
         )
     try:
+        check_binary_accuracy_inputs(model.metrics, out.get("preds"))
         if padded:
             _update_without_padding(model, acc, out, batch, real)
         else:

@@ -22,9 +22,14 @@ from typing import Any
 import torch
 
 from torchhouse.data import tree_map
-from torchhouse.errors import CheckpointError, ConfigError
+from torchhouse.errors import CheckpointError, ConfigError, DataError
 
 __all__ = [
+    "METRIC_NAMES",
+    "check_binary_accuracy_inputs",
+    "mean_absolute_error",
+    "mean_squared_error",
+    "resolve_metric",
     "EpochMetrics",
     "RESERVED_NAMES",
     "accuracy",
@@ -59,6 +64,24 @@ def accuracy(preds: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return ((preds.reshape(target.shape) > 0.5) == target.bool()).float().mean()
 
 
+def mean_absolute_error(preds: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean absolute error, on the device (``"mae"``).
+
+    >>> mean_absolute_error(torch.tensor([1.0, 3.0]), torch.tensor([2.0, 2.0]))
+    tensor(1.)
+    """
+    return (preds.reshape(target.shape).float() - target.float()).abs().mean()
+
+
+def mean_squared_error(preds: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean squared error, on the device (``"mse"``).
+
+    >>> mean_squared_error(torch.tensor([1.0, 3.0]), torch.tensor([2.0, 2.0]))
+    tensor(1.)
+    """
+    return (preds.reshape(target.shape).float() - target.float()).pow(2).mean()
+
+
 def binary_accuracy_logits(preds: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Binary accuracy for logits (threshold 0).
 
@@ -68,16 +91,67 @@ def binary_accuracy_logits(preds: torch.Tensor, target: torch.Tensor) -> torch.T
     return ((preds.reshape(target.shape) > 0) == target.bool()).float().mean()
 
 
-def normalise_metrics(metrics: Any) -> dict[str, MetricLike]:
-    """Check ``Model(metrics=...)`` and return it as a name -> metric dict."""
+_CLASSIFICATION_LOSSES = ("CrossEntropyLoss", "NLLLoss")
+METRIC_NAMES = ("accuracy", "acc", "mae", "mse")
+
+
+def resolve_metric(metric: Any, loss: Any, name: str) -> Any:
+    """A metric given by name (``"accuracy"``, ``"mae"``, ``"mse"``), or ``accuracy`` itself,
+    resolved from the loss the way Keras resolves ``"accuracy"``.
+
+    ``accuracy`` with ``BCEWithLogitsLoss`` thresholds logits at 0 (not probabilities at
+    0.5); a name that does not fit the loss is refused.
+
+    >>> resolve_metric("accuracy", torch.nn.BCEWithLogitsLoss(), "acc") is binary_accuracy_logits
+    True
+    """
+    loss_name = type(loss).__name__
+    if isinstance(metric, str):
+        key = metric.lower()
+        if key in ("mae", "mean_absolute_error"):
+            return mean_absolute_error
+        if key in ("mse", "mean_squared_error"):
+            return mean_squared_error
+        if key not in ("accuracy", "acc"):
+            raise ConfigError(
+                f"metrics[{name!r}]: {metric!r} is not a metric name torchhouse resolves; use one of "
+                f"{list(METRIC_NAMES)}, a th.metrics function or a torchmetrics object"
+            )
+        if loss_name not in (*_CLASSIFICATION_LOSSES, "BCEWithLogitsLoss", "BCELoss"):
+            raise ConfigError(
+                f"metrics[{name!r}]: 'accuracy' follows the loss, and {loss_name} is not a classification "
+                "loss (CrossEntropyLoss, NLLLoss, BCEWithLogitsLoss or BCELoss); pass th.metrics.accuracy "
+                "or binary_accuracy_logits yourself"
+            )
+        metric = accuracy
+    if metric is accuracy and loss_name == "BCEWithLogitsLoss":
+        return binary_accuracy_logits  # the net outputs logits: threshold them at 0
+    return metric
+
+
+def check_binary_accuracy_inputs(metrics: Mapping[str, Any], preds: Any) -> None:
+    """First batch only: ``accuracy`` on one column of values outside [0, 1] would be silently wrong."""
+    if not isinstance(preds, torch.Tensor) or (preds.dim() >= 2 and preds.shape[-1] > 1):
+        return
+    for name, metric in metrics.items():
+        if metric is accuracy and bool(((preds < 0) | (preds > 1)).any()):
+            raise DataError(
+                f"metric {name!r}: accuracy got one column of values outside [0, 1], which look like "
+                "logits; it would threshold them at 0.5 and be wrong. Use "
+                "th.metrics.binary_accuracy_logits, or metrics={'acc': 'accuracy'} with "
+                "BCEWithLogitsLoss"
+            )
+
+
+def normalise_metrics(metrics: Any, loss: Any = None) -> dict[str, MetricLike]:
+    """Check ``Model(metrics=...)`` and return it as a name -> metric dict (names resolved)."""
     if metrics is None:
         return {}
     if isinstance(metrics, (list, tuple)):
-        named = {}
-        for metric in metrics:
-            name = getattr(metric, "__name__", None) or type(metric).__name__.lower()
-            named[name] = metric
-        metrics = named
+        metrics = {
+            m if isinstance(m, str) else getattr(m, "__name__", None) or type(m).__name__.lower(): m
+            for m in metrics
+        }
     if not isinstance(metrics, Mapping):
         raise ConfigError(f"metrics: expected a dict of name -> metric, got {type(metrics).__name__}")
     for name, metric in metrics.items():
@@ -87,12 +161,12 @@ def normalise_metrics(metrics: Any) -> dict[str, MetricLike]:
             raise ConfigError(
                 f"metrics: the name {name!r} is reserved (loss, lr and val_* are logged by fit)"
             )
-        if not (is_stateful_metric(metric) or callable(metric)):
+        if not (is_stateful_metric(metric) or callable(metric) or isinstance(metric, str)):
             raise ConfigError(
-                f"metrics[{name!r}]: expected a torchmetrics Metric (update/compute/reset) or "
-                f"a function fn(preds, target) -> tensor, got {type(metric).__name__}"
+                f"metrics[{name!r}]: expected a torchmetrics Metric (update/compute/reset), "
+                f"a function fn(preds, target) -> tensor or a name, got {type(metric).__name__}"
             )
-    return dict(metrics)
+    return {name: resolve_metric(metric, loss, name) for name, metric in metrics.items()}
 
 
 def copy_metrics(metrics: Mapping[str, MetricLike]) -> dict[str, MetricLike]:

@@ -87,7 +87,9 @@ class Model:
         loss: a callable ``loss(preds, target) -> tensor`` such as ``nn.CrossEntropyLoss()``.
         optimizer: ``None`` (AdamW, lr=1e-3), a ``torch.optim.Optimizer`` over ``net``'s
             parameters, or a callable ``params -> Optimizer``.
-        metrics: name -> torchmetrics ``Metric`` or function ``fn(preds, target)``.
+        metrics: name -> torchmetrics ``Metric``, function ``fn(preds, target)``, or a name
+            (``"accuracy"``, ``"mae"``, ``"mse"``) resolved from the loss as Keras does;
+            ``th.metrics.accuracy`` with ``BCEWithLogitsLoss`` thresholds the logits at 0.
         lr_scheduler: a torch scheduler (ReduceLROnPlateau included) or a callable
             ``optimizer -> scheduler``. Stepped once per epoch unless
             ``lr_scheduler_interval="step"``.
@@ -144,7 +146,7 @@ class Model:
         self.device = self._resolve_device(device)
         self.net = net.to(self.device)
         self.loss = loss
-        self.metrics = normalise_metrics(metrics)
+        self.metrics = normalise_metrics(metrics, loss)
         self.precision = precision
         self.accumulate_grad_batches = _check_positive_int("accumulate_grad_batches", accumulate_grad_batches)
         self.gradient_clip_val = gradient_clip_val
