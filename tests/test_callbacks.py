@@ -147,7 +147,7 @@ def test_model_checkpoint_saves_only_improvements(tmp_path):
     for epoch, value in enumerate(history.history["val_loss"]):
         if value < best:
             best = value
-            expected.append(f"ep{epoch:02d}-{value:.4f}.safetensors")
+            expected.append(f"ep{epoch + 1:02d}-{value:.4f}.safetensors")  # {epoch} counts from 1
     assert saved == sorted(expected)
     # the last file holds the best weights
     fresh = model_for()

@@ -98,8 +98,8 @@ FIT_CASES = [
         "validation_split",
     ),
     (
-        "validation_split too small",
-        lambda: model().fit(X, Y, validation_split=0.01),
+        "validation_split too large",
+        lambda: model().fit(X, Y, validation_split=0.99),
         th.DataError,
         "both must be at least 1",
     ),

@@ -99,3 +99,107 @@ def test_accuracy_on_logits_from_an_unknown_loss_fails_at_the_first_batch():
     )
     with pytest.raises(th.DataError, match="look like logits.*binary_accuracy_logits"):
         custom.fit(x * 10, y, epochs=1, progress="none")
+
+
+def test_model_checkpoint_counts_epochs_from_one_and_checks_its_path_before_training(tmp_path):
+    x, y = make_classification(n=40)
+    every = th.callbacks.ModelCheckpoint(
+        tmp_path / "e{epoch}.safetensors", monitor=None, save_best_only=False
+    )
+    model().fit(x, y, epochs=2, progress="none", callbacks=[every])
+    assert sorted(p.name for p in tmp_path.glob("*.safetensors")) == ["e1.safetensors", "e2.safetensors"]
+    # save_best_only=False does not need the monitor to be logged
+    unlogged = th.callbacks.ModelCheckpoint(
+        tmp_path / "x{epoch}.safetensors", monitor="val_acc", save_best_only=False
+    )
+    model().fit(x, y, epochs=1, progress="none", callbacks=[unlogged])
+    with pytest.raises(th.ConfigError, match="must end in .safetensors"):
+        th.callbacks.ModelCheckpoint("best.keras")
+    seen = []
+
+    class Count(th.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs):
+            seen.append(batch)
+
+    bad = th.callbacks.ModelCheckpoint(
+        tmp_path / "{val_accuracy}.safetensors", save_best_only=False, monitor=None
+    )
+    with pytest.raises(th.ConfigError, match="cannot fill in the path"):
+        model().fit(x, y, epochs=1, progress="none", callbacks=[Count(), bad])
+    assert seen == []  # refused before the first batch
+
+
+def test_a_bad_scheduler_monitor_is_refused_before_the_first_batch():
+    x, y = make_classification(n=40)
+    seen = []
+
+    class Count(th.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs):
+            seen.append(batch)
+
+    m = model(
+        lr_scheduler=lambda opt: torch.optim.lr_scheduler.ReduceLROnPlateau(opt),
+        lr_scheduler_monitor="val_acc",
+    )
+    with pytest.raises(th.ConfigError, match="lr_scheduler_monitor.*'val_acc'"):
+        m.fit(x, y, epochs=1, progress="none", callbacks=[Count()])
+    assert seen == []
+
+
+def test_history_params_hold_epochs_and_steps():
+    x, y = make_classification(n=40)
+    history = model().fit(x, y, epochs=3, batch_size=16, progress="none")
+    assert history.params == {"epochs": 3, "steps": 3}
+
+
+@pytest.mark.parametrize("n,split,train", [(10, 0.25, 7), (10, 0.05, 9), (40, 0.2, 32)])
+def test_validation_split_floors_the_training_part_as_keras(n, split, train):
+    x, y = make_classification(n=n)
+    seen = []
+
+    class Sizes(th.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs):
+            seen.append(len(logs["target"]))
+
+    model().fit(x, y, epochs=1, batch_size=64, validation_split=split, progress="none", callbacks=[Sizes()])
+    assert seen == [train]
+
+
+def test_stop_training_in_a_batch_hook_stops_after_that_batch():
+    x, y = make_classification(n=40)
+    seen = []
+
+    class StopAtTwo(th.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs):
+            seen.append(batch)
+            if batch == 2:
+                self.model.stop_training = True
+
+    history = model().fit(x, y, epochs=5, batch_size=8, progress="none", callbacks=[StopAtTwo()])
+    assert seen == [0, 1, 2] and len(history) == 1
+
+
+def test_a_frozen_or_weightless_net_can_be_built_evaluated_predicted_and_fitted():
+    x, y = make_classification(n=40)
+    weightless = th.Model(nn.Softmax(dim=1), loss=nn.NLLLoss(), device="cpu")
+    assert weightless.predict(x[:, :3]).shape == (40, 3)
+    assert "loss" in weightless.evaluate(x[:, :3].log_softmax(1), y)
+    frozen_net = make_net()
+    for p in frozen_net.parameters():
+        p.requires_grad_(False)
+    frozen = th.Model(frozen_net, loss=nn.CrossEntropyLoss(), device="cpu")
+    before = [p.clone() for p in frozen_net.parameters()]
+    with pytest.warns(UserWarning, match="no trainable parameters"):
+        history = frozen.fit(x, y, epochs=2, progress="none")
+    assert len(history.history["loss"]) == 2
+    assert all(torch.equal(a, b) for a, b in zip(before, frozen_net.parameters()))
+
+
+def test_tensorboard_logs_the_learning_rate_without_a_scheduler(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    x, y = make_classification(n=40)
+    model().fit(x, y, epochs=2, progress="none", callbacks=[th.callbacks.TensorBoard(tmp_path)])
+    events = EventAccumulator(str(tmp_path / "train")).Reload()
+    assert [e.value for e in events.Scalars("epoch/lr")] == pytest.approx([1e-3, 1e-3])

@@ -358,8 +358,8 @@ class ArrayBatches(Batches):
     def split(self, fraction: float) -> tuple[ArrayBatches, ArrayBatches]:
         """Split off the last ``fraction`` of the samples (before shuffling), as Keras does."""
         assert self.num_samples is not None
-        n_val = round(self.num_samples * fraction)
-        n_train = self.num_samples - n_val
+        n_train = math.floor(self.num_samples * (1.0 - fraction))  # Keras' rule
+        n_val = self.num_samples - n_train
         if n_val == 0 or n_train == 0:
             raise DataError(
                 f"validation_split={fraction} of {self.num_samples} samples leaves "
@@ -581,7 +581,7 @@ def split_validation(batches: Batches, fraction: float) -> tuple[Batches, Batche
             "validation_split needs arrays or a Dataset with a length; for a DataLoader "
             "pass validation_data instead"
         )
-    n_val = round(n * fraction)
+    n_val = n - math.floor(n * (1.0 - fraction))  # Keras' rule: the training part is floored
     if n_val == 0 or n_val == n:
         raise DataError(
             f"validation_split={fraction} of {n} samples leaves {n - n_val} for training "

@@ -35,7 +35,7 @@ from torchhouse.data import Batches, batch_size_of, describe, move_to, to_cpu, t
 from torchhouse.errors import CheckpointError, ConfigError, DataError, NonFiniteLossError, TorchhouseError
 from torchhouse.history import History
 from torchhouse.metrics import EpochMetrics, check_binary_accuracy_inputs
-from torchhouse.monitor import is_improvement, resolve_mode
+from torchhouse.monitor import check_monitor, is_improvement, resolve_mode
 from torchhouse.progress import Progress
 from torchhouse.progress import resolve_mode as resolve_progress
 from torchhouse.runs import RunDir
@@ -107,6 +107,7 @@ class FitLoop:
     def run(self) -> History:
         model = self.model
         model.history = History()
+        model.history.params = {"epochs": self.epochs, "steps": len(self.train) if self.train.has_len() else None}
         model.global_step = 0
         start_epoch, start_batch = 0, 0
         state: dict[str, Any] | None = None
@@ -119,6 +120,7 @@ class FitLoop:
                 if state.get("finished") and (state.get("stop_training") or start_epoch >= self.epochs):
                     return self._return_finished(state)
             self.monitor_mode = resolve_mode(self.monitor, "auto", model.metrics)
+            self._check_scheduler_monitor()
             if self.run_dir is not None and self.is_main:
                 self.run_dir.start(self._config(), resumed=state is not None)
             return self._run_epochs(start_epoch, start_batch, state)
@@ -226,6 +228,8 @@ class FitLoop:
             index += 1
             if callbacks.batch_end:
                 callbacks.on_train_batch_end(index - 1, out)
+                if model.stop_training and self.context is None:
+                    break  # as Keras: stop after this batch (several processes stop at the epoch's end)
             if perf_counter() >= progress.next_refresh:
                 progress.refresh(index, acc.partial_loss)
             if every and model.global_step % every == 0 and index != steps:
@@ -276,6 +280,13 @@ class FitLoop:
             raise NonFiniteLossError(epoch, *(bad or (-1, float("nan"))))
         if bad is not None:
             raise NonFiniteLossError(epoch, bad[0], bad[1])
+
+    def _check_scheduler_monitor(self) -> None:
+        """A ReduceLROnPlateau's monitor must be logged: checked before the first batch."""
+        model = self.model
+        if isinstance(model.lr_scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            name = model.lr_scheduler_monitor or ("val_loss" if self.val is not None else "loss")
+            check_monitor("lr_scheduler_monitor", name, model.log_names)
 
     def _step_scheduler_per_epoch(self, logs: dict[str, Any]) -> None:
         model = self.model

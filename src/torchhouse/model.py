@@ -198,7 +198,9 @@ class Model:
         params = [p for p in self.net.parameters() if p.requires_grad]
         if optimizer is None:
             if not params:
-                raise ConfigError("net has no trainable parameters, so there is nothing to optimise")
+                # A frozen or weightless net can still be evaluated, used to predict, and
+                # fitted (which reports the loss and changes nothing): a no-op stands in.
+                return torch.optim.SGD([torch.zeros(0, requires_grad=True)], lr=0.0)
             return torch.optim.AdamW(params, lr=1e-3)
         if isinstance(optimizer, torch.optim.Optimizer):
             owned = {id(p) for p in self.net.parameters()}
@@ -294,6 +296,8 @@ class Model:
         """
         if self.on_nonfinite == "skip":
             self._step_loss = loss.detach()
+        if not loss.requires_grad:
+            return  # a frozen net: nothing to backpropagate into
         if self._plain_step:
             loss.backward()
             return
@@ -475,6 +479,11 @@ class Model:
                 raise ConfigError(
                     f"callbacks: expected th.callbacks.Callback objects, got {type(callback).__name__}"
                 )
+        if not any(p.requires_grad for p in self.net.parameters()):
+            warnings.warn(
+                "fit: the net has no trainable parameters; it reports the loss and changes nothing",
+                stacklevel=2,
+            )
         if plot not in (None, "live"):
             raise ConfigError(f"plot: expected None or 'live', got {plot!r}")
         callback_list += self._automatic_callbacks(callback_list, run_dir, plot, tensorboard)

@@ -27,8 +27,8 @@ class TensorBoard(Callback):
 
     - Every logged value each epoch, as ``epoch/<name>``: training values under
       ``log_dir/train`` and validation values under ``log_dir/validation``, so TensorBoard
-      draws train and validation of one value in one chart. The learning rate is
-      ``epoch/lr`` when a scheduler is set.
+      draws train and validation of one value in one chart. The learning rate of the
+      first parameter group is ``epoch/lr`` every epoch (with or without a scheduler).
     - ``log_every_n_steps=N``: the training loss every N steps as ``step/loss``. The
       losses stay in the device buffer and are read at most every ``flush_seconds``
       (and at the epoch's end), never with a host sync per step.
@@ -145,6 +145,8 @@ class TensorBoard(Callback):
                 validation.add_scalar(f"epoch/{name[4:]}", value, step)
             else:
                 train.add_scalar(f"epoch/{name}", value, step)
+        if "lr" not in logs:
+            train.add_scalar("epoch/lr", float(model.optimizer.param_groups[0].get("lr", 0.0)), step)
         if self.log_every_n_steps:
             self._flush_steps()
         if self.histograms:
