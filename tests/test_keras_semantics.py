@@ -203,3 +203,61 @@ def test_tensorboard_logs_the_learning_rate_without_a_scheduler(tmp_path):
     model().fit(x, y, epochs=2, progress="none", callbacks=[th.callbacks.TensorBoard(tmp_path)])
     events = EventAccumulator(str(tmp_path / "train")).Reload()
     assert [e.value for e in events.Scalars("epoch/lr")] == pytest.approx([1e-3, 1e-3])
+
+
+def test_every_hook_is_called_in_keras_order_and_lambda_callback_takes_any_hook():
+    x, y = make_classification(n=16)
+    calls = []
+    hooks = {name: (lambda name: lambda *args: calls.append(name))(name) for name in th.callbacks.base.HOOKS}
+    recorder = th.callbacks.LambdaCallback(**hooks, describe=lambda: "mine")
+    assert recorder.describe() == "mine"  # other names become methods
+    m = model()
+    m.fit(x, y, validation_data=(x, y), epochs=1, batch_size=8, progress="none", callbacks=[recorder])
+    assert calls == [
+        "on_fit_start",
+        "on_epoch_start",
+        "on_train_batch_start",
+        "on_train_batch_end",
+        "on_train_batch_start",
+        "on_train_batch_end",
+        "on_test_begin",
+        "on_test_batch_start",
+        "on_test_batch_end",
+        "on_test_batch_start",
+        "on_test_batch_end",
+        "on_test_end",
+        "on_validation_end",
+        "on_epoch_end",
+        "on_fit_end",
+    ]
+    calls.clear()
+    m.evaluate(x, y, batch_size=16, callbacks=[recorder])
+    assert calls == ["on_test_begin", "on_test_batch_start", "on_test_batch_end", "on_test_end"]
+    calls.clear()
+    m.predict(x, batch_size=8, callbacks=[recorder])
+    assert calls == [
+        "on_predict_begin",
+        "on_predict_batch_start",
+        "on_predict_batch_end",
+        "on_predict_batch_start",
+        "on_predict_batch_end",
+        "on_predict_end",
+    ]
+
+
+def test_train_test_and_predict_on_batch():
+    x, y = make_classification(n=16)
+    m = model(metrics={"acc": "accuracy"})
+    reference = model(metrics={"acc": "accuracy"})
+    before = m.test_on_batch(x, y, return_dict=True)
+    assert set(before) == {"loss", "acc"}
+    loss, acc = m.train_on_batch(x, y)
+    assert loss == pytest.approx(before["loss"], rel=1e-6)  # the values of the batch before the step
+    reference.fit(x, y, epochs=1, batch_size=16, shuffle=False, progress="none")  # the same one step
+    for a, b in zip(m.net.parameters(), reference.net.parameters()):
+        assert torch.equal(a, b)
+    after = m.test_on_batch(x, y)
+    assert isinstance(after, list) and after[0] < before["loss"]
+    torch.testing.assert_close(m.predict_on_batch(x), m.predict(x))
+    with pytest.raises(th.ConfigError, match="sample_weight and class_weight are not supported yet"):
+        m.train_on_batch(x, y, sample_weight=torch.ones(16))

@@ -255,5 +255,5 @@ def test_tensorboard_without_step_logging_adds_no_per_step_call(tmp_path):
     from torchhouse.callbacks.base import CallbackList
 
     model = model_for()
-    assert CallbackList([TensorBoard(tmp_path / "a")], model).batch_end == []
-    assert len(CallbackList([TensorBoard(tmp_path / "b", log_every_n_steps=5)], model).batch_end) == 1
+    assert not CallbackList([TensorBoard(tmp_path / "a")], model).wants("on_train_batch_end")
+    assert CallbackList([TensorBoard(tmp_path / "b", log_every_n_steps=5)], model).wants("on_train_batch_end")

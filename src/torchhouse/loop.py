@@ -43,7 +43,7 @@ from torchhouse.runs import RunDir
 if TYPE_CHECKING:
     from torchhouse.model import Model
 
-__all__ = ["FitLoop", "concat_outputs", "evaluate", "predict"]
+__all__ = ["FitLoop", "concat_outputs", "evaluate", "num_samples", "predict"]
 
 _USER_ERRORS = (RuntimeError, ValueError, IndexError, TypeError, AttributeError)
 
@@ -107,7 +107,10 @@ class FitLoop:
     def run(self) -> History:
         model = self.model
         model.history = History()
-        model.history.params = {"epochs": self.epochs, "steps": len(self.train) if self.train.has_len() else None}
+        model.history.params = {
+            "epochs": self.epochs,
+            "steps": len(self.train) if self.train.has_len() else None,
+        }
         model.global_step = 0
         start_epoch, start_batch = 0, 0
         state: dict[str, Any] | None = None
@@ -151,7 +154,7 @@ class FitLoop:
         logs: dict[str, Any] = {}
         status = "crashed"
         try:
-            self.callbacks.on_fit_start(dict(logs))  # callbacks start afresh (Keras' rule)...
+            self.callbacks.call("on_fit_start", dict(logs))  # callbacks start afresh (Keras' rule)...
             if state is not None:
                 self.callbacks.load_state_dict(state["callbacks"])  # ...unless the fit resumes
             for epoch in range(start_epoch, self.epochs):
@@ -159,7 +162,7 @@ class FitLoop:
                 logs = self._run_epoch(epoch, start_batch if resumed else 0, resumed)
                 if model.stop_training:
                     break
-            self.callbacks.on_fit_end(dict(logs))
+            self.callbacks.call("on_fit_end", dict(logs))
             status = "stopped_early" if model.stop_training else "finished"
         except KeyboardInterrupt:
             status = "interrupted"
@@ -192,7 +195,7 @@ class FitLoop:
         else:
             if resumed is not None:
                 rng.restore(resumed["rng"], self.generators)
-            self.callbacks.on_epoch_start(epoch, {})
+            self.callbacks.call("on_epoch_start", epoch, {})
             epoch_rng = rng.capture(self.generators) if self.checkpoint_every else None
             acc.reset()
             batches = train.iterate(self.generator, 0)
@@ -209,9 +212,13 @@ class FitLoop:
         train_step = model.train_step
         perf_counter = time.perf_counter
         index = start
+        batch_start = callbacks.wants("on_train_batch_start")
+        batch_end = callbacks.wants("on_train_batch_end")
         for batch in batches:
             if transfer:
                 batch = move_to(batch, device, non_blocking=device.type == "cuda")
+            if batch_start:
+                callbacks.call("on_train_batch_start", index, {})
             model.is_last_batch = index == last
             if index == start:
                 out = _checked(model, train_step, batch, "training", acc, index == padded_index, real)
@@ -223,11 +230,11 @@ class FitLoop:
                 if index == padded_index:
                     _update_without_padding(model, acc, out, batch, real)
                 else:
-                    acc.update(out, _num_samples(out, batch))
+                    acc.update(out, num_samples(out, batch))
             model.global_step += 1
             index += 1
-            if callbacks.batch_end:
-                callbacks.on_train_batch_end(index - 1, out)
+            if batch_end:
+                callbacks.call("on_train_batch_end", index - 1, out)
                 if model.stop_training and self.context is None:
                     break  # as Keras: stop after this batch (several processes stop at the epoch's end)
             if perf_counter() >= progress.next_refresh:
@@ -254,15 +261,15 @@ class FitLoop:
         if model.lr_scheduler is not None:
             logs["lr"] = lr
         if self.val is not None:
-            val_logs = evaluate(model, self.val, model.eval_metrics)
+            val_logs = evaluate(model, self.val, model.eval_metrics, callbacks)
             logs.update({f"val_{k}": v for k, v in val_logs.items()})
-            callbacks.on_validation_end({f"val_{k}": v for k, v in val_logs.items()})
+            callbacks.call("on_validation_end", {f"val_{k}": v for k, v in val_logs.items()})
         self._step_scheduler_per_epoch(logs)
         model.history.append(epoch, logs)
         progress.epoch_end(epoch, index, logs)
         if self.run_dir is not None and self.is_main:
             self.run_dir.write_history(model.history)
-        callbacks.on_epoch_end(epoch, logs)
+        callbacks.call("on_epoch_end", epoch, logs)
         if self.run_dir is not None:
             value = logs.get(self.monitor)
             improved = value is not None and is_improvement(value, self.best, self.monitor_mode)
@@ -535,8 +542,13 @@ class FitLoop:
 # --------------------------------------------------------------------------- evaluation
 
 
-def evaluate(model: Model, batches: Batches, acc: EpochMetrics) -> dict[str, float]:
-    """Loss and metrics of ``model`` over ``batches``, under ``torch.no_grad``."""
+def evaluate(
+    model: Model, batches: Batches, acc: EpochMetrics, callbacks: CallbackList | None = None
+) -> dict[str, float]:
+    """Loss and metrics of ``model`` over ``batches``, under ``torch.no_grad``.
+
+    ``callbacks`` get the ``on_test_*`` hooks (Keras' names).
+    """
     net = model.net
     was_training = net.training
     net.eval()
@@ -546,43 +558,72 @@ def evaluate(model: Model, batches: Batches, acc: EpochMetrics) -> dict[str, flo
     device = model.device
     transfer = batches.needs_transfer(device)
     padded_index, real = batches.padding() or (-1, 0)
+    hooks = callbacks if callbacks is not None and _wants_any(callbacks, "on_test") else None
+    if hooks is not None:
+        hooks.call("on_test_begin", {})
     try:
         with torch.no_grad():
             for index, batch in enumerate(batches.iterate(None)):
                 if transfer:
                     batch = move_to(batch, device, non_blocking=device.type == "cuda")
+                if hooks is not None:
+                    hooks.call("on_test_batch_start", index, {})
                 if index == 0:
-                    _checked(model, model.eval_step, batch, "evaluation", acc, index == padded_index, real)
+                    out = _checked(
+                        model, model.eval_step, batch, "evaluation", acc, index == padded_index, real
+                    )
                 else:
                     out = model.eval_step(batch)
                     if index == padded_index:
                         _update_without_padding(model, acc, out, batch, real)
                     else:
-                        acc.update(out, _num_samples(out, batch))
+                        acc.update(out, num_samples(out, batch))
+                if hooks is not None:
+                    hooks.call("on_test_batch_end", index, out)
         if acc.count == 0 and not acc.sync:
             raise DataError("the evaluation data yielded no batch")
-        return acc.compute()
+        result = acc.compute()
+        if hooks is not None:
+            hooks.call("on_test_end", dict(result))
+        return result
     finally:
         net.train(was_training)
 
 
-def predict(model: Model, batches: Batches) -> Any:
-    """All of the net's outputs for ``batches``, concatenated, on the CPU."""
+def predict(model: Model, batches: Batches, callbacks: CallbackList | None = None) -> Any:
+    """All of the net's outputs for ``batches``, concatenated, on the CPU.
+
+    ``callbacks`` get the ``on_predict_*`` hooks (Keras' names).
+    """
     net = model.net
     was_training = net.training
     net.eval()
     outputs = []
     device = model.device
     transfer = batches.needs_transfer(device)
+    hooks = callbacks if callbacks is not None and _wants_any(callbacks, "on_predict") else None
+    if hooks is not None:
+        hooks.call("on_predict_begin", {})
     try:
         with torch.no_grad():
-            for batch in batches.iterate(None):
+            for index, batch in enumerate(batches.iterate(None)):
                 if transfer:
                     batch = move_to(batch, device, non_blocking=device.type == "cuda")
+                if hooks is not None:
+                    hooks.call("on_predict_batch_start", index, {})
                 outputs.append(model.predict_step(batch))
+                if hooks is not None:
+                    hooks.call("on_predict_batch_end", index, {"outputs": outputs[-1]})
     finally:
         net.train(was_training)
-    return move_to(concat_outputs(outputs), torch.device("cpu"))
+    result = move_to(concat_outputs(outputs), torch.device("cpu"))
+    if hooks is not None:
+        hooks.call("on_predict_end", {})
+    return result
+
+
+def _wants_any(callbacks: CallbackList, prefix: str) -> bool:
+    return any(callbacks.wants(hook) for hook in callbacks.hooked if hook.startswith(prefix))
 
 
 def concat_outputs(outputs: list[Any]) -> Any:
@@ -616,10 +657,10 @@ def _update_without_padding(
 ) -> None:
     trimmed = model._trim_padding(out, real)
     if trimmed is not None:
-        acc.update(trimmed, _num_samples(trimmed, batch))
+        acc.update(trimmed, num_samples(trimmed, batch))
 
 
-def _num_samples(out: dict[str, Any], batch: Any) -> int:
+def num_samples(out: dict[str, Any], batch: Any) -> int:
     target = out.get("target")
     if type(target) is torch.Tensor and target.dim() > 0:
         return target.shape[0]
@@ -746,7 +787,7 @@ def _checked(
         if padded:
             _update_without_padding(model, acc, out, batch, real)
         else:
-            acc.update(out, _num_samples(out, batch))
+            acc.update(out, num_samples(out, batch))
     except TorchhouseError:
         raise
     except _USER_ERRORS as exc:

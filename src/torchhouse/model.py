@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from torchhouse import distributed, loop
-from torchhouse.callbacks.base import Callback
+from torchhouse.callbacks.base import Callback, CallbackList
 from torchhouse.checkpoint import atomic_save_tensors, atomic_write_json, read_tensors
 from torchhouse.data import (
     Batch,
@@ -38,6 +38,7 @@ from torchhouse.data import (
     call_net,
     inputs_of,
     make_batches,
+    move_to,
     split_validation,
     tree_leaves,
     tree_map,
@@ -625,7 +626,13 @@ class Model:
     # ----------------------------------------------------------------------- evaluate / predict
 
     def evaluate(
-        self, x: Any, y: Any = None, *, batch_size: int = 32, progress: str | bool = "none"
+        self,
+        x: Any,
+        y: Any = None,
+        *,
+        batch_size: int = 32,
+        progress: str | bool = "none",
+        callbacks: Iterable[Callback] | None = None,
     ) -> dict[str, float]:
         """Loss and metrics over a whole data set, as sample-weighted means.
 
@@ -641,9 +648,9 @@ class Model:
             batches = batches.shard(context.rank, context.world_size, 0)
         self._check_loss_shapes = True
         self.eval_metrics.sync = context is not None
-        return loop.evaluate(self, batches, self.eval_metrics)
+        return loop.evaluate(self, batches, self.eval_metrics, self._callback_list(callbacks))
 
-    def predict(self, x: Any, *, batch_size: int = 32) -> Any:
+    def predict(self, x: Any, *, batch_size: int = 32, callbacks: Iterable[Callback] | None = None) -> Any:
         """The net's outputs for ``x``, all batches concatenated, as CPU tensors.
 
         ``x`` holds inputs only (arrays, a Dataset, or a DataLoader yielding inputs or
@@ -664,7 +671,102 @@ class Model:
                 stacklevel=2,
             )
         batches = self._batches(x, None, batch_size, shuffle=False, generator=None, require_target=False)
+        return loop.predict(self, batches, self._callback_list(callbacks))
+
+    def _callback_list(self, callbacks: Iterable[Callback] | None) -> CallbackList | None:
+        if not callbacks:
+            return None
+        given = list(callbacks)
+        for callback in given:
+            if not isinstance(callback, Callback):
+                raise ConfigError(
+                    f"callbacks: expected th.callbacks.Callback objects, got {type(callback).__name__}"
+                )
+        return CallbackList(given, self)
+
+    # ----------------------------------------------------------------------- one batch (Keras)
+
+    def train_on_batch(
+        self,
+        x: Any,
+        y: Any = None,
+        sample_weight: Any = None,
+        class_weight: Any = None,
+        return_dict: bool = False,
+    ) -> Any:
+        """One training step on one batch, as Keras' ``train_on_batch``; returns its values.
+
+        The values are this batch's: the loss, or ``[loss, *metrics]`` with metrics, or a
+        dict with ``return_dict=True``. Each call steps the optimizer (accumulation does not
+        span calls). ``sample_weight`` and ``class_weight`` are not supported yet.
+
+        Example:
+            >>> model = Model(nn.Linear(3, 1), loss=nn.MSELoss(), device="cpu")
+            >>> loss = model.train_on_batch(torch.randn(8, 3), torch.randn(8, 1))
+            >>> isinstance(loss, float)
+            True
+        """
+        self._refuse_weights(sample_weight, class_weight, "train_on_batch")
+        batch = self._one_batch(x, y)
+        self.net.train()
+        self.is_last_batch = True  # flush any accumulation window
+        out = self.train_step(batch)
+        self.is_last_batch = False
+        return self._batch_values(out, batch, return_dict)
+
+    def test_on_batch(
+        self, x: Any, y: Any = None, sample_weight: Any = None, return_dict: bool = False
+    ) -> Any:
+        """Loss and metrics of one batch without training, as Keras' ``test_on_batch``.
+
+        Example:
+            >>> model = Model(nn.Linear(3, 1), loss=nn.MSELoss(), device="cpu")
+            >>> sorted(model.test_on_batch(torch.randn(8, 3), torch.randn(8, 1), return_dict=True))
+            ['loss']
+        """
+        self._refuse_weights(sample_weight, None, "test_on_batch")
+        batch = self._one_batch(x, y)
+        was_training = self.net.training
+        self.net.eval()
+        try:
+            with torch.no_grad():
+                out = self.eval_step(batch)
+        finally:
+            self.net.train(was_training)
+        return self._batch_values(out, batch, return_dict)
+
+    def predict_on_batch(self, x: Any) -> Any:
+        """The net's outputs for one batch of inputs, as a CPU tensor (Keras' ``predict_on_batch``).
+
+        Example:
+            >>> Model(nn.Linear(3, 2), device="cpu").predict_on_batch(torch.randn(4, 3)).shape
+            torch.Size([4, 2])
+        """
+        batches = self._batches(x, None, 2**31 - 1, shuffle=False, generator=None, require_target=False)
         return loop.predict(self, batches)
+
+    @staticmethod
+    def _refuse_weights(sample_weight: Any, class_weight: Any, where: str) -> None:
+        if sample_weight is not None or class_weight is not None:
+            raise ConfigError(
+                f"{where}: sample_weight and class_weight are not supported yet; weight the loss in "
+                "an override of compute_loss meanwhile"
+            )
+
+    def _one_batch(self, x: Any, y: Any) -> Any:
+        batches = self._batches(x, y, 2**31 - 1, shuffle=False, generator=None)
+        batch = next(iter(batches.iterate(None)))
+        if batches.needs_transfer(self.device):
+            batch = move_to(batch, self.device)
+        return batch
+
+    def _batch_values(self, out: dict[str, Any], batch: Any, return_dict: bool) -> Any:
+        values = EpochMetrics(copy_metrics(self.metrics), self.device, 1, self._loss_reduction())
+        values.update(out, loop.num_samples(out, batch))
+        logs = values.compute()
+        if return_dict:
+            return logs
+        return logs["loss"] if len(logs) == 1 else list(logs.values())
 
     # ----------------------------------------------------------------------- save / load
 

@@ -11,14 +11,40 @@ if TYPE_CHECKING:
 __all__ = ["Callback", "CallbackList", "overrides"]
 
 
+HOOKS = (
+    "on_fit_start",
+    "on_fit_end",
+    "on_epoch_start",
+    "on_epoch_end",
+    "on_train_batch_start",
+    "on_train_batch_end",
+    "on_validation_end",
+    "on_test_begin",
+    "on_test_end",
+    "on_test_batch_start",
+    "on_test_batch_end",
+    "on_predict_begin",
+    "on_predict_end",
+    "on_predict_batch_start",
+    "on_predict_batch_end",
+)
+
+
 class Callback:
     """Base class for callbacks: override any hook you need.
 
     ``self.model`` is the `Model` being trained. Set ``self.model.stop_training = True``
-    to stop after the current epoch. ``logs`` hold Python floats, except in
-    ``on_train_batch_end``, where ``logs`` is the step output (``loss``, ``preds``,
-    ``target``) as tensors still on the device: reading them forces a host sync, so do
-    it only when you need it.
+    to stop (after the current batch when set in a batch hook, as in Keras). ``logs`` hold
+    Python floats, except in the batch hooks, where the end hooks get the step output
+    (``loss``, ``preds``, ``target``) as tensors still on the device: reading them forces a
+    host sync, so do it only when you need it. Batch hooks cost a call per step, so only
+    callbacks that override one get it. Epoch numbers are 0-based, as ``history.epoch``.
+
+    The hooks, in the order of a fit: ``on_fit_start``; per epoch ``on_epoch_start``,
+    ``on_train_batch_start`` / ``on_train_batch_end`` per batch, then the validation
+    (``on_test_begin``, ``on_test_batch_start`` / ``_end``, ``on_test_end``,
+    ``on_validation_end``), ``on_epoch_end``; ``on_fit_end``. ``evaluate(callbacks=...)``
+    calls the ``on_test_*`` hooks, ``predict(callbacks=...)`` the ``on_predict_*`` hooks.
 
     Example:
         >>> class PrintLoss(Callback):
@@ -33,7 +59,7 @@ class Callback:
         self.model = model
 
     def on_fit_start(self, logs: dict[str, Any]) -> None:
-        """Called once before the first epoch (``logs`` is empty, or the resumed state)."""
+        """Called once before the first epoch (``logs`` is empty)."""
 
     def on_fit_end(self, logs: dict[str, Any]) -> None:
         """Called once after the last epoch with the last epoch's logs."""
@@ -44,11 +70,38 @@ class Callback:
     def on_epoch_end(self, epoch: int, logs: dict[str, Any]) -> None:
         """Called after each epoch, validation included, with that epoch's values."""
 
+    def on_train_batch_start(self, batch: int, logs: dict[str, Any]) -> None:
+        """Called before each training step (``logs`` is empty)."""
+
     def on_train_batch_end(self, batch: int, logs: dict[str, Any]) -> None:
-        """Called after each training step (only for callbacks that override it)."""
+        """Called after each training step with the step's output."""
 
     def on_validation_end(self, logs: dict[str, Any]) -> None:
-        """Called after each validation pass, with the ``val_*`` values."""
+        """Called after each validation pass with the ``val_*`` values."""
+
+    def on_test_begin(self, logs: dict[str, Any]) -> None:
+        """Called before an evaluation pass (`evaluate`, or validation in fit)."""
+
+    def on_test_end(self, logs: dict[str, Any]) -> None:
+        """Called after an evaluation pass with its values."""
+
+    def on_test_batch_start(self, batch: int, logs: dict[str, Any]) -> None:
+        """Called before each evaluation step."""
+
+    def on_test_batch_end(self, batch: int, logs: dict[str, Any]) -> None:
+        """Called after each evaluation step with the step's output."""
+
+    def on_predict_begin(self, logs: dict[str, Any]) -> None:
+        """Called before `predict` runs its first batch."""
+
+    def on_predict_end(self, logs: dict[str, Any]) -> None:
+        """Called after `predict` ran its last batch."""
+
+    def on_predict_batch_start(self, batch: int, logs: dict[str, Any]) -> None:
+        """Called before each prediction step."""
+
+    def on_predict_batch_end(self, batch: int, logs: dict[str, Any]) -> None:
+        """Called after each prediction step (``logs["outputs"]`` is the step's output)."""
 
     def state_dict(self) -> dict[str, Any]:
         """State to keep in checkpoints for exact resume (tensors, numbers, lists, dicts)."""
@@ -59,46 +112,37 @@ class Callback:
 
 
 def overrides(callback: Callback, hook: str) -> bool:
+    """Whether ``callback`` does something in ``hook`` (a method of its class, or one it was given)."""
+    if hook in vars(callback):
+        return True
     return getattr(type(callback), hook) is not getattr(Callback, hook)
 
 
 class CallbackList:
-    """Calls a hook on every callback, in order."""
+    """Calls a hook on every callback that implements it, in order: ``call("on_epoch_end", ...)``."""
 
     def __init__(self, callbacks: Iterable[Callback], model: Model) -> None:
         self.callbacks = list(callbacks)
         for callback in self.callbacks:
             callback.set_model(model)
-        # Per-step hooks cost time on every step, so only those who asked get them.
-        self.batch_end = [
-            c
-            for c in self.callbacks
-            if overrides(c, "on_train_batch_end") and getattr(c, "needs_batch_end", True)
-        ]
+        # Only callbacks that implement a hook are called for it: per-step hooks cost time.
+        self.hooked = {
+            hook: [
+                getattr(c, hook)
+                for c in self.callbacks
+                if overrides(c, hook)
+                and (hook != "on_train_batch_end" or getattr(c, "needs_batch_end", True))
+            ]
+            for hook in HOOKS
+        }
 
-    def on_fit_start(self, logs: dict[str, Any]) -> None:
-        for callback in self.callbacks:
-            callback.on_fit_start(logs)
+    def wants(self, hook: str) -> bool:
+        """Whether any callback implements ``hook`` (the loop skips the call otherwise)."""
+        return bool(self.hooked[hook])
 
-    def on_fit_end(self, logs: dict[str, Any]) -> None:
-        for callback in self.callbacks:
-            callback.on_fit_end(logs)
-
-    def on_epoch_start(self, epoch: int, logs: dict[str, Any]) -> None:
-        for callback in self.callbacks:
-            callback.on_epoch_start(epoch, logs)
-
-    def on_epoch_end(self, epoch: int, logs: dict[str, Any]) -> None:
-        for callback in self.callbacks:
-            callback.on_epoch_end(epoch, logs)
-
-    def on_train_batch_end(self, batch: int, logs: dict[str, Any]) -> None:
-        for callback in self.batch_end:
-            callback.on_train_batch_end(batch, logs)
-
-    def on_validation_end(self, logs: dict[str, Any]) -> None:
-        for callback in self.callbacks:
-            callback.on_validation_end(logs)
+    def call(self, hook: str, *args: Any) -> None:
+        for method in self.hooked[hook]:
+            method(*args)
 
     def _user(self) -> list[Callback]:
         # Callbacks fit added by itself (TensorBoard for run_dir) hold no resumable state.
