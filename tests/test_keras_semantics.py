@@ -251,7 +251,7 @@ def test_train_test_and_predict_on_batch():
     reference = model(metrics={"acc": "accuracy"})
     before = m.test_on_batch(x, y, return_dict=True)
     assert set(before) == {"loss", "acc"}
-    loss, acc = m.train_on_batch(x, y)
+    loss, _acc = m.train_on_batch(x, y)
     assert loss == pytest.approx(before["loss"], rel=1e-6)  # the values of the batch before the step
     reference.fit(x, y, epochs=1, batch_size=16, shuffle=False, progress="none")  # the same one step
     for a, b in zip(m.net.parameters(), reference.net.parameters()):
@@ -261,3 +261,94 @@ def test_train_test_and_predict_on_batch():
     torch.testing.assert_close(m.predict_on_batch(x), m.predict(x))
     with pytest.raises(th.ConfigError, match="sample_weight and class_weight are not supported yet"):
         m.train_on_batch(x, y, sample_weight=torch.ones(16))
+
+
+def test_csv_logger_separator_and_append(tmp_path):
+    x, y = make_classification(n=16)
+    path = tmp_path / "log.csv"
+    model().fit(x, y, epochs=2, progress="none", callbacks=[th.callbacks.CSVLogger(path, separator=";")])
+    assert path.read_text().splitlines()[0] == "epoch;loss"
+    model().fit(
+        x, y, epochs=1, progress="none", callbacks=[th.callbacks.CSVLogger(path, separator=";", append=True)]
+    )
+    lines = path.read_text().splitlines()
+    assert [line.split(";")[0] for line in lines] == ["epoch", "0", "1", "0"]
+    model().fit(x, y, epochs=1, progress="none", callbacks=[th.callbacks.CSVLogger(path, separator=";")])
+    assert len(path.read_text().splitlines()) == 2  # append=False starts the file again
+
+
+def lrs_seen():
+    seen = []
+
+    class Record(th.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs):
+            seen.append(self.model.optimizer.param_groups[0]["lr"])
+
+    return seen, Record()
+
+
+def test_learning_rate_scheduler_with_one_or_two_arguments():
+    x, y = make_classification(n=16)
+    seen, record = lrs_seen()
+    one = th.callbacks.LearningRateScheduler(lambda epoch: 0.1 / (epoch + 1))
+    model().fit(x, y, epochs=3, progress="none", callbacks=[one, record])
+    assert seen == pytest.approx([0.1, 0.05, 0.1 / 3])
+    seen, record = lrs_seen()
+    two = th.callbacks.LearningRateScheduler(lambda epoch, lr: lr * 0.5)
+    model().fit(x, y, epochs=3, progress="none", callbacks=[two, record])
+    assert seen == pytest.approx([5e-4, 2.5e-4, 1.25e-4])
+    bad = th.callbacks.LearningRateScheduler(lambda epoch: float("nan"))
+    with pytest.raises(th.ConfigError, match="expected a finite number"):
+        model().fit(x, y, epochs=1, progress="none", callbacks=[bad])
+
+
+def test_reduce_lr_on_plateau_as_keras():
+    x, y = make_classification(n=16)
+    values = [1.0, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.1]  # improves once, then never
+    m = model(metrics={"score": lambda preds, target: torch.tensor(values[m.epoch])})
+    seen, record = lrs_seen()
+    plateau = th.callbacks.ReduceLROnPlateau(
+        monitor="score", mode="min", factor=0.5, patience=2, cooldown=1, min_lr=2e-4
+    )
+    m.fit(x, y, epochs=8, batch_size=16, progress="none", callbacks=[plateau, record])
+    # 2, 3 do not improve: halved after 3; the cooldown epoch 4 resets the count, which then
+    # reaches 2 at 5 (halved) and, after cooldown 6, at 7: halved but floored at min_lr
+    assert seen == pytest.approx([1e-3, 1e-3, 1e-3, 5e-4, 5e-4, 2.5e-4, 2.5e-4, 2e-4])
+    assert plateau.state_dict()["best"] == 0.5
+
+
+def test_terminate_on_nan_stops_keeps_the_history_and_saves_no_state(tmp_path):
+    x, y = make_classification(n=400)
+    x = x.clone()
+    x[100, 0] = float("nan")  # batch 12 of 50 (batch size 8) in epoch 2
+    m = model()
+    history = m.fit(
+        torch.cat([x[:8] * 0 + x[:8], x]),
+        torch.cat([y[:8], y]),
+        epochs=5,
+        batch_size=8,
+        shuffle=False,
+        progress="none",
+        run_dir=tmp_path / "r",
+        callbacks=[th.callbacks.TerminateOnNaN()],
+    )
+    assert len(history) == 1 and history.history["loss"][0] != history.history["loss"][0]  # NaN kept
+    info = (tmp_path / "r" / "run.json").read_text()
+    assert '"stopped_nonfinite"' in info
+    assert not (tmp_path / "r" / "model.safetensors").exists()
+    assert sorted(p.name for p in (tmp_path / "r" / "checkpoints").glob("ckpt-*")) == []
+
+
+def test_a_nan_is_found_within_a_bounded_number_of_steps():
+    x, y = make_classification(n=800)
+    x = x.clone()
+    x[8 * 3, 0] = float("nan")  # batch 4 of 100
+    steps = []
+
+    class Count(th.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs):
+            steps.append(batch)
+
+    with pytest.raises(th.NonFiniteLossError, match="epoch 1, batch 4"):
+        model().fit(x, y, epochs=1, batch_size=8, shuffle=False, progress="none", callbacks=[Count()])
+    assert len(steps) <= 32  # not the whole epoch of 100 batches

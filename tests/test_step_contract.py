@@ -32,7 +32,7 @@ def fit(model, x, y, **kwargs):
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_raise_stops_on_a_non_finite_loss_naming_the_batch(kind):
-    with pytest.raises(th.NonFiniteLossError, match="epoch 0, batch 1"):
+    with pytest.raises(th.NonFiniteLossError, match="epoch 1, batch 2"):
         fit(build(kind), *nan_data())
 
 

@@ -121,7 +121,7 @@ def test_the_pruning_callback_in_a_plain_fit():
     study = optuna.create_study(pruner=optuna.pruners.ThresholdPruner(upper=0.0))
     trial = study.ask()
     model = build(trial)
-    with pytest.raises(optuna.TrialPruned, match="pruned at epoch 0"):
+    with pytest.raises(optuna.TrialPruned, match="pruned at epoch 1"):
         model.fit(
             x,
             y,

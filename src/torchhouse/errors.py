@@ -29,14 +29,18 @@ class CheckpointError(TorchhouseError, ValueError):
 
 
 class NonFiniteLossError(TorchhouseError, FloatingPointError):
-    """The training loss became NaN or infinite."""
+    """The training loss became NaN or infinite.
+
+    ``epoch`` and ``step`` are 0-based, as ``history.epoch``; the message counts from 1,
+    as every number a person reads does.
+    """
 
     def __init__(self, epoch: int, step: int, value: float) -> None:
         self.epoch, self.step, self.value = epoch, step, value
         where = (
-            f"at epoch {epoch}, batch {step} (0-based)"
+            f"at epoch {epoch + 1}, batch {step + 1}"
             if step >= 0
-            else f"in another process at epoch {epoch}"
+            else f"in another process at epoch {epoch + 1}"
         )
         super().__init__(
             f"the training loss is {value} {where}. Training "

@@ -46,6 +46,7 @@ if TYPE_CHECKING:
 __all__ = ["FitLoop", "concat_outputs", "evaluate", "num_samples", "predict"]
 
 _USER_ERRORS = (RuntimeError, ValueError, IndexError, TypeError, AttributeError)
+NONFINITE_CHECK_EVERY = 32  # steps between reads of the loss flag: a NaN stops a fit within this many
 
 
 class FitLoop:
@@ -84,6 +85,7 @@ class FitLoop:
         self.run_dir = RunDir(run_dir) if run_dir is not None else None
         self.resume = resume
         self.overwrite = overwrite
+        self.nonfinite: tuple[int, int, float] | None = None  # (epoch, batch, loss) when "stop" stopped
         self.example_batch: Any = None  # the first training batch, for the run folder's exported program
         self.checkpoint_every = checkpoint_every
         self.keep_checkpoints = keep_checkpoints
@@ -239,21 +241,24 @@ class FitLoop:
                     break  # as Keras: stop after this batch (several processes stop at the epoch's end)
             if perf_counter() >= progress.next_refresh:
                 progress.refresh(index, acc.partial_loss)
+            if model.global_step % NONFINITE_CHECK_EVERY == 0 and self._found_nonfinite(epoch):
+                break  # on_nonfinite="stop": stop now, within NONFINITE_CHECK_EVERY steps of it
             if every and model.global_step % every == 0 and index != steps:
-                self._check_finite(epoch)
+                if self._found_nonfinite(epoch):
+                    break
                 self._save(epoch, index, epoch_rng)
         if index == 0:
             raise DataError("the training data yielded no batch")
         model.is_last_batch = False
         logs = acc.compute()  # the epoch's one host sync
-        if acc.nonfinite and model.on_nonfinite != "skip":
+        if acc.nonfinite and model.on_nonfinite != "skip" and self.nonfinite is None:
             bad = acc.first_nonfinite_loss()  # None on a rank whose losses were all finite
-            raise NonFiniteLossError(epoch, *(bad or (-1, float("nan"))))
+            self._nonfinite_found(epoch, *(bad or (-1, float("nan"))))
         if self.context is not None:
             model.stop_training = distributed.any_rank(model.stop_training, model.device)
         if model.skipped_batches:
             warnings.warn(
-                f"epoch {epoch}: skipped {model.skipped_batches} batch(es) with a non-finite "
+                f"epoch {epoch + 1}: skipped {model.skipped_batches} batch(es) with a non-finite "
                 "loss (on_nonfinite='skip'); they are left out of the epoch's values",
                 stacklevel=4,
             )
@@ -264,13 +269,14 @@ class FitLoop:
             val_logs = evaluate(model, self.val, model.eval_metrics, callbacks)
             logs.update({f"val_{k}": v for k, v in val_logs.items()})
             callbacks.call("on_validation_end", {f"val_{k}": v for k, v in val_logs.items()})
-        self._step_scheduler_per_epoch(logs)
+        if self.nonfinite is None:
+            self._step_scheduler_per_epoch(logs)
         model.history.append(epoch, logs)
         progress.epoch_end(epoch, index, logs)
         if self.run_dir is not None and self.is_main:
             self.run_dir.write_history(model.history)
         callbacks.call("on_epoch_end", epoch, logs)
-        if self.run_dir is not None:
+        if self.run_dir is not None and self.nonfinite is None:  # never a state after a NaN
             value = logs.get(self.monitor)
             improved = value is not None and is_improvement(value, self.best, self.monitor_mode)
             if improved:
@@ -278,15 +284,34 @@ class FitLoop:
             self._save(epoch + 1, 0, None, best=improved)
         return logs
 
-    def _check_finite(self, epoch: int) -> None:
+    def _found_nonfinite(self, epoch: int) -> bool:
+        """Read the device flag of the epoch's losses (one sync); act on a NaN/inf loss.
+
+        "raise" raises `NonFiniteLossError` naming the first bad batch; "stop" stops the
+        fit after this batch (the history keeps the epoch) and returns True. Every rank
+        decides together, so none waits for ever in a collective.
+        """
         if self.model.on_nonfinite == "skip":
-            return
+            return False
         bad = self.train_metrics.first_nonfinite_loss()
-        if self.context is not None and distributed.any_rank(bad is not None, self.model.device):
-            # Every rank stops together, so none waits forever in a collective.
-            raise NonFiniteLossError(epoch, *(bad or (-1, float("nan"))))
-        if bad is not None:
-            raise NonFiniteLossError(epoch, bad[0], bad[1])
+        if self.context is not None:
+            if not distributed.any_rank(bad is not None, self.model.device):
+                return False
+            bad = bad or (-1, float("nan"))
+        if bad is None:
+            return False
+        self._nonfinite_found(epoch, *bad)
+        return True
+
+    def _nonfinite_found(self, epoch: int, batch: int, value: float) -> None:
+        if self.model.on_nonfinite != "stop":
+            raise NonFiniteLossError(epoch, batch, value)
+        self.nonfinite = (epoch, batch, value)
+        self.model.stop_training = True
+        self._say(
+            f"Stopping: the training loss is {value} at epoch {epoch + 1}, batch {batch + 1} "
+            "(on_nonfinite='stop'); no state is saved from these weights."
+        )
 
     def _check_scheduler_monitor(self) -> None:
         """A ReduceLROnPlateau's monitor must be logged: checked before the first batch."""
@@ -406,6 +431,8 @@ class FitLoop:
         """Record how the fit ended; the status is written first, so a second Ctrl-C keeps it."""
         assert self.run_dir is not None
         model = self.model
+        if self.nonfinite is not None:
+            status = "stopped_nonfinite"  # its weights are not saved: they came after a NaN
         finished = status in ("finished", "stopped_early")
         if finished:
             model.save(self.run_dir.path / "model.safetensors")

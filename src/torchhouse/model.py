@@ -438,8 +438,12 @@ class Model:
             keep_checkpoints: how many of the newest states to keep (the best is kept too).
             monitor: the value that picks the best checkpoint (default ``val_loss`` with
                 validation data, else ``loss``).
-            on_nonfinite: "raise" stops at a NaN/inf training loss; "skip" skips the
-                optimizer step for such a batch (this costs a host sync per step).
+            on_nonfinite: "raise" (default) raises `NonFiniteLossError` at a NaN/inf training
+                loss, naming the first bad batch; "stop" stops the fit there and keeps the
+                history (as Keras' ``TerminateOnNaN``, which sets it); "skip" skips the
+                optimizer step for such a batch (this costs a host sync per step). A
+                non-finite loss is found within 32 steps (one read of a device flag), and no
+                state or weights file is written from the weights that follow it.
             plot: "live" redraws the training curves once per epoch in Jupyter.
             tensorboard: write TensorBoard events to ``run_dir/tensorboard`` (default: when
                 ``run_dir`` is given and the tensorboard package is installed).
@@ -460,8 +464,8 @@ class Model:
             raise ConfigError(f"validation_split: expected a float in [0, 1), got {validation_split}")
         if validation_split and validation_data is not None:
             raise ConfigError("give either validation_data or validation_split, not both")
-        if on_nonfinite not in ("raise", "skip"):
-            raise ConfigError(f"on_nonfinite: expected 'raise' or 'skip', got {on_nonfinite!r}")
+        if on_nonfinite not in ("raise", "skip", "stop"):
+            raise ConfigError(f"on_nonfinite: expected 'raise', 'skip' or 'stop', got {on_nonfinite!r}")
         if not (checkpoint_every == "epoch" or (isinstance(checkpoint_every, int) and checkpoint_every > 0)):
             raise ConfigError(
                 f"checkpoint_every: expected 'epoch' or an int > 0 (batches), got {checkpoint_every!r}"
@@ -485,6 +489,14 @@ class Model:
                 "fit: the net has no trainable parameters; it reports the loss and changes nothing",
                 stacklevel=2,
             )
+        from torchhouse.callbacks.terminate_on_nan import TerminateOnNaN
+
+        if any(isinstance(c, TerminateOnNaN) for c in callback_list):
+            if on_nonfinite == "skip":
+                raise ConfigError(
+                    "TerminateOnNaN stops at a NaN loss; on_nonfinite='skip' skips it: choose one"
+                )
+            on_nonfinite = "stop"  # as Keras' TerminateOnNaN: stop, keep the history
         if plot not in (None, "live"):
             raise ConfigError(f"plot: expected None or 'live', got {plot!r}")
         callback_list += self._automatic_callbacks(callback_list, run_dir, plot, tensorboard)

@@ -50,7 +50,17 @@ TRUSTED_FACTORIES = frozenset(
 )
 TRUSTED_METRICS = frozenset({"accuracy", "binary_accuracy_logits"})
 # Callbacks a config may build by name; their path arguments must stay inside the run folder.
-TRUSTED_CALLBACKS = frozenset({"CSVLogger", "EarlyStopping", "LivePlot", "ModelCheckpoint", "TensorBoard"})
+TRUSTED_CALLBACKS = frozenset(
+    {
+        "CSVLogger",
+        "EarlyStopping",
+        "LivePlot",
+        "ModelCheckpoint",
+        "ReduceLROnPlateau",
+        "TensorBoard",
+        "TerminateOnNaN",
+    }
+)
 CALLBACK_PATH_ARGUMENTS = ("path", "filepath", "log_dir", "filename")
 
 

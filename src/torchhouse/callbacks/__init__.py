@@ -4,10 +4,12 @@ from torchhouse.callbacks.base import Callback, CallbackList
 from torchhouse.callbacks.csv_logger import CSVLogger
 from torchhouse.callbacks.early_stopping import EarlyStopping
 from torchhouse.callbacks.lambda_callback import LambdaCallback
+from torchhouse.callbacks.learning_rate import LearningRateScheduler, ReduceLROnPlateau
 from torchhouse.callbacks.live_plot import LivePlot
 from torchhouse.callbacks.model_checkpoint import ModelCheckpoint
 from torchhouse.callbacks.optuna_pruning import OptunaPruning
 from torchhouse.callbacks.tensorboard import TensorBoard
+from torchhouse.callbacks.terminate_on_nan import TerminateOnNaN
 
 __all__ = [
     "CSVLogger",
@@ -15,8 +17,11 @@ __all__ = [
     "CallbackList",
     "EarlyStopping",
     "LambdaCallback",
+    "LearningRateScheduler",
     "LivePlot",
     "ModelCheckpoint",
     "OptunaPruning",
+    "ReduceLROnPlateau",
     "TensorBoard",
+    "TerminateOnNaN",
 ]

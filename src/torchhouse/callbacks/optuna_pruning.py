@@ -63,4 +63,4 @@ class OptunaPruning(Callback):
             prune = bool(distributed.broadcast_object(prune, src=0))
         if prune:
             self.pruned_at = epoch
-            raise optuna.TrialPruned(f"pruned at epoch {epoch} with {self.monitor}={value:.6g}")
+            raise optuna.TrialPruned(f"pruned at epoch {epoch + 1} with {self.monitor}={value:.6g}")
