@@ -352,3 +352,45 @@ def test_a_nan_is_found_within_a_bounded_number_of_steps():
     with pytest.raises(th.NonFiniteLossError, match="epoch 1, batch 4"):
         model().fit(x, y, epochs=1, batch_size=8, shuffle=False, progress="none", callbacks=[Count()])
     assert len(steps) <= 32  # not the whole epoch of 100 batches
+
+
+def test_initial_epoch_and_validation_freq():
+    x, y = make_classification(n=16)
+    history = model().fit(x, y, epochs=5, initial_epoch=2, progress="none")
+    assert history.epoch == [2, 3, 4]
+    history = model().fit(x, y, validation_data=(x, y), epochs=4, validation_freq=2, progress="none")
+    val = history.history["val_loss"]
+    assert val[0] != val[0] and val[2] != val[2]  # NaN: no validation in epochs 1 and 3
+    assert val[1] == val[1] and val[3] == val[3]
+    with pytest.raises(th.ConfigError, match="validation_freq: expected an int >= 1"):
+        model().fit(x, y, validation_freq=0, progress="none")
+
+
+def test_model_checkpoint_save_freq_batch_and_initial_value_threshold(tmp_path):
+    x, y = make_classification(n=40)
+    steps = th.callbacks.ModelCheckpoint(
+        tmp_path / "e{epoch}-b{batch}.safetensors", monitor=None, save_best_only=False, save_freq=2
+    )
+    model().fit(x, y, epochs=2, batch_size=8, progress="none", callbacks=[steps])  # 5 steps an epoch
+    names = sorted(p.name for p in tmp_path.glob("e*.safetensors"))
+    assert names == [
+        "e1-b2.safetensors",
+        "e1-b4.safetensors",
+        "e2-b1.safetensors",
+        "e2-b3.safetensors",
+        "e2-b5.safetensors",
+    ]
+    threshold = th.callbacks.ModelCheckpoint(
+        tmp_path / "best.safetensors", monitor="loss", initial_value_threshold=1e-6
+    )
+    model().fit(x, y, epochs=2, progress="none", callbacks=[threshold])
+    assert not (tmp_path / "best.safetensors").exists()  # nothing beat the threshold
+    with pytest.raises(th.ConfigError, match="with save_freq=2 the only monitor is 'loss'"):
+        model().fit(
+            x,
+            y,
+            validation_data=(x, y),
+            epochs=1,
+            progress="none",
+            callbacks=[th.callbacks.ModelCheckpoint(tmp_path / "v.safetensors", save_freq=2)],
+        )

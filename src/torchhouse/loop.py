@@ -114,7 +114,7 @@ class FitLoop:
             "steps": len(self.train) if self.train.has_len() else None,
         }
         model.global_step = 0
-        start_epoch, start_batch = 0, 0
+        start_epoch, start_batch = int(self.fit_config.get("initial_epoch", 0)), 0
         state: dict[str, Any] | None = None
         self._prepare_run_dir()
         try:
@@ -265,7 +265,7 @@ class FitLoop:
             model.skipped_batches = 0
         if model.lr_scheduler is not None:
             logs["lr"] = lr
-        if self.val is not None:
+        if self.val is not None and (epoch + 1) % int(self.fit_config.get("validation_freq", 1)) == 0:
             val_logs = evaluate(model, self.val, model.eval_metrics, callbacks)
             logs.update({f"val_{k}": v for k, v in val_logs.items()})
             callbacks.call("on_validation_end", {f"val_{k}": v for k, v in val_logs.items()})
@@ -326,7 +326,9 @@ class FitLoop:
         if scheduler is None or model.lr_scheduler_interval != "epoch":
             return
         if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-            name = model.lr_scheduler_monitor or ("val_loss" if "val_loss" in logs else "loss")
+            name = model.lr_scheduler_monitor or ("val_loss" if self.val is not None else "loss")
+            if name.startswith("val_") and name not in logs and self.val is not None:
+                return  # an epoch without validation (validation_freq > 1)
             if name not in logs:
                 raise DataError(
                     f"lr_scheduler_monitor={name!r} is not a logged value; fit logs: {', '.join(logs)}"
@@ -385,6 +387,8 @@ class FitLoop:
             "shuffle": config.get("shuffle"),
             "seed": config.get("seed"),
             "validation_split": config.get("validation_split"),
+            "initial_epoch": config.get("initial_epoch", 0),
+            "validation_freq": config.get("validation_freq", 1),
             "data": self.train.fingerprint(),
             "num_samples": self.train.num_samples,
             "steps_per_epoch": len(self.train) if self.train.has_len() else None,

@@ -415,6 +415,8 @@ class Model:
         on_nonfinite: str = "raise",
         plot: str | None = None,
         tensorboard: bool | None = None,
+        initial_epoch: int = 0,
+        validation_freq: int = 1,
     ) -> History:
         """Train the net and return its `History`.
 
@@ -447,6 +449,10 @@ class Model:
             plot: "live" redraws the training curves once per epoch in Jupyter.
             tensorboard: write TensorBoard events to ``run_dir/tensorboard`` (default: when
                 ``run_dir`` is given and the tensorboard package is installed).
+            initial_epoch: the (0-based) epoch to start at, as Keras: epochs
+                ``initial_epoch .. epochs - 1`` are trained (a resumed run starts where it stopped).
+            validation_freq: validate every this many epochs (Keras); the other epochs log no
+                ``val_*`` values (NaN in the history).
 
         Example:
             >>> net = nn.Linear(3, 1)
@@ -456,6 +462,8 @@ class Model:
             [0, 1, 2]
         """
         epochs = _check_positive_int("epochs", epochs, minimum=0)
+        initial_epoch = _check_positive_int("initial_epoch", initial_epoch, minimum=0)
+        validation_freq = _check_positive_int("validation_freq", validation_freq)
         batch_size = _check_positive_int("batch_size", batch_size)
         keep_checkpoints = _check_positive_int("keep_checkpoints", keep_checkpoints)
         if isinstance(validation_split, bool) or not isinstance(validation_split, (int, float)):
@@ -532,6 +540,8 @@ class Model:
             "shuffle": shuffle,
             "seed": seed,
             "validation_split": validation_split,
+            "initial_epoch": initial_epoch,
+            "validation_freq": validation_freq,
             "num_samples": train.num_samples,
             "checkpoint_every": checkpoint_every,
         }
