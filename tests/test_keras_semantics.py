@@ -394,3 +394,62 @@ def test_model_checkpoint_save_freq_batch_and_initial_value_threshold(tmp_path):
             progress="none",
             callbacks=[th.callbacks.ModelCheckpoint(tmp_path / "v.safetensors", save_freq=2)],
         )
+
+
+def test_generators_and_infinite_iterable_datasets_with_steps():
+    from torch.utils.data import DataLoader, IterableDataset
+
+    x, y = make_classification(n=64)
+
+    def batches():
+        i = 0
+        while True:  # infinite, as Keras generators are
+            yield x[i % 64 : i % 64 + 8].numpy(), y[i % 64 : i % 64 + 8].numpy()
+            i += 8
+
+    seen = []
+
+    class Count(th.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs):
+            seen.append(float(logs["preds"].sum()))
+
+    history = model().fit(
+        batches(),
+        epochs=3,
+        steps_per_epoch=4,
+        validation_data=batches(),
+        validation_steps=2,
+        progress="none",
+        callbacks=[Count()],
+    )
+    assert len(history) == 3 and len(seen) == 12 and "val_loss" in history.history
+    with pytest.raises(th.DataError, match="give steps_per_epoch"):
+        model().fit(batches(), epochs=1, progress="none")
+
+    class Forever(IterableDataset):
+        def __iter__(self):
+            while True:
+                yield from zip(x, y)
+
+    history = model().fit(DataLoader(Forever(), batch_size=8), epochs=2, steps_per_epoch=3, progress="none")
+    assert len(history) == 2
+    assert model().evaluate(DataLoader(Forever(), batch_size=8), steps=2)["loss"] > 0
+    assert model().predict(DataLoader(Forever(), batch_size=8), steps=3).shape == (24, 3)
+
+
+def test_steps_per_epoch_caps_arrays_and_reads_loaders_on():
+    from torch.utils.data import DataLoader, TensorDataset
+
+    x, y = make_classification(n=40)
+    history = model().fit(x, y, epochs=2, batch_size=8, steps_per_epoch=2, progress="none")
+    assert history.params["steps"] == 2
+    firsts = []
+
+    class First(th.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs):
+            if batch == 0:
+                firsts.append(logs["target"].tolist())
+
+    loader = DataLoader(TensorDataset(x, y), batch_size=8)  # 5 batches; 2 per epoch, read on
+    model().fit(loader, epochs=3, steps_per_epoch=2, progress="none", callbacks=[First()])
+    assert firsts == [y[0:8].tolist(), y[16:24].tolist(), y[32:40].tolist()]

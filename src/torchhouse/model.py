@@ -47,6 +47,7 @@ from torchhouse.data import (
 from torchhouse.errors import CheckpointError, ConfigError, DataError
 from torchhouse.history import History
 from torchhouse.metrics import EpochMetrics, copy_metrics, normalise_metrics
+from torchhouse.streams import StreamBatches, is_stream, limit_steps
 
 __all__ = ["Model", "PRECISIONS", "check_state_matches", "default_device"]
 
@@ -417,6 +418,8 @@ class Model:
         tensorboard: bool | None = None,
         initial_epoch: int = 0,
         validation_freq: int = 1,
+        steps_per_epoch: int | None = None,
+        validation_steps: int | None = None,
     ) -> History:
         """Train the net and return its `History`.
 
@@ -453,6 +456,10 @@ class Model:
                 ``initial_epoch .. epochs - 1`` are trained (a resumed run starts where it stopped).
             validation_freq: validate every this many epochs (Keras); the other epochs log no
                 ``val_*`` values (NaN in the history).
+            steps_per_epoch: batches per epoch (Keras). Needed for a Python generator or an
+                infinite ``IterableDataset``; a loader or stream is then read on across
+                epochs, arrays start each epoch afresh.
+            validation_steps: batches per validation pass (for a generator or infinite data).
 
         Example:
             >>> net = nn.Linear(3, 1)
@@ -517,12 +524,23 @@ class Model:
             data_seed = int(torch.randint(0, 2**62, (1,)).item())
         generator = torch.Generator().manual_seed(data_seed)
 
-        train = self._batches(x, y, batch_size, shuffle, generator)
+        for name, steps in (("steps_per_epoch", steps_per_epoch), ("validation_steps", validation_steps)):
+            if steps is not None:
+                _check_positive_int(name, steps)
+        train = self._batches(x, y, batch_size, shuffle, generator, steps=steps_per_epoch)
         val: Batches | None = None
         if validation_split:
+            if isinstance(train, StreamBatches):
+                raise ConfigError("validation_split cannot split a generator; pass validation_data")
             train, val = split_validation(train, validation_split)
         elif validation_data is not None:
-            val = self._prepare(validation_batches(validation_data, batch_size))
+            if is_stream(validation_data):
+                val = StreamBatches(validation_data, "validation_data", validation_steps)
+            else:
+                val = self._prepare(validation_batches(validation_data, batch_size))
+        train = limit_steps(train, steps_per_epoch, "x")
+        if val is not None:
+            val = limit_steps(val, validation_steps, "validation_data")
         context = distributed.setup(self.device)
         if context is not None:
             train = train.shard(context.rank, context.world_size, data_seed)
@@ -542,6 +560,8 @@ class Model:
             "validation_split": validation_split,
             "initial_epoch": initial_epoch,
             "validation_freq": validation_freq,
+            "steps_per_epoch": steps_per_epoch,
+            "validation_steps": validation_steps,
             "num_samples": train.num_samples,
             "checkpoint_every": checkpoint_every,
         }
@@ -625,7 +645,14 @@ class Model:
         shuffle: bool,
         generator: torch.Generator | None,
         require_target: bool = True,
+        steps: int | None = None,
     ) -> Batches:
+        if is_stream(x):
+            if y is not None:
+                raise DataError(
+                    "x is a generator (or iterable of batches), so y must be None: it yields them"
+                )
+            return StreamBatches(x, "x", steps)
         batches = make_batches(
             x,
             y,
@@ -655,6 +682,8 @@ class Model:
         batch_size: int = 32,
         progress: str | bool = "none",
         callbacks: Iterable[Callback] | None = None,
+        steps: int | None = None,
+        sample_weight: Any = None,
     ) -> dict[str, float]:
         """Loss and metrics over a whole data set, as sample-weighted means.
 
@@ -664,7 +693,11 @@ class Model:
             ['loss']
         """
         batch_size = _check_positive_int("batch_size", batch_size)
-        batches = self._batches(x, y, batch_size, shuffle=False, generator=None)
+        self._refuse_weights(sample_weight, None, "evaluate")
+        if steps is not None:
+            _check_positive_int("steps", steps)
+        batches = self._batches(x, y, batch_size, shuffle=False, generator=None, steps=steps)
+        batches = limit_steps(batches, steps, "x")
         context = distributed.setup(self.device)
         if context is not None:
             batches = batches.shard(context.rank, context.world_size, 0)
@@ -672,7 +705,14 @@ class Model:
         self.eval_metrics.sync = context is not None
         return loop.evaluate(self, batches, self.eval_metrics, self._callback_list(callbacks))
 
-    def predict(self, x: Any, *, batch_size: int = 32, callbacks: Iterable[Callback] | None = None) -> Any:
+    def predict(
+        self,
+        x: Any,
+        *,
+        batch_size: int = 32,
+        steps: int | None = None,
+        callbacks: Iterable[Callback] | None = None,
+    ) -> Any:
         """The net's outputs for ``x``, all batches concatenated, as CPU tensors.
 
         ``x`` holds inputs only (arrays, a Dataset, or a DataLoader yielding inputs or
@@ -692,7 +732,12 @@ class Model:
                 "that does not match the dataset's; pass a DataLoader with shuffle=False",
                 stacklevel=2,
             )
-        batches = self._batches(x, None, batch_size, shuffle=False, generator=None, require_target=False)
+        if steps is not None:
+            _check_positive_int("steps", steps)
+        batches = self._batches(
+            x, None, batch_size, shuffle=False, generator=None, require_target=False, steps=steps
+        )
+        batches = limit_steps(batches, steps, "x")
         return loop.predict(self, batches, self._callback_list(callbacks))
 
     def _callback_list(self, callbacks: Iterable[Callback] | None) -> CallbackList | None:
