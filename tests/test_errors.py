@@ -30,12 +30,12 @@ class Strings(Dataset):
         return "not a batch"
 
 
-class Triples(Dataset):
+class Quadruples(Dataset):
     def __len__(self):
         return 4
 
-    def __getitem__(self, i):
-        return torch.zeros(6), torch.tensor(0), torch.tensor(1)
+    def __getitem__(self, i):  # a third element is the sample weight, a fourth has no meaning
+        return torch.zeros(6), torch.tensor(0), torch.tensor(1.0), torch.tensor(1)
 
 
 FIT_CASES = [
@@ -72,8 +72,8 @@ FIT_CASES = [
         "pair \\(inputs, target\\)",
     ),
     (
-        "loader yielding triples",
-        lambda: model().fit(DataLoader(Triples())),
+        "loader yielding quadruples",
+        lambda: model().fit(DataLoader(Quadruples())),
         th.DataError,
         "pair \\(inputs, target\\)",
     ),
@@ -113,7 +113,7 @@ FIT_CASES = [
         "bad validation_data",
         lambda: model().fit(X, Y, validation_data=X),
         th.DataError,
-        "validation_data: expected a pair",
+        "validation_data: expected \\(x_val, y_val\\)",
     ),
     (
         "split of a loader",

@@ -259,8 +259,8 @@ def test_train_test_and_predict_on_batch():
     after = m.test_on_batch(x, y)
     assert isinstance(after, list) and after[0] < before["loss"]
     torch.testing.assert_close(m.predict_on_batch(x), m.predict(x))
-    with pytest.raises(th.ConfigError, match="sample_weight and class_weight are not supported yet"):
-        m.train_on_batch(x, y, sample_weight=torch.ones(16))
+    weighted = m.test_on_batch(x, y, sample_weight=torch.zeros(16), return_dict=True)
+    assert weighted["loss"] == 0.0 and weighted["acc"] == after[1]  # metrics stay unweighted
 
 
 def test_csv_logger_separator_and_append(tmp_path):
@@ -453,3 +453,51 @@ def test_steps_per_epoch_caps_arrays_and_reads_loaders_on():
     loader = DataLoader(TensorDataset(x, y), batch_size=8)  # 5 batches; 2 per epoch, read on
     model().fit(loader, epochs=3, steps_per_epoch=2, progress="none", callbacks=[First()])
     assert firsts == [y[0:8].tolist(), y[16:24].tolist(), y[32:40].tolist()]
+
+
+def sgd_model(**kwargs):
+    return model(optimizer=lambda p: torch.optim.SGD(p, lr=0.1), **kwargs)
+
+
+def test_sample_weight_weighs_the_loss_as_keras():
+    x, y = make_classification(n=40)
+    w = torch.rand(40, generator=torch.Generator().manual_seed(1)) * 2
+    m = sgd_model()
+    got = m.evaluate(x, y, batch_size=40, sample_weight=w)["loss"]
+    with torch.no_grad():
+        per_sample = nn.functional.cross_entropy(m.net(x), y, reduction="none")
+    assert got == pytest.approx(float((per_sample * w).sum() / 40), rel=1e-5)  # sum(w * l) / N
+    val = sgd_model().fit(x, y, validation_data=(x, y, w), epochs=1, progress="none").history["val_loss"][0]
+    assert val != pytest.approx(m.evaluate(x, y)["loss"])  # the validation loss is weighted too
+
+
+def test_class_weight_equals_the_same_sample_weights_and_loaders_carry_weights():
+    from torch.utils.data import DataLoader, TensorDataset
+
+    x, y = make_classification(n=40)
+    by_class = sgd_model()
+    by_class.fit(x, y, epochs=2, batch_size=8, shuffle=False, class_weight={0: 2.0, 2: 0.5}, progress="none")
+    w = torch.tensor([{0: 2.0, 2: 0.5}.get(int(c), 1.0) for c in y])
+    by_sample = sgd_model()
+    by_sample.fit(x, y, epochs=2, batch_size=8, shuffle=False, sample_weight=w, progress="none")
+    by_loader = sgd_model()
+    by_loader.fit(DataLoader(TensorDataset(x, y, w), batch_size=8), epochs=2, progress="none")
+    for a, b, c in zip(by_class.net.parameters(), by_sample.net.parameters(), by_loader.net.parameters()):
+        assert torch.equal(a, b) and torch.equal(a, c)
+    zero = sgd_model()
+    before = [p.clone() for p in zero.net.parameters()]
+    zero.fit(x, y, epochs=1, class_weight={0: 0.0, 1: 0.0, 2: 0.0}, progress="none")
+    assert all(torch.equal(a, b) for a, b in zip(before, zero.net.parameters()))
+    with pytest.raises(th.ConfigError, match="class_weight: keys must be class indices"):
+        sgd_model().fit(x, y, class_weight={"cat": 1.0}, progress="none")
+    with pytest.raises(th.DataError, match="one weight per sample"):
+        sgd_model().fit(x, y, sample_weight=torch.ones(3), progress="none")
+
+
+def test_a_custom_step_that_ignores_sample_weights_is_refused():
+    from step_models import ReadmeStep
+
+    x, y = make_classification(n=16)
+    m = ReadmeStep(make_net(), loss=nn.CrossEntropyLoss(), device="cpu")
+    with pytest.raises(th.ConfigError, match="ignores the sample weights"):
+        m.fit(x, y, sample_weight=torch.ones(16), epochs=1, progress="none")

@@ -47,7 +47,7 @@ __all__ = [
 ]
 
 Tree = Any  # a tensor, or a tuple / list / dict of tensors
-Batch = tuple[Tree, Tree]
+Batch = tuple[Tree, ...]  # (inputs, target), or (inputs, target, sample_weight)
 
 
 def tree_map(fn: Any, tree: Tree) -> Tree:
@@ -268,9 +268,11 @@ class ArrayBatches(Batches):
         batch_size: int,
         shuffle: bool,
         drop_last: bool = False,
+        weights: torch.Tensor | None = None,
     ) -> None:
         self.inputs = inputs
         self.target = target
+        self.weights = weights  # per-sample weights: batches are then (inputs, target, weights)
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.drop_last = drop_last
@@ -284,6 +286,11 @@ class ArrayBatches(Batches):
                 )
         if self.num_samples == 0:
             raise DataError("x is empty: expected at least one sample")
+        if weights is not None and len(weights) != self.num_samples:
+            raise DataError(
+                f"sample_weight must have one weight per sample: x has {self.num_samples} samples, "
+                f"sample_weight {len(weights)}"
+            )
 
     def __len__(self) -> int:
         n, b = self.num_samples, self.batch_size
@@ -304,7 +311,8 @@ class ArrayBatches(Batches):
         rows = torch.linspace(0, n - 1, steps=min(n, 32)).long()
         digest = hashlib.sha256()
         described = []
-        for name, leaf in _named_leaves((self.inputs, self.target), "data"):
+        parts = tuple(p for p in (self.inputs, self.target, self.weights) if p is not None)
+        for name, leaf in _named_leaves(parts, "data"):
             described.append([name, list(leaf.shape), str(leaf.dtype)])
             sample = leaf[rows.to(leaf.device)].detach().cpu().contiguous()
             digest.update(sample.reshape(-1).view(torch.uint8).numpy().tobytes())
@@ -319,6 +327,8 @@ class ArrayBatches(Batches):
         self.inputs = move_to(self.inputs, device)
         if self.target is not None:
             self.target = move_to(self.target, device)
+        if self.weights is not None:
+            self.weights = self.weights.to(device)
         self.on_device = True
         return self
 
@@ -347,13 +357,16 @@ class ArrayBatches(Batches):
         n = self.num_samples if order is None else len(order)
         size = self.batch_size
         assert n is not None
-        inputs, target = self.inputs, self.target
+        inputs, target, weights = self.inputs, self.target, self.weights
         for index in range(start, len(self)):
             lo = index * size
             rows: slice | torch.Tensor = slice(lo, min(lo + size, n))
             if order is not None:
                 rows = order[rows]
-            yield _take(inputs, rows), _take(target, rows)
+            if weights is None:
+                yield _take(inputs, rows), _take(target, rows)
+            else:
+                yield _take(inputs, rows), _take(target, rows), _take(weights, rows)
 
     def split(self, fraction: float) -> tuple[ArrayBatches, ArrayBatches]:
         """Split off the last ``fraction`` of the samples (before shuffling), as Keras does."""
@@ -376,12 +389,14 @@ class ArrayBatches(Batches):
             self.batch_size,
             self.shuffle,
             self.drop_last,
+            part(self.weights, 0, n_train),
         )
         val = ArrayBatches(
             part(self.inputs, n_train, n),
             part(self.target, n_train, n),
             self.batch_size,
             shuffle=False,
+            weights=part(self.weights, n_train, n),
         )
         return train, val
 
@@ -493,11 +508,11 @@ class LoaderBatches(Batches):
 
 
 def as_pair(batch: Any) -> Batch:
-    """Split a batch into ``(inputs, target)``, or explain the batch rule."""
-    if isinstance(batch, (tuple, list)) and len(batch) == 2:
+    """Split a batch into ``(inputs, target)`` (a third element is the sample weights), or explain."""
+    if isinstance(batch, (tuple, list)) and len(batch) in (2, 3):
         return batch[0], batch[1]
     raise DataError(
-        "a batch must be a pair (inputs, target), but the data yielded "
+        "a batch must be a pair (inputs, target) (or (inputs, target, sample_weight)), but the data yielded "
         f"{describe(batch)}. Make the Dataset return (inputs, target), or override "
         "Model.unpack_batch to read another batch layout."
     )
@@ -528,6 +543,7 @@ def make_batches(
     generator: torch.Generator | None,
     name: str = "x",
     require_target: bool = True,
+    sample_weight: Any = None,
 ) -> Batches:
     """Turn user data into `Batches`.
 
@@ -565,7 +581,12 @@ def make_batches(
             f"y is missing: {name} is an array, so the targets must be given as y "
             "(or pass a Dataset / DataLoader that yields (inputs, target))"
         )
-    return ArrayBatches(inputs, target, batch_size, shuffle)
+    weights = None
+    if sample_weight is not None:
+        weights = to_tensor(sample_weight, "sample_weight").float().reshape(-1)
+        if not bool(torch.isfinite(weights).all()) or bool((weights < 0).any()):
+            raise DataError("sample_weight: every weight must be a finite number >= 0")
+    return ArrayBatches(inputs, target, batch_size, shuffle, weights=weights)
 
 
 def split_validation(batches: Batches, fraction: float) -> tuple[Batches, Batches]:
@@ -620,7 +641,8 @@ def split_validation(batches: Batches, fraction: float) -> tuple[Batches, Batche
 
 
 def validation_batches(validation_data: Any, batch_size: int) -> Batches:
-    """Turn ``validation_data`` (a pair ``(x_val, y_val)``, a Dataset or a DataLoader) into batches."""
+    """Turn ``validation_data`` (``(x_val, y_val)``, ``(x_val, y_val, sample_weight)``, a Dataset
+    or a DataLoader) into batches."""
     if isinstance(validation_data, (DataLoader, Dataset)):
         return make_batches(
             validation_data,
@@ -629,18 +651,18 @@ def validation_batches(validation_data: Any, batch_size: int) -> Batches:
             generator=None,
             name="validation_data",
         )
-    if isinstance(validation_data, Sequence) and len(validation_data) == 2:
-        x_val, y_val = validation_data
+    if isinstance(validation_data, Sequence) and len(validation_data) in (2, 3):
         return make_batches(
-            x_val,
-            y_val,
+            validation_data[0],
+            validation_data[1],
             batch_size=batch_size,
             shuffle=False,
             generator=None,
             name="validation_data[0]",
+            sample_weight=validation_data[2] if len(validation_data) == 3 else None,
         )
     raise DataError(
-        "validation_data: expected a pair (x_val, y_val), a Dataset or a DataLoader, "
+        "validation_data: expected (x_val, y_val), (x_val, y_val, sample_weight), a Dataset or a DataLoader, "
         f"got {describe(validation_data)}"
     )
 

@@ -102,7 +102,7 @@ class FitLoop:
         self.train_metrics.sync = model.eval_metrics.sync = context is not None
         self.train_metrics.reset()
         self.fingerprint = self._fingerprint()  # before a resumed state changes the optimizer
-        model.net_calls = 0
+        model.net_calls = model.weight_calls = 0
 
     # ----------------------------------------------------------------------- the fit
 
@@ -226,7 +226,7 @@ class FitLoop:
                 out = _checked(model, train_step, batch, "training", acc, index == padded_index, real)
                 if self.example_batch is None:
                     self.example_batch = batch
-                    _check_step_contract(model, self.context is not None, self.run_dir is not None)
+                    _check_step_contract(model, self.context is not None, self.run_dir is not None, batch)
             else:
                 out = train_step(batch)
                 if index == padded_index:
@@ -686,7 +686,7 @@ def _write_plot(history: History, monitor: str, path: Any) -> None:
 def _update_without_padding(
     model: Model, acc: EpochMetrics, out: dict[str, Any], batch: Any, real: int
 ) -> None:
-    trimmed = model._trim_padding(out, real)
+    trimmed = model._trim_padding(out, real, batch)
     if trimmed is not None:
         acc.update(trimmed, num_samples(trimmed, batch))
 
@@ -701,8 +701,15 @@ def num_samples(out: dict[str, Any], batch: Any) -> int:
     return batch_size_of(target if target is not None else batch)
 
 
-def _check_step_contract(model: Model, several_processes: bool, checkpoints: bool) -> None:
+def _check_step_contract(model: Model, several_processes: bool, checkpoints: bool, batch: Any) -> None:
     """After the first training step: refuse features a custom step silently bypasses."""
+    weighted = (isinstance(batch, (tuple, list)) and len(batch) == 3) or model.class_weight_table is not None
+    if weighted and not model.weight_calls:
+        raise ConfigError(
+            f"{type(model).__name__}.train_step ignores the sample weights (it did not call "
+            "self.sample_weights(batch)); pass them to compute_loss as the built-in step does, or "
+            "leave sample_weight / class_weight out (docs/steps.md)"
+        )
     if several_processes and not model.net_calls:
         raise ConfigError(
             f"{type(model).__name__}.train_step calls the net directly, not through self.forward(...); "

@@ -17,6 +17,7 @@ steps lives in `torchhouse.loop`.
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 import time
 import warnings
@@ -24,6 +25,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -173,6 +175,9 @@ class Model:
         self.micro_step = 0  # batches summed into the pending gradients (accumulation)
         self.optimizer_steps = 0  # calls of optimizer_step() in this fit
         self.net_calls = 0  # calls of forward() (the loop checks the first step made one)
+        self.weight_calls = 0  # calls of sample_weights() (likewise, when batches carry weights)
+        self.class_weight_table: torch.Tensor | None = None  # set by fit(class_weight=...)
+        self._per_sample_loss: Any = None
         self.train_metrics = EpochMetrics(copy_metrics(self.metrics), self.device, 64, self._loss_reduction())
         self.eval_metrics = EpochMetrics(copy_metrics(self.metrics), self.device, 64, self._loss_reduction())
         self.history = History()
@@ -282,14 +287,57 @@ class Model:
         """
         return [self.optimizer]
 
-    def compute_loss(self, preds: Any, target: Any) -> torch.Tensor:
-        """The loss of one batch. Override to combine several losses."""
+    def sample_weights(self, batch: Any) -> torch.Tensor | None:
+        """The per-sample weights of a batch, or None: its third element (``sample_weight``),
+        times ``class_weight[target]`` in training when fit was given ``class_weight``.
+
+        The built-in steps pass them to `compute_loss`; a custom step should too (fit
+        refuses weights a step never asked for, after the first batch).
+        """
+        self.weight_calls += 1
+        weight = batch[2] if isinstance(batch, (tuple, list)) and len(batch) == 3 else None
+        table = self.class_weight_table if self.net.training else None
+        if table is not None:
+            _, target = self.unpack_batch(batch)
+            classes = (
+                target.argmax(1)
+                if target.is_floating_point() and target.dim() == 2 and target.shape[1] > 1
+                else target
+            )
+            from_classes = table[classes.reshape(-1).long()]
+            weight = from_classes if weight is None else weight.reshape(-1) * from_classes
+        return weight
+
+    def compute_loss(
+        self, preds: Any, target: Any, sample_weight: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The loss of one batch. Override to combine several losses.
+
+        With ``sample_weight`` the per-sample losses are weighted and summed over the batch
+        size, as Keras does (``sum(w * loss) / N``); this needs a torch loss with a
+        ``reduction`` attribute.
+        """
         if self.loss is None:
             raise ConfigError("loss: no loss was given to Model(...); pass loss=... or override compute_loss")
         if self._check_loss_shapes:
             self._check_loss_shapes = False
             _check_loss_inputs(self.loss, preds, target)
-        return self.loss(preds, target)
+        if sample_weight is None:
+            return self.loss(preds, target)
+        per_sample: torch.Tensor = self._unreduced_loss()(preds, target)
+        per_sample = per_sample.reshape(per_sample.shape[0], -1).mean(dim=1)
+        return (per_sample * sample_weight.reshape(-1).to(per_sample.dtype)).sum() / per_sample.shape[0]
+
+    def _unreduced_loss(self) -> Any:
+        if self._per_sample_loss is None:
+            if not hasattr(self.loss, "reduction"):
+                raise ConfigError(
+                    f"sample_weight / class_weight: the loss {self.loss!r} has no 'reduction' to turn off, "
+                    "so its per-sample values are unknown; use a torch loss or override compute_loss"
+                )
+            self._per_sample_loss = copy.copy(self.loss)
+            self._per_sample_loss.reduction = "none"
+        return self._per_sample_loss
 
     def backward(self, loss: torch.Tensor) -> None:
         """Backpropagate ``loss`` (scaled for fp16, divided for gradient accumulation).
@@ -368,9 +416,14 @@ class Model:
         ``target`` (for the metrics). Extra scalar tensors in the dict are logged too.
         """
         inputs, target = self.unpack_batch(batch)
+        weight = self.sample_weights(batch)
         with self.autocast():
             preds = self.forward(inputs)
-            loss = self.compute_loss(preds, target)
+            loss = (
+                self.compute_loss(preds, target)
+                if weight is None
+                else self.compute_loss(preds, target, weight)
+            )
         self.backward(loss)
         self.optimizer_step()
         return {"loss": loss, "preds": preds, "target": target}
@@ -378,9 +431,14 @@ class Model:
     def eval_step(self, batch: Batch) -> dict[str, Any]:
         """One evaluation step (run under ``torch.no_grad``): forward and loss."""
         inputs, target = self.unpack_batch(batch)
+        weight = self.sample_weights(batch)
         with self.autocast():
             preds = self.forward(inputs)
-            loss = self.compute_loss(preds, target)
+            loss = (
+                self.compute_loss(preds, target)
+                if weight is None
+                else self.compute_loss(preds, target, weight)
+            )
         return {"loss": loss, "preds": preds, "target": target}
 
     def predict_step(self, batch: Batch) -> Any:
@@ -420,6 +478,8 @@ class Model:
         validation_freq: int = 1,
         steps_per_epoch: int | None = None,
         validation_steps: int | None = None,
+        sample_weight: Any = None,
+        class_weight: Mapping[int, float] | None = None,
     ) -> History:
         """Train the net and return its `History`.
 
@@ -460,6 +520,11 @@ class Model:
                 infinite ``IterableDataset``; a loader or stream is then read on across
                 epochs, arrays start each epoch afresh.
             validation_steps: batches per validation pass (for a generator or infinite data).
+            sample_weight: one weight per training sample (arrays), as Keras: the loss is
+                ``sum(w * loss) / N`` per batch. A DataLoader or ``validation_data`` may carry
+                weights as a third element ``(x, y, w)``. Metrics stay unweighted.
+            class_weight: ``{class index: weight}`` for training (missing classes weigh 1);
+                multiplied with ``sample_weight`` when both are given.
 
         Example:
             >>> net = nn.Linear(3, 1)
@@ -527,7 +592,10 @@ class Model:
         for name, steps in (("steps_per_epoch", steps_per_epoch), ("validation_steps", validation_steps)):
             if steps is not None:
                 _check_positive_int(name, steps)
-        train = self._batches(x, y, batch_size, shuffle, generator, steps=steps_per_epoch)
+        self.class_weight_table = _class_weight_table(class_weight, self.device)
+        train = self._batches(
+            x, y, batch_size, shuffle, generator, steps=steps_per_epoch, sample_weight=sample_weight
+        )
         val: Batches | None = None
         if validation_split:
             if isinstance(train, StreamBatches):
@@ -562,6 +630,8 @@ class Model:
             "validation_freq": validation_freq,
             "steps_per_epoch": steps_per_epoch,
             "validation_steps": validation_steps,
+            "sample_weight": sample_weight is not None,
+            "class_weight": {str(k): float(v) for k, v in (class_weight or {}).items()},
             "num_samples": train.num_samples,
             "checkpoint_every": checkpoint_every,
         }
@@ -589,6 +659,7 @@ class Model:
             return fit_loop.run()
         finally:
             self.on_nonfinite = "raise"
+            self.class_weight_table = None  # class weights belong to the fit that was given them
             self._forward_net = plain_forward  # fit drops its DDP wrapper when it returns
 
     def _wrap_ddp(self) -> Callable[..., Any]:
@@ -598,7 +669,7 @@ class Model:
         wrapped = DistributedDataParallel(self.net, device_ids=device_ids)
         return torch.compile(wrapped) if self.compiled else wrapped
 
-    def _trim_padding(self, out: dict[str, Any], real: int) -> dict[str, Any] | None:
+    def _trim_padding(self, out: dict[str, Any], real: int, batch: Any = None) -> dict[str, Any] | None:
         """The step output without the padded samples at the end of a rank's last batch."""
         if real <= 0:
             return None
@@ -606,8 +677,12 @@ class Model:
             return out
         preds = tree_map(lambda t: t[:real], out["preds"])
         target = tree_map(lambda t: t[:real], out["target"])
+        weight = self.sample_weights(batch) if batch is not None else None
         with torch.no_grad(), self.autocast():
-            loss = self.compute_loss(preds, target)
+            if weight is None:
+                loss = self.compute_loss(preds, target)
+            else:
+                loss = self.compute_loss(preds, target, weight[:real])
         return {**out, "loss": loss, "preds": preds, "target": target}
 
     @staticmethod
@@ -646,6 +721,7 @@ class Model:
         generator: torch.Generator | None,
         require_target: bool = True,
         steps: int | None = None,
+        sample_weight: Any = None,
     ) -> Batches:
         if is_stream(x):
             if y is not None:
@@ -660,6 +736,7 @@ class Model:
             shuffle=shuffle,
             generator=generator,
             require_target=require_target,
+            sample_weight=sample_weight,
         )
         return self._prepare(batches)
 
@@ -693,10 +770,11 @@ class Model:
             ['loss']
         """
         batch_size = _check_positive_int("batch_size", batch_size)
-        self._refuse_weights(sample_weight, None, "evaluate")
         if steps is not None:
             _check_positive_int("steps", steps)
-        batches = self._batches(x, y, batch_size, shuffle=False, generator=None, steps=steps)
+        batches = self._batches(
+            x, y, batch_size, shuffle=False, generator=None, steps=steps, sample_weight=sample_weight
+        )
         batches = limit_steps(batches, steps, "x")
         context = distributed.setup(self.device)
         if context is not None:
@@ -765,7 +843,7 @@ class Model:
 
         The values are this batch's: the loss, or ``[loss, *metrics]`` with metrics, or a
         dict with ``return_dict=True``. Each call steps the optimizer (accumulation does not
-        span calls). ``sample_weight`` and ``class_weight`` are not supported yet.
+        span calls). ``sample_weight`` and ``class_weight`` weigh the loss as in `fit`.
 
         Example:
             >>> model = Model(nn.Linear(3, 1), loss=nn.MSELoss(), device="cpu")
@@ -773,8 +851,8 @@ class Model:
             >>> isinstance(loss, float)
             True
         """
-        self._refuse_weights(sample_weight, class_weight, "train_on_batch")
-        batch = self._one_batch(x, y)
+        self.class_weight_table = _class_weight_table(class_weight, self.device)
+        batch = self._one_batch(x, y, sample_weight)
         self.net.train()
         self.is_last_batch = True  # flush any accumulation window
         out = self.train_step(batch)
@@ -791,8 +869,7 @@ class Model:
             >>> sorted(model.test_on_batch(torch.randn(8, 3), torch.randn(8, 1), return_dict=True))
             ['loss']
         """
-        self._refuse_weights(sample_weight, None, "test_on_batch")
-        batch = self._one_batch(x, y)
+        batch = self._one_batch(x, y, sample_weight)
         was_training = self.net.training
         self.net.eval()
         try:
@@ -812,16 +889,8 @@ class Model:
         batches = self._batches(x, None, 2**31 - 1, shuffle=False, generator=None, require_target=False)
         return loop.predict(self, batches)
 
-    @staticmethod
-    def _refuse_weights(sample_weight: Any, class_weight: Any, where: str) -> None:
-        if sample_weight is not None or class_weight is not None:
-            raise ConfigError(
-                f"{where}: sample_weight and class_weight are not supported yet; weight the loss in "
-                "an override of compute_loss meanwhile"
-            )
-
-    def _one_batch(self, x: Any, y: Any) -> Any:
-        batches = self._batches(x, y, 2**31 - 1, shuffle=False, generator=None)
+    def _one_batch(self, x: Any, y: Any, sample_weight: Any = None) -> Any:
+        batches = self._batches(x, y, 2**31 - 1, shuffle=False, generator=None, sample_weight=sample_weight)
         batch = next(iter(batches.iterate(None)))
         if batches.needs_transfer(self.device):
             batch = move_to(batch, self.device)
@@ -934,6 +1003,30 @@ def check_state_matches(
         raise CheckpointError(
             f"{source}: does not match the net ({type(net).__name__}): " + "; ".join(problems[:6])
         )
+
+
+def _class_weight_table(
+    class_weight: Mapping[int, float] | None, device: torch.device
+) -> torch.Tensor | None:
+    """``{class: weight}`` as a lookup tensor (classes not named weigh 1), checked."""
+    if class_weight is None:
+        return None
+    if not isinstance(class_weight, Mapping) or not class_weight:
+        raise ConfigError(f"class_weight: expected a dict {{class index: weight}}, got {class_weight!r}")
+    for key, value in class_weight.items():
+        if isinstance(key, bool) or not isinstance(key, (int, np.integer)) or key < 0:
+            raise ConfigError(f"class_weight: keys must be class indices (ints >= 0), got {key!r}")
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not value >= 0
+            or value == float("inf")
+        ):
+            raise ConfigError(f"class_weight[{key}]: expected a finite weight >= 0, got {value!r}")
+    table = torch.ones(int(max(class_weight)) + 1, device=device)
+    for key, value in class_weight.items():
+        table[int(key)] = float(value)
+    return table
 
 
 def _few(names: list[str]) -> str:
