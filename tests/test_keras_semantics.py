@@ -501,3 +501,44 @@ def test_a_custom_step_that_ignores_sample_weights_is_refused():
     m = ReadmeStep(make_net(), loss=nn.CrossEntropyLoss(), device="cpu")
     with pytest.raises(th.ConfigError, match="ignores the sample weights"):
         m.fit(x, y, sample_weight=torch.ones(16), epochs=1, progress="none")
+
+
+def test_auc_f1_precision_recall_by_name_follow_the_loss_and_match_torchmetrics():
+    classification = pytest.importorskip("torchmetrics.classification")
+    torch.manual_seed(0)
+    x = torch.randn(60, 4)
+    y = (x[:, :1] + 0.3 * torch.randn(60, 1) > 0).float()
+    net = nn.Linear(4, 1)
+    m = th.Model(net, loss=nn.BCEWithLogitsLoss(), metrics=["auc", "f1", "precision", "recall"], device="cpu")
+    got = m.evaluate(x, y, batch_size=7)  # several batches: the state accumulates
+    with torch.no_grad():
+        probabilities = net(x).sigmoid().reshape(-1)
+    target = y.reshape(-1).long()
+    assert got["auc"] == pytest.approx(float(classification.BinaryAUROC()(probabilities, target)), rel=1e-5)
+    assert got["f1"] == pytest.approx(float(classification.BinaryF1Score()(probabilities, target)), rel=1e-5)
+    xc, yc = make_classification(n=60)
+    mc = model(metrics={"auc": "auc", "f1": "f1"})
+    got = mc.evaluate(xc, yc, batch_size=9)
+    with torch.no_grad():
+        scores = mc.net(xc).softmax(1)
+    expected = classification.MulticlassF1Score(num_classes=3, average="macro")(scores, yc)
+    assert got["f1"] == pytest.approx(float(expected), rel=1e-5)
+    with pytest.raises(th.ConfigError, match="follows the loss"):
+        th.Model(nn.Linear(4, 1), loss=nn.MSELoss(), metrics=["auc"], device="cpu")
+
+
+def test_a_named_metric_survives_a_mid_epoch_resume(tmp_path):
+    pytest.importorskip("torchmetrics")
+    x, y = make_classification(n=40)
+
+    class Crash(th.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs):
+            if self.model.global_step == 3:
+                raise RuntimeError("crash")
+
+    options = dict(epochs=2, batch_size=8, seed=0, checkpoint_every=2, progress="none")
+    reference = model(metrics=["f1"]).fit(x, y, run_dir=tmp_path / "ref", **options)
+    with pytest.raises(RuntimeError):
+        model(metrics=["f1"]).fit(x, y, run_dir=tmp_path / "run", callbacks=[Crash()], **options)
+    resumed = model(metrics=["f1"]).fit(x, y, run_dir=tmp_path / "run", resume=True, **options)
+    assert resumed.history == reference.history

@@ -25,6 +25,8 @@ from torchhouse.data import tree_map
 from torchhouse.errors import CheckpointError, ConfigError, DataError
 
 __all__ = [
+    "load_metric_state",
+    "metric_state",
     "METRIC_NAMES",
     "check_binary_accuracy_inputs",
     "mean_absolute_error",
@@ -92,7 +94,7 @@ def binary_accuracy_logits(preds: torch.Tensor, target: torch.Tensor) -> torch.T
 
 
 _CLASSIFICATION_LOSSES = ("CrossEntropyLoss", "NLLLoss")
-METRIC_NAMES = ("accuracy", "acc", "mae", "mse")
+METRIC_NAMES = ("accuracy", "acc", "mae", "mse", "auc", "f1", "precision", "recall")
 
 
 def resolve_metric(metric: Any, loss: Any, name: str) -> Any:
@@ -112,6 +114,10 @@ def resolve_metric(metric: Any, loss: Any, name: str) -> Any:
             return mean_absolute_error
         if key in ("mse", "mean_squared_error"):
             return mean_squared_error
+        if key in ("auc", "f1", "precision", "recall"):
+            from torchhouse.named_metrics import NamedMetric, kind_of_loss
+
+            return NamedMetric(key, kind_of_loss(loss))
         if key not in ("accuracy", "acc"):
             raise ConfigError(
                 f"metrics[{name!r}]: {metric!r} is not a metric name torchhouse resolves; use one of "
@@ -337,7 +343,7 @@ class EpochMetrics:
             "count": k,
             "sizes": list(self.sizes),
             "columns": {n: c[:k].clone() for n, c in self.columns.items()},
-            "stateful": {n: _metric_state(m, n) for n, m in self.stateful.items()},
+            "stateful": {n: metric_state(m, n) for n, m in self.stateful.items()},
         }
         return state
 
@@ -352,10 +358,10 @@ class EpochMetrics:
             self.columns[name][:k] = values.to(self.device)
         self.count = k
         self.sizes = [int(s) for s in state["sizes"]]
-        for name, metric_state in state["stateful"].items():
+        for name, saved in state["stateful"].items():
             if name not in self.stateful:
                 raise CheckpointError(f"the checkpoint has state for an unknown metric {name!r}")
-            _load_metric_state(self.stateful[name], metric_state, self.device)
+            load_metric_state(self.stateful[name], saved, self.device)
 
 
 _STEP_KEYS = frozenset({"loss", "preds", "target", "batch_size"})  # every other scalar key is logged
@@ -376,7 +382,7 @@ def _scalar(value: Any, name: str) -> torch.Tensor:
     return tensor.reshape(())
 
 
-def _metric_state(metric: Any, name: str) -> dict[str, Any]:
+def metric_state(metric: Any, name: str) -> dict[str, Any]:
     defaults = getattr(metric, "_defaults", None)
     if isinstance(defaults, Mapping):  # torchmetrics.Metric
         state = {key: getattr(metric, key) for key in defaults}
@@ -389,7 +395,7 @@ def _metric_state(metric: Any, name: str) -> dict[str, Any]:
     )
 
 
-def _load_metric_state(metric: Any, state: Mapping[str, Any], device: torch.device) -> None:
+def load_metric_state(metric: Any, state: Mapping[str, Any], device: torch.device) -> None:
     if "states" in state:
         for key, value in state["states"].items():
             if isinstance(value, list):
