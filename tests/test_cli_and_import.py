@@ -20,6 +20,9 @@ def test_demo_writes_a_run_folder_and_reaches_high_accuracy(tmp_path, capsys):
         assert (run / name).exists(), name
     config = json.loads((run / "config.json").read_text())
     assert config["fit"]["batch_size"] == 64 and config["loss"] == "CrossEntropyLoss()"
+    assert (
+        config["fit"]["validation_split"] == 0.2
+    )  # the epoch is picked on the training part, not the test split
     header = (run / "history.csv").read_text().splitlines()[0]
     assert header == "epoch,loss,acc,val_loss,val_acc"
     # the saved weights reproduce the reported accuracy

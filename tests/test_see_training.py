@@ -257,3 +257,20 @@ def test_tensorboard_without_step_logging_adds_no_per_step_call(tmp_path):
     model = model_for()
     assert not CallbackList([TensorBoard(tmp_path / "a")], model).wants("on_train_batch_end")
     assert CallbackList([TensorBoard(tmp_path / "b", log_every_n_steps=5)], model).wants("on_train_batch_end")
+
+
+def test_training_and_plots_never_switch_the_users_matplotlib_backend(tmp_path):
+    import subprocess
+    import sys
+
+    code = (
+        "import matplotlib; matplotlib.use('svg'); import torch, torchhouse as th; from torch import nn; "
+        "m = th.Model(nn.Linear(3, 2), loss=nn.CrossEntropyLoss(), device='cpu'); "
+        f"h = m.fit(torch.randn(16, 3), torch.randint(0, 2, (16,)), epochs=2, progress='none', run_dir={str(tmp_path / 'r')!r}); "
+        "f = h.plot(); import matplotlib.pyplot as plt; "
+        "print(matplotlib.get_backend(), len(plt.get_fignums()), type(f).__name__)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["svg", "0", "Figure"]  # backend kept; no figure left in pyplot's state
+    assert (tmp_path / "r" / "history.png").stat().st_size > 1000

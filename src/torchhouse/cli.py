@@ -35,8 +35,9 @@ def _parser() -> argparse.ArgumentParser:
         "demo",
         help="train a small CNN on the bundled handwritten digits",
         description=(
-            "Train a small CNN on the bundled UCI handwritten digits (1,797 8x8 images), "
-            "validate on a held-out 20%%, stop early on val_acc, and write a run folder "
+            "Train a small CNN on the bundled UCI handwritten digits (1,797 8x8 images): "
+            "validate on 20%% of the training part, stop early on val_acc, report the "
+            "held-out test split (20%%, used for nothing else), and write a run folder "
             "(config.json, history.csv, model.safetensors + model.json, checkpoints/)."
         ),
     )
@@ -196,7 +197,9 @@ def _demo(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
     )
     test = result["test"]
-    print(f"Test (held-out 20%): loss {test['loss']:.4f}, accuracy {test['acc']:.4f}")
+    print(
+        f"Test (held-out 20%, unseen in training and validation): loss {test['loss']:.4f}, accuracy {test['acc']:.4f}"
+    )
     print(f"Run folder: {args.run_dir}")
     return 0
 

@@ -676,11 +676,9 @@ def _write_plot(history: History, monitor: str, path: Any) -> None:
 
     if find_spec("matplotlib") is None:
         return  # plots are an optional extra
-    import matplotlib.pyplot as plt
-
     from torchhouse.plotting import plot_history
 
-    plt.close(plot_history(history, monitor=monitor, path=path))
+    plot_history(history, monitor=monitor, path=path)  # an off-screen figure: no pyplot state
 
 
 def _update_without_padding(

@@ -11,21 +11,30 @@ from torchhouse.errors import ConfigError
 if TYPE_CHECKING:
     from torchhouse.history import History
 
-__all__ = ["INSTALL_HINT", "plot_history", "pyplot"]
+__all__ = ["INSTALL_HINT", "offscreen_figure", "plot_history", "pyplot"]
 
 INSTALL_HINT = "plots need matplotlib: pip install 'torchhouse[plot]'"
 
 
 def pyplot() -> Any:
+    """matplotlib.pyplot with the user's own backend (torchhouse never switches it)."""
     try:
-        import matplotlib
-
-        if not os.environ.get("MPLBACKEND") and "ipykernel" not in __import__("sys").modules:
-            matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError as exc:
         raise ConfigError(INSTALL_HINT) from exc
     return plt
+
+
+def offscreen_figure(**kwargs: Any) -> Any:
+    """A figure drawn with the Agg canvas and no pyplot state: for files, never shown."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError as exc:
+        raise ConfigError(INSTALL_HINT) from exc
+    figure = Figure(**kwargs)
+    FigureCanvasAgg(figure)
+    return figure
 
 
 def plot_history(
@@ -38,11 +47,13 @@ def plot_history(
     """Draw one panel per value (loss, each metric, lr): train and validation as two lines.
 
     The best epoch of ``monitor`` (default ``val_loss`` if logged, else ``loss``) is
-    marked in every panel. Saves a PNG when ``path`` is given; returns the figure.
+    marked in every panel. Saves a PNG when ``path`` is given; returns the figure. A
+    figure made here (no ``figure`` given) is a plain matplotlib ``Figure`` outside
+    pyplot's state: it never changes the backend, shows once as a notebook cell's value,
+    and ``figure.show()`` / ``plt.show()`` are the user's to call.
     """
     from torchhouse.monitor import resolve_mode
 
-    plt = pyplot()
     names = [n for n in history.history if not n.startswith("val_")]
     names += [n[4:] for n in history.history if n.startswith("val_") and n[4:] not in names]
     if not names:
@@ -50,7 +61,7 @@ def plot_history(
     columns = min(len(names), 3)
     rows = math.ceil(len(names) / columns)
     if figure is None:
-        figure = plt.figure(figsize=(4.6 * columns, 3.4 * rows))
+        figure = offscreen_figure(figsize=(4.6 * columns, 3.4 * rows))
     figure.clear()
     epochs = [e + 1 for e in history.epoch]
     monitor = monitor or ("val_loss" if "val_loss" in history.history else "loss")
