@@ -1,4 +1,6 @@
 import json
+
+import pytest
 import subprocess
 import sys
 
@@ -54,3 +56,42 @@ def test_import_torchhouse_pulls_no_heavy_package():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
+
+
+@pytest.mark.slow
+def test_ctrl_c_prints_two_lines_exits_130_and_the_run_can_resume(tmp_path):
+    import signal
+    import time
+
+    run = tmp_path / "demo"
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "torchhouse.cli",
+            "demo",
+            "--epochs",
+            "200",
+            "--run-dir",
+            str(run),
+            "--progress",
+            "epoch",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    while not list(run.glob("checkpoints/ckpt-*")) and time.monotonic() < deadline:
+        time.sleep(0.1)  # wait for the first saved epoch
+    process.send_signal(signal.SIGINT)
+    _out, err = process.communicate(timeout=120)
+    assert process.returncode == 130
+    lines = err.strip().splitlines()
+    assert len(lines) == 2 and "Traceback" not in err, err
+    assert (
+        lines[0].startswith("torchhouse demo: interrupted (Ctrl-C) at epoch ")
+        and "state saved in" in lines[0]
+    )
+    assert lines[1] == f"Continue with: torchhouse demo --run-dir {run} --resume"
+    assert json.loads((run / "run.json").read_text())["status"] == "interrupted"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -170,6 +171,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unknown command {args.command}")
     try:
         return handler(args)
+    except KeyboardInterrupt:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the message short
+        print(_interrupted_message(args), file=sys.stderr)
+        return 130
     except TorchhouseError as exc:
         print(f"torchhouse {args.command}: error: {exc}", file=sys.stderr)
         return 2 if not isinstance(exc, FloatingPointError) else 1
@@ -178,6 +183,42 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"torchhouse {args.command}: training failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
+
+
+def _interrupted_message(args: argparse.Namespace) -> str:
+    """Two lines: where training stopped and how to go on (the run's state is on disk)."""
+    from torchhouse.runs import RunDir
+
+    folder = getattr(args, "run_dir", None) or getattr(args, "tune_dir", None)
+    if args.command == "fit" and folder is None:
+        from torchhouse.config import load_config
+
+        try:
+            config = load_config(args.config, args.overrides)
+            folder = config.get("run_dir") or os.path.join("runs", str(config.get("name", "run")))
+        except TorchhouseError:
+            folder = None
+    where, again = "", ""
+    if folder and os.path.isdir(folder):
+        run = RunDir(folder)
+        try:
+            stopped = run.info().get("interrupted_at") or {}
+        except TorchhouseError:
+            stopped = {}
+        states = run.state_names()
+        at = f" at epoch {stopped['epoch']}, step {stopped['step']}" if stopped else ""
+        where = (
+            f"{at}; state saved in {run.checkpoints / states[-1]}"
+            if states
+            else f"{at}; no state was saved yet"
+        )
+        again = {
+            "fit": f"torchhouse fit {getattr(args, 'config', 'CONFIG')} --resume",
+            "demo": f"torchhouse demo --run-dir {folder} --resume",
+            "tune": "run the same torchhouse tune command again",
+        }.get(args.command, "")
+    line = f"torchhouse {args.command}: interrupted (Ctrl-C){where}."
+    return line + (f"\nContinue with: {again}" if again else "")
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -198,7 +239,8 @@ def _demo(args: argparse.Namespace) -> int:
     )
     test = result["test"]
     print(
-        f"Test (held-out 20%, unseen in training and validation): loss {test['loss']:.4f}, accuracy {test['acc']:.4f}"
+        f"Test (held-out 20%, unseen in training and validation): loss {test['loss']:.4f}, "
+        f"accuracy {test['acc']:.4f}"
     )
     print(f"Run folder: {args.run_dir}")
     return 0

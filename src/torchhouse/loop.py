@@ -169,7 +169,10 @@ class FitLoop:
         except KeyboardInterrupt:
             status = "interrupted"
             if self.run_dir is not None and self.is_main:
-                self.run_dir.update(status=status)  # first, so a second Ctrl-C cannot lose it
+                # first, so a second Ctrl-C cannot lose it; numbers a person reads count from 1
+                self.run_dir.update(
+                    status=status, interrupted_at={"epoch": model.epoch + 1, "step": model.global_step}
+                )
             raise
         except Exception as exc:
             optuna = sys.modules.get("optuna")  # loaded if OptunaPruning raised; never imported here
