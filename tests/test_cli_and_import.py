@@ -1,9 +1,8 @@
 import json
-
-import pytest
 import subprocess
 import sys
 
+import pytest
 import torch
 
 import torchhouse as th
