@@ -94,3 +94,42 @@ def test_ctrl_c_prints_two_lines_exits_130_and_the_run_can_resume(tmp_path):
     )
     assert lines[1] == f"Continue with: torchhouse demo --run-dir {run} --resume"
     assert json.loads((run / "run.json").read_text())["status"] == "interrupted"
+
+
+def test_cli_failures_are_one_clear_line_with_a_meaningful_exit_code(tmp_path, capsys):
+    run = tmp_path / "r"
+    th.Model(torch.nn.Linear(3, 2), loss=torch.nn.CrossEntropyLoss(), device="cpu").fit(
+        torch.randn(8, 3), torch.randint(0, 2, (8,)), epochs=1, run_dir=run, progress="none"
+    )
+    (tmp_path / "c.yaml").write_text("name: x\n")
+    (tmp_path / "ok.yaml").write_text(
+        "model: {factory: torchhouse.models:mlp, kwargs: {in_features: 30, out_features: 1}}\n"
+        "data: {dataset: breast_cancer}\nloss: BCEWithLogitsLoss\nfit: {epochs: 1}\n"
+    )
+    cases = [
+        (["app", str(run), "--max-upload-mb", "nan"], "--max-upload-mb must be a number > 0"),
+        (["app", str(run), "--port", "99999"], "--port must be in 1..65535"),
+        (["tune", str(tmp_path / "c.yaml"), "--timeout", "-5"], "--timeout must be a number of seconds > 0"),
+        (["predict", str(run), str(tmp_path)], "is a folder; expected a CSV file"),
+        (["evaluate", str(run), "--csv", str(tmp_path / "missing.csv")], "No such file"),
+        (["fit", str(tmp_path / "ok.yaml"), "--run-dir", str(run / "run.json")], "is a file, not a folder"),
+    ]
+    for args, message in cases:
+        assert main(args) == 2, args
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, (args, err)
+    (run / "history.csv").write_text("epoch,loss\n0,not-a-number\n")
+    (run / "config.json").write_text("{broken")
+    assert main(["show", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "damaged files" in out and "config.json" in out and "history.csv" in out
+    (run / "run.json").write_text('{"status": "finished", "best_epoch": "three", "started": 5}')
+    assert main(["runs", str(tmp_path)]) == 0
+
+
+def test_devices_that_are_not_here_are_refused_clearly():
+    if not torch.cuda.is_available():
+        with pytest.raises(th.ConfigError, match="sees no CUDA GPU"):
+            th.Model(torch.nn.Linear(3, 2), device="cuda")
+    with pytest.raises(th.ConfigError, match="meta tensors hold no data"):
+        th.Model(torch.nn.Linear(3, 2), device="meta")

@@ -315,3 +315,12 @@ def test_two_workers_share_one_study_on_sqlite(tmp_path):
         assert worker.returncode == 0, err
     study = optuna.load_study(study_name="shared", storage=storage)
     assert sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials) >= 3
+
+
+def test_tune_exits_1_when_no_trial_completes_with_one_line_per_reason(tmp_path, capsys):
+    # every trial builds a net that does not fit the data (30 features, 7 inputs)
+    config = write_config(tmp_path, search={"model.kwargs.in_features": {"type": "int", "low": 7, "high": 7}})
+    assert main(["tune", str(config), "--trials", "2", "--tune-dir", str(tmp_path / "t")]) == 1
+    captured = capsys.readouterr()
+    assert "no trial completed" in captured.err and "first failure: trial 0" in captured.out
+    assert "Traceback" not in captured.out + captured.err

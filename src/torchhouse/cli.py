@@ -6,6 +6,7 @@ Exit codes: 0 success, 1 training failure, 2 usage error (bad arguments or input
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import signal
 import sys
@@ -371,6 +372,15 @@ def _tune(args: argparse.Namespace) -> int:
     if args.trials < 1:
         print("torchhouse tune: error: --trials must be >= 1", file=sys.stderr)
         return 2
+    if args.timeout is not None and not (math.isfinite(args.timeout) and args.timeout > 0):
+        print(
+            f"torchhouse tune: error: --timeout must be a number of seconds > 0, got {args.timeout}",
+            file=sys.stderr,
+        )
+        return 2
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # failed trials: one line each below, no tracebacks
     config = load_config(args.config, args.overrides)
     study = tune_from_config(
         config, args.trials, args.storage, args.study_name, args.timeout, args.tune_dir, args.trust_code
@@ -379,6 +389,10 @@ def _tune(args: argparse.Namespace) -> int:
     if study.best_run_dir is not None:
         print(f"best trial's run folder: {study.best_run_dir}")
     print(f"dashboard: optuna-dashboard {study.storage_url}")
+    completed = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    if not completed:
+        print("torchhouse tune: error: no trial completed (see the first failure above)", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -396,8 +410,14 @@ def _app(args: argparse.Namespace) -> int:
         )
         return 2
     load_run(args.run, trust_code=args.trust_code)  # a run that cannot be served fails here, clearly
-    if args.max_upload_mb <= 0:
-        print("torchhouse app: error: --max-upload-mb must be > 0", file=sys.stderr)
+    if not (math.isfinite(args.max_upload_mb) and args.max_upload_mb > 0):
+        print(
+            f"torchhouse app: error: --max-upload-mb must be a number > 0, got {args.max_upload_mb}",
+            file=sys.stderr,
+        )
+        return 2
+    if not 1 <= args.port <= 65535:
+        print(f"torchhouse app: error: --port must be in 1..65535, got {args.port}", file=sys.stderr)
         return 2
     os.environ["TORCHHOUSE_APP_MAX_UPLOAD_MB"] = str(args.max_upload_mb)
     os.environ["TORCHHOUSE_RUN_DIR"] = os.path.abspath(args.run)

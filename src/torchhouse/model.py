@@ -195,11 +195,27 @@ class Model:
         if device is None:
             return default_device()
         try:
-            return torch.device(device)
+            resolved = torch.device(device)
         except (RuntimeError, TypeError) as exc:
             raise ConfigError(
                 f"device: expected 'cpu', 'cuda', 'cuda:0', 'mps' or a torch.device, got {device!r}"
             ) from exc
+        if resolved.type == "cuda" and not torch.cuda.is_available():
+            raise ConfigError(f"device={device!r}: this torch sees no CUDA GPU; use device='cpu' (or None)")
+        if (
+            resolved.type == "cuda"
+            and resolved.index is not None
+            and resolved.index >= torch.cuda.device_count()
+        ):
+            raise ConfigError(f"device={device!r}: there are {torch.cuda.device_count()} CUDA GPU(s)")
+        mps = getattr(torch.backends, "mps", None)
+        if resolved.type == "mps" and not (mps is not None and mps.is_available()):
+            raise ConfigError(f"device={device!r}: MPS (Apple GPU) is not available here; use device='cpu'")
+        if resolved.type == "meta":
+            raise ConfigError(
+                "device='meta': meta tensors hold no data, so nothing can be trained; use 'cpu'"
+            )
+        return resolved
 
     def _build_optimizer(self, optimizer: Any) -> torch.optim.Optimizer:
         params = [p for p in self.net.parameters() if p.requires_grad]

@@ -347,12 +347,16 @@ def list_runs(folder: str | os.PathLike[str]) -> list[dict[str, Any]]:
                 "monitor": info.get("monitor", ""),
                 "best": info.get("best"),
                 # displayed epochs count from 1, as the progress lines do
-                "best_epoch": None if info.get("best_epoch") is None else int(info["best_epoch"]) + 1,
+                "best_epoch": _plus_one(info.get("best_epoch")),
                 "status": run_status(info, path),
             }
         )
     rows.sort(key=lambda r: str(r["started"]), reverse=True)
     return rows
+
+
+def _plus_one(value: Any) -> int | None:
+    return value + 1 if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def format_table(rows: list[dict[str, Any]], columns: list[tuple[str, str]]) -> str:
@@ -393,13 +397,27 @@ def runs_table(folder: str | os.PathLike[str]) -> str:
 
 
 def describe_run(path: str | os.PathLike[str]) -> str:
-    """A run's config, model summary and history as text (``torchhouse show RUN``)."""
+    """A run's config, model summary and history as text (``torchhouse show RUN``).
+
+    A damaged file is reported in its place; the rest is still shown.
+    """
     run = RunDir(path)
     if not (run.path / "run.json").exists():
         raise CheckpointError(f"{run.path}: not a run folder (no run.json)")
-    config = read_json(run.path / "config.json") if (run.path / "config.json").exists() else {}
-    info = run.info()
-    net = config.get("net", {})
+    problems: list[str] = []
+    config: Any = {}
+    if (run.path / "config.json").exists():
+        try:
+            config = read_json(run.path / "config.json")
+        except CheckpointError as exc:
+            problems.append(str(exc))
+    config = config if isinstance(config, dict) else {}
+    try:
+        info = run.info()
+    except CheckpointError as exc:
+        problems.append(str(exc))
+        info = {}
+    net = config.get("net") if isinstance(config.get("net"), dict) else {}
     lines = [
         f"run: {run.path}",
         f"status: {run_status(info, run.path)}   started: {info.get('started', '-')}   "
@@ -410,14 +428,23 @@ def describe_run(path: str | os.PathLike[str]) -> str:
     for key in ("loss", "optimizer", "lr_scheduler", "metrics", "device", "precision", "monitor", "fit"):
         if key in config:
             lines.append(f"  {key}: {config[key]}")
-    lines += ["", f"model: {net.get('class', '?')} ({net.get('parameters', 0):,} parameters)"]
+    parameters = net.get("parameters", 0)
+    count = f"{parameters:,}" if isinstance(parameters, int) else "?"
+    lines += ["", f"model: {net.get('class', '?')} ({count} parameters)"]
     lines += ["  " + line for line in str(net.get("repr", "")).splitlines()]
     history_file = run.path / "history.csv"
+    history: dict[str, list[float]] = {}
     if history_file.exists():
-        history = read_history_csv(history_file)
+        try:
+            history = read_history_csv(history_file)
+        except (OSError, ValueError, KeyError, csv.Error) as exc:
+            problems.append(f"{history_file}: cannot be read ({exc})")
+    if history:
         names = list(history)
         rows = [{n: history[n][i] for n in names} for i in range(len(history.get("epoch", [])))]
         for row in rows:
             row["epoch"] = int(row["epoch"]) + 1
         lines += ["", "history:", format_table(rows, [(n, n) for n in names])]
+    if problems:
+        lines += ["", "damaged files (shown without them):", *(f"  {p}" for p in problems)]
     return "\n".join(lines)
