@@ -308,3 +308,58 @@ def test_cli_usage_errors_exit_2(args, code, message, tmp_path):
     assert done.returncode == code
     assert message in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_keras_and_torchkeras_habits_get_did_you_mean():
+    with pytest.raises(th.ConfigError, match="'loss_fn' \\(did you mean loss"):
+        th.Model(make_net(), loss_fn=nn.CrossEntropyLoss(), device="cpu")
+    with pytest.raises(th.ConfigError, match="'metrics_dict' \\(did you mean metrics"):
+        th.Model(make_net(), metrics_dict={}, device="cpu")
+    m = model(loss=nn.CrossEntropyLoss())
+    for name, hint in [
+        ("train_data", "x"),
+        ("val_data", "validation_data"),
+        ("patience", "EarlyStopping"),
+        ("ckpt_path", "run_dir"),
+        ("verbose", "progress"),
+        ("epoch", "epochs"),
+    ]:
+        with pytest.raises(th.ConfigError, match=f"'{name}' \\(did you mean .*{hint}"):
+            m.fit(X, Y, **{name: 1})
+
+
+def test_numpy_integers_are_fine_for_counts():
+    import numpy as np
+
+    history = model(loss=nn.CrossEntropyLoss()).fit(
+        X, Y, epochs=np.int64(2), batch_size=np.int32(8), progress="none"
+    )
+    assert history.epoch == [0, 1]
+
+
+def test_an_optimizer_callable_over_another_nets_parameters_is_refused():
+    other = make_net()
+    with pytest.raises(th.ConfigError, match="parameters that are not the net's"):
+        model(optimizer=lambda params: torch.optim.SGD(other.parameters(), lr=0.1))
+
+
+def test_losses_and_metrics_that_are_not_one_number_get_clear_messages():
+    with pytest.raises(th.DataError, match="the loss has shape \\(20,\\); it must be one number"):
+        model(loss=nn.CrossEntropyLoss(reduction="none")).fit(X, Y, progress="none")
+    with pytest.raises(th.DataError, match="does not require grad.*\\.detach\\(\\)"):
+        model(loss=lambda p, t: nn.functional.cross_entropy(p, t).detach()).fit(X, Y, progress="none")
+    with pytest.raises(th.DataError, match="metric 'per_row' returned a tensor of shape \\(20,\\)"):
+        model(loss=nn.CrossEntropyLoss(), metrics={"per_row": lambda p, t: (p.argmax(1) == t).float()}).fit(
+            X, Y, progress="none"
+        )
+    with pytest.raises(th.DataError, match="metric 'as_float' returned 0.5"):
+        model(loss=nn.CrossEntropyLoss(), metrics={"as_float": lambda p, t: 0.5}).fit(X, Y, progress="none")
+
+
+def test_nan_in_the_data_is_blamed_on_the_data_not_the_learning_rate():
+    x = X.clone()
+    x[7, 2] = float("nan")
+    with pytest.raises(
+        th.NonFiniteLossError, match="x holds NaN or inf values \\(first at row 7.*will not help"
+    ):
+        model(loss=nn.CrossEntropyLoss()).fit(x, Y, batch_size=4, shuffle=False, progress="none")

@@ -1,3 +1,4 @@
+import pytest
 import torch
 from torch import nn
 
@@ -58,3 +59,15 @@ def test_summary_leaves_training_mode_alone():
     net.train()
     th.summary(net, input_size=(2, 1, 8, 8))
     assert net.training
+
+
+def test_summary_takes_input_shape_without_the_batch_dimension_and_a_model():
+    import torchhouse as th
+
+    net = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+    assert th.summary(net, input_shape=(1, 8, 8)).total_params == 650
+    assert th.summary(th.Model(net, device="cpu"), input_shape=(1, 8, 8)).total_params == 650
+    with pytest.raises(th.DataError, match="input_size includes the batch dimension"):
+        th.summary(nn.Linear(64, 10), input_size=(64, 3))
+    with pytest.raises(th.ConfigError, match="exactly one of input_size, input_shape or input_data"):
+        th.summary(net)

@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset
 from torchhouse.errors import DataError
 
 __all__ = [
+    "nonfinite_data",
     "ArrayBatches",
     "Batches",
     "LoaderBatches",
@@ -576,6 +577,7 @@ def make_batches(
     target = None
     if y is not None:
         target = to_tensor_tree(y, "y")
+
     elif require_target:
         raise DataError(
             f"y is missing: {name} is an array, so the targets must be given as y "
@@ -587,6 +589,21 @@ def make_batches(
         if not bool(torch.isfinite(weights).all()) or bool((weights < 0).any()):
             raise DataError("sample_weight: every weight must be a finite number >= 0")
     return ArrayBatches(inputs, target, batch_size, shuffle, weights=weights)
+
+
+def nonfinite_data(batches: Batches) -> str | None:
+    """Where in-memory data holds NaN/inf (``"x holds NaN or inf (first at row 13)"``), or None.
+
+    Read only after a non-finite loss, so the error can blame the data and not the learning rate.
+    """
+    if not isinstance(batches, ArrayBatches):
+        return None
+    for name, tree in (("x", batches.inputs), ("y", batches.target)):
+        for leaf_name, leaf in _named_leaves(tree, name) if tree is not None else []:
+            if leaf.is_floating_point() and not bool(torch.isfinite(leaf).all()):
+                row = int((~torch.isfinite(leaf)).nonzero()[0, 0])
+                return f"{leaf_name} holds NaN or inf values (first at row {row} of the training data)"
+    return None
 
 
 def split_validation(batches: Batches, fraction: float) -> tuple[Batches, Batches]:

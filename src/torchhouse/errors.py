@@ -35,17 +35,21 @@ class NonFiniteLossError(TorchhouseError, FloatingPointError):
     as every number a person reads does.
     """
 
-    def __init__(self, epoch: int, step: int, value: float) -> None:
+    def __init__(self, epoch: int, step: int, value: float, data_problem: str | None = None) -> None:
         self.epoch, self.step, self.value = epoch, step, value
         where = (
             f"at epoch {epoch + 1}, batch {step + 1}"
             if step >= 0
             else f"in another process at epoch {epoch + 1}"
         )
+        advice = (
+            f"{data_problem}: clean or impute the data; a lower learning rate will not help."
+            if data_problem
+            else "Try a lower learning rate, gradient clipping (gradient_clip_val), or "
+            "on_nonfinite='skip' to skip such batches."
+        )
         super().__init__(
-            f"the training loss is {value} {where}. Training "
-            "stopped; saved checkpoints are intact. Try a lower learning rate, gradient "
-            "clipping (gradient_clip_val), or on_nonfinite='skip' to skip such batches."
+            f"the training loss is {value} {where}. Training stopped; saved checkpoints are intact. {advice}"
         )
 
 

@@ -31,10 +31,10 @@ import torch
 
 from torchhouse import distributed, rng
 from torchhouse.callbacks.base import Callback, CallbackList
-from torchhouse.data import Batches, batch_size_of, describe, move_to, to_cpu, tree_map
+from torchhouse.data import Batches, batch_size_of, describe, move_to, nonfinite_data, to_cpu, tree_map
 from torchhouse.errors import CheckpointError, ConfigError, DataError, NonFiniteLossError, TorchhouseError
 from torchhouse.history import History
-from torchhouse.metrics import EpochMetrics, check_binary_accuracy_inputs
+from torchhouse.metrics import EpochMetrics, check_binary_accuracy_inputs, check_metric_values
 from torchhouse.monitor import check_monitor, is_improvement, resolve_mode
 from torchhouse.progress import Progress
 from torchhouse.progress import resolve_mode as resolve_progress
@@ -308,7 +308,7 @@ class FitLoop:
 
     def _nonfinite_found(self, epoch: int, batch: int, value: float) -> None:
         if self.model.on_nonfinite != "stop":
-            raise NonFiniteLossError(epoch, batch, value)
+            raise NonFiniteLossError(epoch, batch, value, nonfinite_data(self.train))
         self.nonfinite = (epoch, batch, value)
         self.model.stop_training = True
         self._say(
@@ -816,12 +816,16 @@ def _checked(
         raise
     except _USER_ERRORS as exc:
         raise _explain(model, batch, exc, what) from exc
+    step_name = f"{type(model).__name__}.{'train_step' if what == 'training' else 'eval_step'}"
     if not isinstance(out, dict) or not isinstance(out.get("loss"), torch.Tensor):
+        raise DataError(f"{step_name} must return a dict with a 'loss' tensor, got {describe(out)}")
+    if out["loss"].numel() != 1:
         raise DataError(
-            f"{type(model).__name__}.{'train_step' if what == 'training' else 'eval_step'} "
-            f"must return a dict with a 'loss' tensor, got {describe(out)}"
+            f"{step_name}: the loss has shape {tuple(out['loss'].shape)}; it must be one number per "
+            "batch (a loss with reduction='none' needs a .mean())"
         )
     try:
+        check_metric_values(model.metrics, out)
         check_binary_accuracy_inputs(model.metrics, out.get("preds"))
         if padded:
             _update_without_padding(model, acc, out, batch, real)

@@ -25,6 +25,7 @@ from torchhouse.data import tree_map
 from torchhouse.errors import CheckpointError, ConfigError, DataError
 
 __all__ = [
+    "check_metric_values",
     "load_metric_state",
     "metric_state",
     "METRIC_NAMES",
@@ -146,6 +147,24 @@ def check_binary_accuracy_inputs(metrics: Mapping[str, Any], preds: Any) -> None
                 "logits; it would threshold them at 0.5 and be wrong. Use "
                 "th.metrics.binary_accuracy_logits, or metrics={'acc': 'accuracy'} with "
                 "BCEWithLogitsLoss"
+            )
+
+
+def check_metric_values(metrics: Mapping[str, Any], out: Mapping[str, Any]) -> None:
+    """First batch only: each function metric must give one number as a tensor."""
+    if "preds" not in out or "target" not in out:
+        return
+    for name, metric in metrics.items():
+        if is_stateful_metric(metric):
+            continue
+        value = metric(tree_map(_detach, out["preds"]), out["target"])
+        if not isinstance(value, torch.Tensor) or value.numel() != 1:
+            shown = (
+                f"a tensor of shape {tuple(value.shape)}" if isinstance(value, torch.Tensor) else repr(value)
+            )
+            raise DataError(
+                f"metric {name!r} returned {shown}; a metric function must return one number as a "
+                "tensor (e.g. (preds.argmax(1) == target).float().mean()), so it can stay on the device"
             )
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import inspect
 import os
 import time
 import warnings
@@ -50,6 +51,7 @@ from torchhouse.errors import CheckpointError, ConfigError, DataError
 from torchhouse.history import History
 from torchhouse.metrics import EpochMetrics, copy_metrics, normalise_metrics
 from torchhouse.streams import StreamBatches, is_stream, limit_steps
+from torchhouse.suggest import refuse_unknown
 
 __all__ = ["Model", "PRECISIONS", "check_state_matches", "default_device"]
 
@@ -78,9 +80,9 @@ def default_device() -> torch.device:
 
 
 def _check_positive_int(name: str, value: Any, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise ConfigError(f"{name}: expected an int >= {minimum}, got {value!r}")
-    return value
+    return int(value)  # NumPy integers are welcome
 
 
 class Model:
@@ -130,7 +132,9 @@ class Model:
         compile: bool = False,
         lr_scheduler_interval: str = "epoch",
         lr_scheduler_monitor: str | None = None,
+        **unexpected: Any,
     ) -> None:
+        refuse_unknown("th.Model", unexpected, inspect.signature(Model.__init__).parameters)
         if not isinstance(net, nn.Module):
             raise ConfigError(f"net: expected a torch.nn.Module, got {type(net).__name__}")
         if loss is not None and not callable(loss):
@@ -241,6 +245,13 @@ class Model:
                 raise ConfigError(
                     f"optimizer: the callable returned {type(built).__name__}, expected a "
                     "torch.optim.Optimizer"
+                )
+            owned = {id(p) for p in self.net.parameters()}
+            given = [p for group in built.param_groups for p in group["params"]]
+            if given and not any(id(p) in owned for p in given):
+                raise ConfigError(
+                    "optimizer: the callable built an optimizer over parameters that are not the "
+                    "net's, so training would change nothing; build it from the params it is given"
                 )
             return built
         raise ConfigError(
@@ -362,7 +373,17 @@ class Model:
         """
         if self.on_nonfinite == "skip":
             self._step_loss = loss.detach()
+        if loss.numel() != 1:
+            raise DataError(
+                f"the loss has shape {tuple(loss.shape)}; it must be one number per batch (a loss with "
+                "reduction='none' needs a .mean())"
+            )
         if not loss.requires_grad:
+            if any(p.requires_grad for p in self.net.parameters()):
+                raise DataError(
+                    "the loss does not require grad, so backward cannot reach the net: it was computed "
+                    "without the net's output (a .detach(), .item(), float() or torch.no_grad() in the loss?)"
+                )
             return  # a frozen net: nothing to backpropagate into
         if self._plain_step:
             loss.backward()
@@ -496,6 +517,7 @@ class Model:
         validation_steps: int | None = None,
         sample_weight: Any = None,
         class_weight: Mapping[int, float] | None = None,
+        **unexpected: Any,
     ) -> History:
         """Train the net and return its `History`.
 
@@ -549,6 +571,7 @@ class Model:
             >>> h.epoch
             [0, 1, 2]
         """
+        refuse_unknown("Model.fit", unexpected, inspect.signature(Model.fit).parameters)
         epochs = _check_positive_int("epochs", epochs, minimum=0)
         initial_epoch = _check_positive_int("initial_epoch", initial_epoch, minimum=0)
         validation_freq = _check_positive_int("validation_freq", validation_freq)

@@ -79,18 +79,21 @@ def _fmt(cells: tuple[str, str, str], widths: list[int]) -> str:
 
 
 def summary(
-    net: nn.Module,
+    net: Any,
     input_size: Any = None,
     input_data: Any = None,
     *,
+    input_shape: Any = None,
     depth: int = 3,
     dtype: torch.dtype = torch.float32,
     device: str | torch.device | None = None,
 ) -> Summary:
     """Run one forward pass and tabulate every layer's output shape and parameters.
 
-    Give either ``input_size`` (a shape with the batch dimension, or a list of shapes
-    for several inputs) or ``input_data`` (an example input: a tensor, tuple or dict).
+    ``net`` is an ``nn.Module`` or a `th.Model`. Give one of ``input_size`` (a shape with
+    the batch dimension, or a list of shapes for several inputs), ``input_shape`` (a shape
+    without it, as Keras and torchkeras take it) or ``input_data`` (an example input: a
+    tensor, tuple or dict).
 
     Example:
         >>> net = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
@@ -98,10 +101,23 @@ def summary(
         >>> s.total_params
         650
     """
+    if not isinstance(net, nn.Module) and isinstance(getattr(net, "net", None), nn.Module):
+        net = net.net  # a th.Model
     if not isinstance(net, nn.Module):
-        raise ConfigError(f"summary: expected an nn.Module, got {type(net).__name__}")
-    if (input_size is None) == (input_data is None):
-        raise ConfigError("summary: give exactly one of input_size or input_data")
+        raise ConfigError(f"summary: expected an nn.Module or a th.Model, got {type(net).__name__}")
+    given = [
+        name
+        for name, v in (("input_size", input_size), ("input_shape", input_shape), ("input_data", input_data))
+        if v is not None
+    ]
+    if len(given) != 1:
+        raise ConfigError(
+            f"summary: give exactly one of input_size, input_shape or input_data (got {given or 'none'})"
+        )
+    if input_shape is not None:
+        shapes = input_shape if input_shape and isinstance(input_shape[0], (tuple, list)) else [input_shape]
+        sized = [(1, *shape) for shape in shapes]
+        input_size = sized[0] if len(sized) == 1 else sized
     if device is None:
         first = next(net.parameters(), None)
         device = first.device if first is not None else torch.device("cpu")
@@ -145,8 +161,13 @@ def summary(
         with torch.no_grad():
             call_net(net, input_data)
     except Exception as exc:
+        hint = (
+            " (input_size includes the batch dimension; for a shape without it pass input_shape=...)"
+            if input_size is not None and input_shape is None
+            else ""
+        )
         raise DataError(
-            f"summary: the net failed on an input of {_describe_input(input_data)}: {exc}"
+            f"summary: the net failed on an input of {_describe_input(input_data)}: {exc}{hint}"
         ) from exc
     finally:
         for handle in hooks:
