@@ -30,8 +30,10 @@ lint: dev
 	$(VENV)/bin/ruff format --check src tests benchmarks examples
 	$(VENV)/bin/mypy
 
-# The whole suite, every skip printed with its reason (-rs).
+# The whole suite, every skip printed with its reason (-rs); PostgreSQL and Chromium are
+# installed from Debian first when missing (as root), as CI does.
 test: lint
+	bash scripts/test_system_deps.sh
 	$(VENV)/bin/pytest -rs
 
 # The fast tier: lint, types and the tests not marked slow (no subprocess fleets, servers
