@@ -228,7 +228,11 @@ MODEL_CASES = [
     ("bad scheduler", lambda: th.Model(make_net(), lr_scheduler=3), "lr_scheduler: expected"),
     ("bad early stopping mode", lambda: EarlyStopping(mode="up"), "mode must be"),
     ("bad patience", lambda: EarlyStopping(patience=-1), "patience"),
-    ("summary without input", lambda: th.summary(make_net()), "exactly one of input_size, input_shape or input_data"),
+    (
+        "summary without input",
+        lambda: th.summary(make_net()),
+        "exactly one of input_size, input_shape or input_data",
+    ),
     ("summary bad size", lambda: th.summary(make_net(), input_size="big"), "input_size must be a shape"),
 ]
 

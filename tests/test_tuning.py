@@ -324,3 +324,29 @@ def test_tune_exits_1_when_no_trial_completes_with_one_line_per_reason(tmp_path,
     captured = capsys.readouterr()
     assert "no trial completed" in captured.err and "first failure: trial 0" in captured.out
     assert "Traceback" not in captured.out + captured.err
+
+
+def test_tune_returns_its_own_result_with_the_study_beside_it(tmp_path):
+    import optuna
+
+    x, y, _ = th.datasets.load_breast_cancer()
+    x, y = torch.as_tensor(x), torch.as_tensor(y)
+    result = th.tune(
+        lambda trial: th.Model(
+            nn.Linear(30, 1),
+            loss=nn.BCEWithLogitsLoss(),
+            device="cpu",
+            optimizer=lambda p: torch.optim.Adam(p, lr=trial.suggest_float("lr", 1e-3, 1e-1, log=True)),
+        ),
+        x[:200],
+        y[:200].float().reshape(-1, 1),
+        validation_split=0.25,
+        n_trials=2,
+        epochs=1,
+        seed=0,
+        tune_dir=tmp_path,
+    )
+    assert isinstance(result, th.tuning.TuneResult) and isinstance(result.study, optuna.Study)
+    assert not hasattr(result.study, "best_model")  # nothing is set on Optuna's object
+    assert result.best_params == result.study.best_params and result.tune_dir == tmp_path
+    assert result.best_model is not None and result.best_run_dir.is_dir()

@@ -24,6 +24,7 @@ import random
 import time
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,8 @@ from torchhouse.monitor import resolve_mode
 
 __all__ = [
     "SEARCH_TYPES",
-    "attach_best",
+    "TuneResult",
+    "best_of",
     "best_trials_table",
     "check_search",
     "check_study_matches",
@@ -75,7 +77,7 @@ def tune(
     callbacks: list[Callback] | None = None,
     progress: str = "none",
 ) -> Any:
-    """Search hyperparameters with Optuna; returns the study, with ``study.best_model``.
+    """Search hyperparameters with Optuna; returns a `TuneResult` (the study, ``best_model``...).
 
     ``build(trial)`` defines the search space with Optuna's ``trial.suggest_*`` and returns
     a `Model`, or ``(model, fit_kwargs)`` to vary fit arguments (``batch_size``, ...).
@@ -137,10 +139,8 @@ def tune(
     remaining = n_trials - _finished(study)
     if remaining > 0:
         study.optimize(objective, n_trials=remaining, timeout=timeout, catch=(Exception,))
-    attach_best(study, build)
-    study.tune_dir = folder
-    study.storage_url = storage
-    return study
+    best_model, best_run_dir = best_of(study, build)
+    return TuneResult(study, best_model, best_run_dir, folder, storage)
 
 
 def open_storage(storage: str) -> Any:
@@ -267,24 +267,43 @@ def _run_trial(
     return float(value)
 
 
-def attach_best(study: Any, build: Callable[[Any], Any] | None) -> None:
-    """Set ``study.best_model`` (restored from the best trial's weights) and ``study.best_run_dir``."""
+@dataclass
+class TuneResult:
+    """What `tune` returns: the Optuna study and torchhouse's own results beside it.
+
+    ``best_model`` is the best trial's model restored from its saved weights (no refit),
+    ``best_run_dir`` its run folder. Any other attribute is the study's
+    (``best_params``, ``best_value``, ``trials``, ``direction``...), so code written for
+    an Optuna study keeps working.
+    """
+
+    study: Any
+    best_model: Any = None
+    best_run_dir: Path | None = None
+    tune_dir: Path | None = None
+    storage_url: str | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") or name == "study":
+            raise AttributeError(name)
+        return getattr(self.study, name)
+
+
+def best_of(study: Any, build: Callable[[Any], Any] | None) -> tuple[Any, Path | None]:
+    """The best trial's model (rebuilt, its saved weights loaded) and its run folder."""
     optuna = import_optuna()
-    study.best_model = None
-    study.best_run_dir = None
     try:
         best = study.best_trial
     except ValueError:
-        return  # no completed trial
+        return None, None  # no completed trial
     run_dir = Path(best.user_attrs.get("run_dir", ""))
-    study.best_run_dir = run_dir
     weights = run_dir / "model.safetensors"
     if build is None or not weights.exists():
-        return
+        return None, run_dir
     built = build(optuna.trial.FixedTrial(best.params, best.number))
     model = built[0] if isinstance(built, tuple) else built
     model.load_weights(weights)
-    study.best_model = model
+    return model, run_dir
 
 
 def best_trials_table(study: Any, top: int = 5) -> str:
