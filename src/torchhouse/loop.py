@@ -186,6 +186,16 @@ class FitLoop:
         return model.history
 
     def _run_epoch(self, epoch: int, start: int, resumed: dict[str, Any] | None) -> dict[str, Any]:
+        """One epoch in three phases: begin (order, RNG), the batches, end (values, checkpoint)."""
+        batches, epoch_rng = self._begin_epoch(epoch, start, resumed)
+        lr = _current_lr(self.model.optimizer)  # after on_epoch_start, which may set it
+        done = self._train_batches(epoch, batches, start, epoch_rng)
+        return self._end_epoch(epoch, done, lr)
+
+    def _begin_epoch(
+        self, epoch: int, start: int, resumed: dict[str, Any] | None
+    ) -> tuple[Any, dict[str, Any] | None]:
+        """This epoch's batches and the RNG snapshot that re-creates them on resume."""
         model, train, acc = self.model, self.train, self.train_metrics
         model.epoch = epoch
         model.net.train()
@@ -197,28 +207,38 @@ class FitLoop:
             batches = train.iterate(self.generator, start)
             rng.restore(resumed["rng"], self.generators)
             acc.load_state_dict(resumed["train_metrics"])
-        else:
-            if resumed is not None:
-                rng.restore(resumed["rng"], self.generators)
-            self.callbacks.call("on_epoch_start", epoch, {})
-            epoch_rng = rng.capture(self.generators) if self.checkpoint_every else None
-            acc.reset()
-            batches = train.iterate(self.generator, 0)
-        lr = _current_lr(model.optimizer)
+            return batches, epoch_rng
+        if resumed is not None:
+            rng.restore(resumed["rng"], self.generators)
+        self.callbacks.call("on_epoch_start", epoch, {})
+        epoch_rng = rng.capture(self.generators) if self.checkpoint_every else None
+        acc.reset()
+        return train.iterate(self.generator, 0), epoch_rng
+
+    def _train_batches(self, epoch: int, batches: Any, start: int, epoch_rng: dict[str, Any] | None) -> int:
+        """Run the training steps; returns the number of batches done in this epoch.
+
+        Per step: move the batch, the step, record its values on the device (no host sync),
+        callbacks, and now and then the progress bar, the NaN flag and a step checkpoint.
+        """
+        model, train, acc, callbacks, progress = (
+            self.model,
+            self.train,
+            self.train_metrics,
+            self.callbacks,
+            self.progress,
+        )
         steps = len(train) if train.has_len() else None
-        progress = self.progress
         progress.epoch_start(epoch, steps, start)
-        callbacks = self.callbacks
-        every = self.checkpoint_every
-        last = (steps - 1) if steps is not None else -1
+        every, last = self.checkpoint_every, (steps - 1) if steps is not None else -1
         padded_index, real = train.padding() or (-1, 0)
-        transfer = train.needs_transfer(model.device)
-        device = model.device
-        train_step = model.train_step
-        perf_counter = time.perf_counter
+        transfer, device = train.needs_transfer(model.device), model.device
+        train_step, perf_counter = model.train_step, time.perf_counter
+        batch_start, batch_end = (
+            callbacks.wants("on_train_batch_start"),
+            callbacks.wants("on_train_batch_end"),
+        )
         index = start
-        batch_start = callbacks.wants("on_train_batch_start")
-        batch_end = callbacks.wants("on_train_batch_end")
         for batch in batches:
             if transfer:
                 batch = move_to(batch, device, non_blocking=device.type == "cuda")
@@ -253,6 +273,11 @@ class FitLoop:
         if index == 0:
             raise DataError("the training data yielded no batch")
         model.is_last_batch = False
+        return index
+
+    def _end_epoch(self, epoch: int, done: int, lr: float) -> dict[str, Any]:
+        """The epoch's values (one host sync), validation, scheduler, history, callbacks, checkpoint."""
+        model, acc, callbacks = self.model, self.train_metrics, self.callbacks
         logs = acc.compute()  # the epoch's one host sync
         if acc.nonfinite and model.on_nonfinite != "skip" and self.nonfinite is None:
             bad = acc.first_nonfinite_loss()  # None on a rank whose losses were all finite
@@ -263,19 +288,21 @@ class FitLoop:
             warnings.warn(
                 f"epoch {epoch + 1}: skipped {model.skipped_batches} batch(es) with a non-finite "
                 "loss (on_nonfinite='skip'); they are left out of the epoch's values",
-                stacklevel=4,
+                stacklevel=6,  # the user's fit call
             )
             model.skipped_batches = 0
         if model.lr_scheduler is not None:
             logs["lr"] = lr
         if self.val is not None and (epoch + 1) % int(self.fit_config.get("validation_freq", 1)) == 0:
-            val_logs = evaluate(model, self.val, model.eval_metrics, callbacks)
-            logs.update({f"val_{k}": v for k, v in val_logs.items()})
-            callbacks.call("on_validation_end", {f"val_{k}": v for k, v in val_logs.items()})
+            val_logs = {
+                f"val_{k}": v for k, v in evaluate(model, self.val, model.eval_metrics, callbacks).items()
+            }
+            logs.update(val_logs)
+            callbacks.call("on_validation_end", val_logs)
         if self.nonfinite is None:
             self._step_scheduler_per_epoch(logs)
         model.history.append(epoch, logs)
-        progress.epoch_end(epoch, index, logs)
+        self.progress.epoch_end(epoch, done, logs)
         if self.run_dir is not None and self.is_main:
             self.run_dir.write_history(model.history)
         callbacks.call("on_epoch_end", epoch, logs)
