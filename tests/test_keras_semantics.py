@@ -542,3 +542,32 @@ def test_a_named_metric_survives_a_mid_epoch_resume(tmp_path):
         model(metrics=["f1"]).fit(x, y, run_dir=tmp_path / "run", callbacks=[Crash()], **options)
     resumed = model(metrics=["f1"]).fit(x, y, run_dir=tmp_path / "run", resume=True, **options)
     assert resumed.history == reference.history
+
+
+def test_weighted_metrics_follow_the_sample_weights_and_metrics_do_not():
+    x, y = make_classification(n=40)
+    w = torch.rand(40, generator=torch.Generator().manual_seed(3))
+    m = model(metrics={"acc": "accuracy"}, weighted_metrics={"wacc": "accuracy"})
+    got = m.evaluate(x, y, batch_size=16, sample_weight=w)  # three batches: 16, 16, 8
+    with torch.no_grad():
+        correct = (m.net(x).argmax(1) == y).float()
+    keras_rule = float((w * correct).sum() / w.sum())  # sum(w * value) / sum(w)
+    assert got["wacc"] == pytest.approx(keras_rule, rel=1e-5)
+    assert got["acc"] == pytest.approx(float(correct.mean()), rel=1e-5)  # unweighted
+    plain = m.evaluate(x, y, batch_size=16)
+    assert plain["wacc"] == pytest.approx(plain["acc"], rel=1e-6)  # weight 1 without weights
+    torchmetrics = pytest.importorskip("torchmetrics")
+    with pytest.raises(th.ConfigError, match="a metric object takes no sample weights"):
+        model(weighted_metrics={"a": torchmetrics.classification.MulticlassAccuracy(num_classes=3)})
+    with pytest.raises(th.ConfigError, match="in metrics"):
+        model(metrics={"acc": "accuracy"}, weighted_metrics={"acc": "accuracy"})
+
+
+def test_weighted_metrics_in_fit_are_logged_for_training_and_validation():
+    x, y = make_classification(n=40)
+    w = torch.ones(40)
+    w[:20] = 0.0
+    history = model(weighted_metrics={"wacc": "accuracy"}).fit(
+        x, y, sample_weight=w, validation_data=(x, y, w), epochs=2, progress="none"
+    )
+    assert {"wacc", "val_wacc"} <= set(history.history)

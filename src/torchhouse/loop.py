@@ -407,7 +407,7 @@ class FitLoop:
             "param_groups": [len(g["params"]) for o in model.optimizers() for g in o.param_groups],
             "hyperparameters": [_hyperparameters(g) for o in model.optimizers() for g in o.param_groups],
             "loss": repr(model.loss),
-            "metrics": sorted(model.metrics),
+            "metrics": sorted([*model.metrics, *model.weighted_metrics]),
             "lr_scheduler": type(model.lr_scheduler).__name__ if model.lr_scheduler is not None else None,
             "lr_scheduler_interval": model.lr_scheduler_interval,
             "precision": model.precision,

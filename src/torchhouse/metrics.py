@@ -25,6 +25,7 @@ from torchhouse.data import tree_map
 from torchhouse.errors import CheckpointError, ConfigError, DataError
 
 __all__ = [
+    "resolve_weighted_metrics",
     "check_metric_values",
     "load_metric_state",
     "metric_state",
@@ -150,6 +151,70 @@ def check_binary_accuracy_inputs(metrics: Mapping[str, Any], preds: Any) -> None
             )
 
 
+def _per_sample_categorical(preds: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return (preds.argmax(dim=-1) == target).float()
+
+
+def _per_sample_threshold(threshold: float) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    def correct(preds: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        hits = (preds.reshape(target.shape) > threshold) == target.bool()
+        return hits.float().reshape(len(target), -1).mean(dim=1)
+
+    return correct
+
+
+def _per_sample_error(power: int) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    def error(preds: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        diff = (preds.reshape(target.shape).float() - target.float()).abs() ** power
+        return diff.reshape(len(target), -1).mean(dim=1)
+
+    return error
+
+
+def resolve_weighted_metrics(
+    weighted: Any, loss: Any, taken: Mapping[str, Any]
+) -> dict[str, Callable[..., Any]]:
+    """``Model(weighted_metrics=...)``: names (``"accuracy"``, ``"mae"``, ``"mse"``) or per-sample
+    functions ``fn(preds, target) -> (N,)``, averaged with the sample weights (Keras' rule)."""
+    if weighted is None:
+        return {}
+    if isinstance(weighted, (list, tuple)):
+        weighted = {m if isinstance(m, str) else getattr(m, "__name__", "metric"): m for m in weighted}
+    if not isinstance(weighted, Mapping):
+        raise ConfigError(f"weighted_metrics: expected a dict or list, got {type(weighted).__name__}")
+    loss_name = type(loss).__name__
+    resolved: dict[str, Callable[..., Any]] = {}
+    for name, metric in weighted.items():
+        if not isinstance(name, str) or not name.isidentifier() or name in RESERVED_NAMES or name in taken:
+            raise ConfigError(
+                f"weighted_metrics: the name {name!r} is not an identifier, reserved, or in metrics"
+            )
+        if is_stateful_metric(metric):
+            raise ConfigError(
+                f"weighted_metrics[{name!r}]: a metric object takes no sample weights; give a name "
+                "('accuracy', 'mae', 'mse') or a function returning one value per sample"
+            )
+        if isinstance(metric, str):
+            key = metric.lower()
+            if key in ("mae", "mean_absolute_error"):
+                metric = _per_sample_error(1)
+            elif key in ("mse", "mean_squared_error"):
+                metric = _per_sample_error(2)
+            elif key in ("accuracy", "acc") and loss_name in _CLASSIFICATION_LOSSES:
+                metric = _per_sample_categorical
+            elif key in ("accuracy", "acc") and loss_name in ("BCEWithLogitsLoss", "BCELoss"):
+                metric = _per_sample_threshold(0.0 if loss_name == "BCEWithLogitsLoss" else 0.5)
+            else:
+                raise ConfigError(
+                    f"weighted_metrics[{name!r}]: {metric!r} is not resolved for the loss {loss_name} "
+                    "(accuracy needs a classification loss; names: accuracy, mae, mse)"
+                )
+        if not callable(metric):
+            raise ConfigError(f"weighted_metrics[{name!r}]: expected a name or a function, got {metric!r}")
+        resolved[name] = metric
+    return resolved
+
+
 def check_metric_values(metrics: Mapping[str, Any], out: Mapping[str, Any]) -> None:
     """First batch only: each function metric must give one number as a tensor."""
     if "preds" not in out or "target" not in out:
@@ -215,8 +280,12 @@ class EpochMetrics:
         device: torch.device,
         capacity: int,
         loss_reduction: str = "mean",
+        weighted: Mapping[str, Callable[..., Any]] | None = None,
     ) -> None:
         self.device = device
+        # Weighted metrics (Keras' weighted_metrics): per-sample functions, averaged with
+        # the sample weights over the epoch: sum(w * value) / sum(w).
+        self.weighted: dict[str, Callable[..., Any]] = dict(weighted or {})
         self.stateful = {n: m for n, m in metrics.items() if is_stateful_metric(m)}
         self.functions: dict[str, Callable[..., Any]] = {
             n: m for n, m in metrics.items() if not is_stateful_metric(m)
@@ -224,7 +293,7 @@ class EpochMetrics:
         for metric in self.stateful.values():
             if hasattr(metric, "to"):
                 metric.to(device)
-        self.has_metrics = bool(metrics)
+        self.has_metrics = bool(metrics) or bool(self.weighted)
         self.loss_reduction = loss_reduction
         self.ignore_nonfinite = False  # on_nonfinite="skip": skipped batches are not counted
         self.sync = False  # under several processes: sum the epoch's values over all ranks
@@ -238,8 +307,9 @@ class EpochMetrics:
     def reset(self) -> None:
         self.count = 0
         self.sizes: list[int] = []
+        names = ("loss", *self.functions, *self.weighted, *(_WEIGHT_SUM + n for n in self.weighted))
         self.columns: dict[str, torch.Tensor] = {
-            name: torch.empty(self.capacity, device=self.device) for name in ("loss", *self.functions)
+            name: torch.empty(self.capacity, device=self.device) for name in names
         }
         for metric in self.stateful.values():
             metric.reset()
@@ -259,6 +329,14 @@ class EpochMetrics:
                 metric.update(preds, target)
             for name, fn in self.functions.items():
                 columns[name][i] = fn(preds, target).detach()
+            if self.weighted:
+                weight = out.get("sample_weight")
+                for name, fn in self.weighted.items():
+                    values = fn(preds, target).detach().reshape(-1).double()
+                    w = torch.ones_like(values) if weight is None else weight.detach().reshape(-1).double()
+                    # stored per sample, so the epoch's size-weighted mean sums w * value and w
+                    columns[name][i] = (w * values).sum() / n
+                    columns[_WEIGHT_SUM + name][i] = w.sum() / n
         if not _STEP_KEYS.issuperset(out):
             self._update_extras(out, i)
         self.sizes.append(n)
@@ -321,6 +399,8 @@ class EpochMetrics:
             self.nonfinite = 0
             return {}
         values = self._weighted_means()
+        for name in self.weighted:
+            values[name] = values[name] / values.pop(_WEIGHT_SUM + name)
         for name, metric in self.stateful.items():
             result = metric.compute()
             if isinstance(result, Mapping):
@@ -383,7 +463,9 @@ class EpochMetrics:
             load_metric_state(self.stateful[name], saved, self.device)
 
 
-_STEP_KEYS = frozenset({"loss", "preds", "target", "batch_size"})  # every other scalar key is logged
+# every other scalar key a step returns is logged
+_STEP_KEYS = frozenset({"loss", "preds", "target", "batch_size", "sample_weight"})
+_WEIGHT_SUM = "__weight_sum__"  # a weighted metric's helper column: the mean sample weight
 
 
 def _detach(t: torch.Tensor) -> torch.Tensor:

@@ -49,7 +49,7 @@ from torchhouse.data import (
 )
 from torchhouse.errors import CheckpointError, ConfigError, DataError
 from torchhouse.history import History
-from torchhouse.metrics import EpochMetrics, copy_metrics, normalise_metrics
+from torchhouse.metrics import EpochMetrics, copy_metrics, normalise_metrics, resolve_weighted_metrics
 from torchhouse.streams import StreamBatches, is_stream, limit_steps
 from torchhouse.suggest import refuse_unknown
 
@@ -93,6 +93,9 @@ class Model:
         loss: a callable ``loss(preds, target) -> tensor`` such as ``nn.CrossEntropyLoss()``.
         optimizer: ``None`` (AdamW, lr=1e-3), a ``torch.optim.Optimizer`` over ``net``'s
             parameters, or a callable ``params -> Optimizer``.
+        weighted_metrics: as Keras: names (``"accuracy"``, ``"mae"``, ``"mse"``) or per-sample
+            functions ``fn(preds, target) -> (N,)``, averaged with the sample weights
+            (``sum(w * value) / sum(w)``; weight 1 without them). ``metrics`` stay unweighted.
         metrics: name -> torchmetrics ``Metric``, function ``fn(preds, target)``, or a name
             (``"accuracy"``, ``"mae"``, ``"mse"``) resolved from the loss as Keras does;
             ``th.metrics.accuracy`` with ``BCEWithLogitsLoss`` thresholds the logits at 0.
@@ -132,6 +135,7 @@ class Model:
         compile: bool = False,
         lr_scheduler_interval: str = "epoch",
         lr_scheduler_monitor: str | None = None,
+        weighted_metrics: Any = None,
         **unexpected: Any,
     ) -> None:
         refuse_unknown("th.Model", unexpected, inspect.signature(Model.__init__).parameters)
@@ -155,6 +159,7 @@ class Model:
         self.net = net.to(self.device)
         self.loss = loss
         self.metrics = normalise_metrics(metrics, loss)
+        self.weighted_metrics = resolve_weighted_metrics(weighted_metrics, loss, self.metrics)
         self.precision = precision
         self.accumulate_grad_batches = _check_positive_int("accumulate_grad_batches", accumulate_grad_batches)
         self.gradient_clip_val = gradient_clip_val
@@ -182,8 +187,8 @@ class Model:
         self.weight_calls = 0  # calls of sample_weights() (likewise, when batches carry weights)
         self.class_weight_table: torch.Tensor | None = None  # set by fit(class_weight=...)
         self._per_sample_loss: Any = None
-        self.train_metrics = EpochMetrics(copy_metrics(self.metrics), self.device, 64, self._loss_reduction())
-        self.eval_metrics = EpochMetrics(copy_metrics(self.metrics), self.device, 64, self._loss_reduction())
+        self.train_metrics = self._epoch_metrics(64)
+        self.eval_metrics = self._epoch_metrics(64)
         self.history = History()
         self.stop_training = False
         self.skipped_batches = 0
@@ -283,6 +288,11 @@ class Model:
             return contextlib.nullcontext()
         dtype = torch.bfloat16 if self.precision == "bf16-mixed" else torch.float16
         return torch.autocast(device_type=self.device.type, dtype=dtype)
+
+    def _epoch_metrics(self, capacity: int) -> EpochMetrics:
+        return EpochMetrics(
+            copy_metrics(self.metrics), self.device, capacity, self._loss_reduction(), self.weighted_metrics
+        )
 
     def _loss_reduction(self) -> str:
         return str(getattr(self.loss, "reduction", "mean"))
@@ -463,7 +473,8 @@ class Model:
             )
         self.backward(loss)
         self.optimizer_step()
-        return {"loss": loss, "preds": preds, "target": target}
+        out = {"loss": loss, "preds": preds, "target": target}
+        return out if weight is None else {**out, "sample_weight": weight}
 
     def eval_step(self, batch: Batch) -> dict[str, Any]:
         """One evaluation step (run under ``torch.no_grad``): forward and loss."""
@@ -476,7 +487,8 @@ class Model:
                 if weight is None
                 else self.compute_loss(preds, target, weight)
             )
-        return {"loss": loss, "preds": preds, "target": target}
+        out = {"loss": loss, "preds": preds, "target": target}
+        return out if weight is None else {**out, "sample_weight": weight}
 
     def predict_step(self, batch: Batch) -> Any:
         """One prediction step (run under ``torch.no_grad``): the net's output."""
@@ -744,11 +756,11 @@ class Model:
         return added
 
     def _log_names(self, with_validation: bool) -> list[str]:
-        names = ["loss", *self.metrics]
+        names = ["loss", *self.metrics, *self.weighted_metrics]
         if self.lr_scheduler is not None:
             names.append("lr")
         if with_validation:
-            names += ["val_loss", *(f"val_{n}" for n in self.metrics)]
+            names += ["val_loss", *(f"val_{n}" for n in (*self.metrics, *self.weighted_metrics))]
         return names
 
     def _batches(
@@ -936,7 +948,7 @@ class Model:
         return batch
 
     def _batch_values(self, out: dict[str, Any], batch: Any, return_dict: bool) -> Any:
-        values = EpochMetrics(copy_metrics(self.metrics), self.device, 1, self._loss_reduction())
+        values = self._epoch_metrics(1)
         values.update(out, loop.num_samples(out, batch))
         logs = values.compute()
         if return_dict:
