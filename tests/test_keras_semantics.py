@@ -571,3 +571,27 @@ def test_weighted_metrics_in_fit_are_logged_for_training_and_validation():
         x, y, sample_weight=w, validation_data=(x, y, w), epochs=2, progress="none"
     )
     assert {"wacc", "val_wacc"} <= set(history.history)
+
+
+def test_the_issue_api_block_signatures_hold_positionally():
+    import inspect
+
+    expected = {
+        th.callbacks.ReduceLROnPlateau: [
+            "monitor",
+            "factor",
+            "patience",
+            "mode",
+            "min_delta",
+            "cooldown",
+            "min_lr",
+        ],
+        th.callbacks.CSVLogger: ["path", "separator", "append"],
+        th.callbacks.LearningRateScheduler: ["schedule"],
+        th.Model.train_on_batch: ["self", "x", "y", "sample_weight", "class_weight", "return_dict"],
+        th.Model.test_on_batch: ["self", "x", "y", "sample_weight", "return_dict"],
+        th.Model.predict_on_batch: ["self", "x"],
+    }
+    for function, names in expected.items():
+        parameters = list(inspect.signature(function).parameters)
+        assert parameters[: len(names)] == names, function

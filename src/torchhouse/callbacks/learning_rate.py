@@ -79,11 +79,11 @@ class ReduceLROnPlateau(Callback):
         monitor: str = "val_loss",
         factor: float = 0.1,
         patience: int = 10,
-        verbose: bool = False,
         mode: str = "auto",
         min_delta: float = 1e-4,
         cooldown: int = 0,
         min_lr: float = 0.0,
+        verbose: bool = False,
     ) -> None:
         if not 0.0 < factor < 1.0:
             raise ConfigError(f"ReduceLROnPlateau: factor must be in (0, 1), got {factor!r}")
