@@ -595,3 +595,22 @@ def test_the_issue_api_block_signatures_hold_positionally():
     for function, names in expected.items():
         parameters = list(inspect.signature(function).parameters)
         assert parameters[: len(names)] == names, function
+
+
+def test_callback_paths_are_checked_before_the_first_batch(tmp_path):
+    x, y = make_classification(n=16)
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    seen = []
+
+    class Count(th.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs):
+            seen.append(batch)
+
+    for callback in (
+        th.callbacks.CSVLogger(blocker / "log.csv"),
+        th.callbacks.ModelCheckpoint(blocker / "m.safetensors", monitor="loss"),
+    ):
+        with pytest.raises(th.ConfigError, match="cannot create the folder"):
+            model().fit(x, y, epochs=1, progress="none", callbacks=[Count(), callback])
+    assert seen == []

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from torchhouse.model import Model
 
-__all__ = ["Callback", "CallbackList", "overrides"]
+__all__ = ["HOOKS", "Callback", "CallbackList", "check_writable_parent", "overrides"]
 
 
 HOOKS = (
@@ -109,6 +109,21 @@ class Callback:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what `state_dict` returned."""
+
+
+def check_writable_parent(owner: str, path: str) -> None:
+    """Before the first batch: the folder a callback will write ``path`` into must be usable."""
+    import os
+
+    from torchhouse.errors import ConfigError
+
+    folder = os.path.dirname(os.path.abspath(path)) or "."
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"{owner}: cannot create the folder {folder} for {path!r}: {exc.strerror}") from exc
+    if not os.access(folder, os.W_OK):
+        raise ConfigError(f"{owner}: the folder {folder} for {path!r} is not writable")
 
 
 def overrides(callback: Callback, hook: str) -> bool:

@@ -7,7 +7,7 @@ import io
 import os
 from typing import Any
 
-from torchhouse.callbacks.base import Callback
+from torchhouse.callbacks.base import Callback, check_writable_parent
 from torchhouse.errors import ConfigError
 
 __all__ = ["CSVLogger"]
@@ -36,6 +36,7 @@ class CSVLogger(Callback):
         self._header: list[str] | None = None
 
     def on_fit_start(self, logs: dict[str, Any]) -> None:
+        check_writable_parent("CSVLogger", self.path)
         self._kept, self._header = [], None
         if self.append and os.path.isfile(self.path):
             with open(self.path, newline="") as handle:

@@ -6,7 +6,7 @@ import math
 import os
 from typing import Any
 
-from torchhouse.callbacks.base import Callback
+from torchhouse.callbacks.base import Callback, check_writable_parent
 from torchhouse.errors import ConfigError
 from torchhouse.monitor import check_monitor, is_improvement, resolve_mode
 
@@ -81,7 +81,9 @@ class ModelCheckpoint(Callback):
         if self.monitor is not None:
             self._direction = resolve_mode(self.monitor, self.mode, self.model.metrics)
         try:  # fail now, not after the first epoch has trained
-            self.path.format(epoch=1, batch=1, **{name: 0.0 for name in names})
+            check_writable_parent(
+                "ModelCheckpoint", self.path.format(epoch=1, batch=1, **{n: 0.0 for n in names})
+            )
         except (KeyError, IndexError, ValueError) as exc:
             raise ConfigError(
                 f"ModelCheckpoint: cannot fill in the path {self.path!r}: {exc}; it may use "
