@@ -93,8 +93,8 @@ def admitted_archive(path: Path, data: bytes) -> bytes:
     """The archive ``data`` (read from ``path``) rebuilt from its checked members only."""
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
-        raise CheckpointError(f"{path}: is not a .pt2 archive (not a readable zip file)") from exc
+    except Exception as exc:  # zipfile raises many kinds (NotImplementedError, struct.error...) on damage
+        raise CheckpointError(f"{path}: is not a .pt2 archive (not a readable zip file: {exc})") from exc
     try:
         members = _read_members(path, archive)
     except CheckpointError:
