@@ -367,3 +367,30 @@ def test_nan_in_the_data_is_blamed_on_the_data_not_the_learning_rate():
         th.NonFiniteLossError, match="x holds NaN or inf values \\(first at row 7.*will not help"
     ):
         model(loss=nn.CrossEntropyLoss()).fit(x, Y, batch_size=4, shuffle=False, progress="none")
+
+
+def test_data_conversions_name_the_real_problem():
+    pd = pytest.importorskip("pandas")
+    import numpy as np
+
+    frame = pd.DataFrame({"a": [1.0, None, 3.0, 4.0], "b": [1.0, 2.0, 3.0, 4.0]})
+    with pytest.raises(th.DataError, match=r"missing values \(NA/NaN\) in column\(s\) \['a'\]"):
+        model(loss=nn.MSELoss()).fit(frame, np.zeros((4, 1), dtype=np.float32), progress="none")
+    flags = pd.DataFrame({"x": [1.0, 2.0, 3.0, 4.0], "on": [True, False, True, False]})
+    net = nn.Linear(2, 1)
+    th.Model(net, loss=nn.MSELoss(), device="cpu").fit(
+        flags, np.zeros((4, 1), dtype=np.float32), progress="none"
+    )
+    text = pd.DataFrame({"x": [1.0, 2.0], "city": ["Oslo", "Lima"]})
+    with pytest.raises(th.DataError, match=r"column\(s\) \['city'\] are not numeric"):
+        th.Model(nn.Linear(2, 1), loss=nn.MSELoss(), device="cpu").fit(
+            text, np.zeros((2, 1), dtype=np.float32)
+        )
+    dates = np.array(["2026-01-01", "2026-01-02"], dtype="datetime64[D]").reshape(2, 1)
+    with pytest.raises(th.DataError, match="dates or times"):
+        th.Model(nn.Linear(1, 1), loss=nn.MSELoss(), device="cpu").fit(
+            dates, np.zeros((2, 1), dtype=np.float32)
+        )
+    rows = [torch.randn(6) for _ in range(20)]  # a list of arrays is several inputs, as in Keras
+    with pytest.raises(th.DataError, match=r"read as 20 inputs of 6 samples each.*torch.stack\(x\)"):
+        model(loss=nn.CrossEntropyLoss()).fit(rows, Y, epochs=1, progress="none")

@@ -125,10 +125,7 @@ def to_tensor(value: Any, name: str) -> torch.Tensor:
     if isinstance(value, torch.Tensor):
         return value
     if _is_dataframe(value):
-        try:
-            value = value.to_numpy()
-        except Exception as exc:  # pragma: no cover - pandas raises many kinds
-            raise DataError(f"{name}: could not convert the DataFrame to an array ({exc})") from exc
+        value = _dataframe_to_numpy(value, name)
     if isinstance(value, (list, tuple)) or np.isscalar(value):
         value = np.asarray(value)
     if not isinstance(value, np.ndarray):
@@ -137,6 +134,14 @@ def to_tensor(value: Any, name: str) -> torch.Tensor:
             f"got {type(value).__name__}"
         )
     kind = value.dtype.kind
+    if kind in "mM":
+        raise DataError(
+            f"{name}: has dtype {value.dtype} (dates or times); turn them into numbers first, e.g. "
+            "seconds since a start, or day of week / hour as features"
+        )
+    if kind == "b":
+        value = value.astype(np.float32)  # True/False as 1.0/0.0
+        kind = "f"
     if kind == "O" or kind in "USV":
         raise DataError(
             f"{name}: has dtype {value.dtype}, which is not numeric; convert the columns "
@@ -151,6 +156,38 @@ def to_tensor(value: Any, name: str) -> torch.Tensor:
     if not value.flags.writeable:
         value = value.copy()
     return torch.from_numpy(value)
+
+
+def _dataframe_to_numpy(frame: Any, name: str) -> np.ndarray:
+    """A DataFrame / Series as one numeric array; missing values and text columns are named."""
+    try:
+        missing = frame.isna()
+        if bool(missing.to_numpy().any()):
+            if hasattr(missing, "columns"):  # a DataFrame
+                bad = [str(c) for c in missing.columns if bool(missing[c].any())]
+            else:  # a Series
+                bad = [str(getattr(frame, "name", None) or name)]
+            raise DataError(
+                f"{name}: missing values (NA/NaN) in column(s) {bad[:5]}; fill or drop them first "
+                "(df.fillna(...) or df.dropna())"
+            )
+        if hasattr(frame, "dtypes") and hasattr(frame.dtypes, "items"):
+            text = [
+                str(c) for c, dtype in frame.dtypes.items() if dtype.kind in "OUS" or str(dtype) == "category"
+            ]
+            if text:
+                raise DataError(
+                    f"{name}: column(s) {text[:5]} are not numeric; encode them first "
+                    "(pd.get_dummies, or .cat.codes for categories)"
+                )
+        array: np.ndarray = frame.to_numpy()
+        if array.dtype.kind == "O":  # mixed numeric dtypes (e.g. nullable ints): as floats
+            array = array.astype(np.float64)
+        return array
+    except DataError:
+        raise
+    except Exception as exc:  # pandas raises many kinds
+        raise DataError(f"{name}: could not convert the DataFrame to an array ({exc})") from exc
 
 
 def to_tensor_tree(value: Any, name: str) -> Tree:
@@ -281,9 +318,16 @@ class ArrayBatches(Batches):
         if target is not None:
             n_target = _length(target, "y")
             if n_target != self.num_samples:
+                hint = ""
+                if isinstance(inputs, tuple) and len(inputs) == n_target:
+                    hint = (
+                        f". x is a list or tuple of {len(inputs)} arrays, read as {len(inputs)} inputs of "
+                        f"{self.num_samples} samples each (Keras' rule); if each is one sample, pass "
+                        "torch.stack(x)"
+                    )
                 raise DataError(
                     f"x and y must have the same number of samples, but x has "
-                    f"{self.num_samples} and y has {n_target}"
+                    f"{self.num_samples} and y has {n_target}{hint}"
                 )
         if self.num_samples == 0:
             raise DataError("x is empty: expected at least one sample")
