@@ -30,7 +30,7 @@ try:
 except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["LOCK_FILE", "acquire_lock", "is_locked", "release_lock"]
+__all__ = ["LOCK_FILE", "acquire_lock", "is_locked", "pid_alive", "release_lock"]
 
 LOCK_FILE = ".lock"
 
@@ -43,7 +43,8 @@ def _holder(path: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def _pid_alive(pid: Any) -> bool:
+def pid_alive(pid: Any) -> bool:
+    """Whether a process with this pid exists on this machine."""
     try:
         os.kill(int(pid), 0)
     except (OSError, ValueError, TypeError):
@@ -70,7 +71,7 @@ def acquire_lock(path: str | os.PathLike[str]) -> Any:
                 f"{holder.get('pid', '?')} on {holder.get('host', '?')}); wait for it to finish, or "
                 "choose another run_dir"
             ) from None
-    elif previous.get("pid") not in (None, os.getpid()) and _pid_alive(previous.get("pid")):
+    elif previous.get("pid") not in (None, os.getpid()) and pid_alive(previous.get("pid")):
         os.close(fd)
         raise CheckpointError(f"{file.parent}: another process (pid {previous['pid']}) holds this run folder")
     if previous.get("pid") not in (None, os.getpid()) and previous.get("host") == socket.gethostname():
@@ -99,7 +100,7 @@ def is_locked(path: str | os.PathLike[str]) -> bool:
     if not file.exists():
         return False
     if fcntl is None:  # pragma: no cover - Windows
-        return _pid_alive(_holder(file).get("pid"))
+        return pid_alive(_holder(file).get("pid"))
     try:
         fd = os.open(file, os.O_RDONLY)
     except OSError:

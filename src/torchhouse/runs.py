@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from torchhouse.checkpoint import atomic_write_bytes, atomic_write_json, load_state, read_json, save_state
 from torchhouse.errors import CheckpointError, ConfigError
-from torchhouse.runlock import LOCK_FILE, acquire_lock, is_locked, release_lock
+from torchhouse.runlock import LOCK_FILE, acquire_lock, is_locked, pid_alive, release_lock
 
 if TYPE_CHECKING:
     from torchhouse.history import History
@@ -294,14 +294,6 @@ class RunDir:
 # --------------------------------------------------------------------------- reading runs
 
 
-def _pid_alive(pid: Any) -> bool:
-    try:
-        os.kill(int(pid), 0)
-    except (OSError, ValueError, TypeError):
-        return False
-    return True
-
-
 def run_status(info: dict[str, Any], folder: str | os.PathLike[str] | None = None) -> str:
     """finished / stopped early / crashed / interrupted / running, from run.json.
 
@@ -312,7 +304,7 @@ def run_status(info: dict[str, Any], folder: str | os.PathLike[str] | None = Non
     status = str(info.get("status", "unknown"))
     if status == "running":
         lock = Path(folder) / LOCK_FILE if folder is not None else None
-        alive = is_locked(lock) if lock is not None and lock.exists() else _pid_alive(info.get("pid"))
+        alive = is_locked(lock) if lock is not None and lock.exists() else pid_alive(info.get("pid"))
         if not alive:
             return "crashed"
     return status.replace("_", " ")
