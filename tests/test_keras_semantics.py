@@ -614,3 +614,39 @@ def test_callback_paths_are_checked_before_the_first_batch(tmp_path):
         with pytest.raises(th.ConfigError, match="cannot create the folder"):
             model().fit(x, y, epochs=1, progress="none", callbacks=[Count(), callback])
     assert seen == []
+
+
+class CrashAtStep(th.callbacks.Callback):
+    def __init__(self, step):
+        self.step = step
+
+    def on_train_batch_end(self, batch, logs):
+        if self.model.global_step == self.step:
+            raise RuntimeError("crash")
+
+
+def test_sample_weights_and_weighted_metrics_resume_mid_epoch_exactly(tmp_path):
+    x, y = make_classification(n=40)
+    w = torch.rand(40, generator=torch.Generator().manual_seed(5))
+    options = dict(epochs=2, batch_size=8, seed=0, checkpoint_every=2, sample_weight=w, progress="none")
+    reference = model(weighted_metrics={"wacc": "accuracy"}).fit(x, y, run_dir=tmp_path / "ref", **options)
+    with pytest.raises(RuntimeError, match="crash"):
+        model(weighted_metrics={"wacc": "accuracy"}).fit(
+            x, y, run_dir=tmp_path / "run", callbacks=[CrashAtStep(3)], **options
+        )
+    resumed = model(weighted_metrics={"wacc": "accuracy"}).fit(
+        x, y, run_dir=tmp_path / "run", resume=True, **options
+    )
+    assert resumed.history == reference.history
+
+
+def test_a_loader_read_on_across_epochs_refuses_a_mid_epoch_resume_clearly(tmp_path):
+    from torch.utils.data import DataLoader, TensorDataset
+
+    x, y = make_classification(n=40)
+    loader = DataLoader(TensorDataset(x, y), batch_size=8)
+    options = dict(epochs=2, steps_per_epoch=4, checkpoint_every=2, progress="none", run_dir=tmp_path / "r")
+    with pytest.raises(RuntimeError, match="crash"):
+        model().fit(loader, callbacks=[CrashAtStep(3)], **options)
+    with pytest.raises(th.DataError, match="cannot resume in the middle of an epoch"):
+        model().fit(loader, resume=True, **options)
