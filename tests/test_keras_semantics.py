@@ -229,6 +229,7 @@ def test_every_hook_is_called_in_keras_order_and_lambda_callback_takes_any_hook(
         "on_validation_end",
         "on_epoch_end",
         "on_fit_end",
+        "on_fit_exit",
     ]
     calls.clear()
     m.evaluate(x, y, batch_size=16, callbacks=[recorder])

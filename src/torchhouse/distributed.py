@@ -131,8 +131,25 @@ def _free_port() -> int:
 
 
 def _worker(
-    fn: Callable[..., Any], rank: int, nprocs: int, port: int, queue: Any, args: tuple[Any, ...]
+    fn: Callable[..., Any],
+    rank: int,
+    nprocs: int,
+    port: int,
+    queue: Any,
+    args: tuple[Any, ...],
+    relay_progress: bool = False,
+    forked: bool = False,
 ) -> None:
+    if forked:
+        # One intra-op thread per process, torchrun's default: a forked child that runs
+        # OpenMP with more threads deadlocks once the parent has used its pool (any fit).
+        torch.set_num_threads(1)
+    if relay_progress and rank == 0:
+        from torchhouse.progress import set_relay
+
+        # From a notebook, the parent draws rank 0's progress: a forked process must not
+        # send display messages to the kernel itself.
+        set_relay(lambda lines, current: queue.put(("progress", (list(lines), current))))
     os.environ.update(
         RANK=str(rank),
         LOCAL_RANK=str(rank),
@@ -154,14 +171,18 @@ def _worker(
         _destroy()
 
 
-def _drain(queue: Any, failure: str | None, result: Any) -> tuple[str | None, Any]:
-    """Read the processes' messages: the first error, and rank 0's result."""
+def _drain(
+    queue: Any, failure: str | None, result: Any, show: Callable[[list[str], str], None] | None = None
+) -> tuple[str | None, Any]:
+    """Read the processes' messages: the first error, rank 0's result and its progress text."""
     while not queue.empty():
         kind, payload = queue.get()
         if kind == "error" and failure is None:
             failure = payload
         elif kind == "ok":
             result = pickle.loads(payload)  # bytes this launch's own rank 0 wrote
+        elif kind == "progress" and show is not None:
+            show(*payload)
     return failure, result
 
 
@@ -178,7 +199,10 @@ def launch(
     MASTER_PORT), so ``model.fit`` inside ``fn`` trains with DistributedDataParallel.
     Returns rank 0's result. If any process fails, the others are stopped and a
     RuntimeError names the rank and its error. ``start_method`` defaults to "fork" where
-    available (so functions defined in a notebook work), else "spawn".
+    available (so functions defined in a notebook work), else "spawn". Forked processes
+    use one intra-op thread each, as torchrun does by default: with more, a forked child
+    deadlocks in OpenMP once the parent has trained (use "spawn" for more threads). From
+    a notebook, rank 0's progress is drawn by the notebook's own process.
 
     Example::
 
@@ -198,8 +222,20 @@ def launch(
     context: Any = mp.get_context(method)
     queue = context.SimpleQueue()
     port = _free_port()
+    from torchhouse.progress import NotebookDisplay, in_notebook
+
+    relay = in_notebook()
+    display: list[NotebookDisplay] = []
+
+    def show(lines: list[str], current: str) -> None:
+        if not display:
+            display.append(NotebookDisplay())
+        display[0].show(lines, current)
+
     processes = [
-        context.Process(target=_worker, args=(fn, rank, nprocs, port, queue, args), daemon=False)
+        context.Process(
+            target=_worker, args=(fn, rank, nprocs, port, queue, args, relay, method == "fork"), daemon=False
+        )
         for rank in range(nprocs)
     ]
     for process in processes:
@@ -209,7 +245,7 @@ def launch(
     result: Any = None
     try:
         while any(p.is_alive() for p in processes):
-            failure, result = _drain(queue, failure, result)
+            failure, result = _drain(queue, failure, result, show)
             failed = [(r, p.exitcode) for r, p in enumerate(processes) if p.exitcode not in (None, 0)]
             if failed or failure:
                 break
@@ -227,7 +263,7 @@ def launch(
             if process.is_alive():
                 process.kill()
                 process.join()
-    failure, result = _drain(queue, failure, result)
+    failure, result = _drain(queue, failure, result, show)
     codes = [p.exitcode for p in processes]
     if failure or any(code != 0 for code in codes):
         detail = failure or f"exit codes {codes}"

@@ -9,6 +9,7 @@ __all__ = [
     "NonFiniteLossError",
     "TorchhouseError",
     "UntrustedCodeError",
+    "warn_user",
 ]
 
 
@@ -55,3 +56,21 @@ class NonFiniteLossError(TorchhouseError, FloatingPointError):
 
 class UntrustedCodeError(ConfigError):
     """A file names code (``module:callable``) that torchhouse runs only with ``trust_code=True``."""
+
+
+def warn_user(message: str, category: type[Warning] = UserWarning) -> None:
+    """``warnings.warn`` pointing at the user's line: the first frame outside torchhouse.
+
+    Fit's call depth differs between fit, evaluate and a resumed epoch, so a fixed
+    ``stacklevel`` would point into torchhouse as often as not.
+    """
+    import os
+    import sys
+    import warnings
+
+    package = os.path.dirname(os.path.abspath(__file__))
+    level, frame = 1, sys._getframe(1)
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package):
+        level += 1
+        frame = frame.f_back  # type: ignore[assignment]
+    warnings.warn(message, category, stacklevel=level + 1)

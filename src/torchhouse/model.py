@@ -44,7 +44,6 @@ from torchhouse.data import (
     move_to,
     split_validation,
     tree_leaves,
-    tree_map,
     validation_batches,
 )
 from torchhouse.errors import CheckpointError, ConfigError, DataError
@@ -620,17 +619,17 @@ class Model:
                 "fit: the net has no trainable parameters; it reports the loss and changes nothing",
                 stacklevel=2,
             )
-        from torchhouse.callbacks.terminate_on_nan import TerminateOnNaN
-
-        if any(isinstance(c, TerminateOnNaN) for c in callback_list):
-            if on_nonfinite == "skip":
+        wanted = {c.on_nonfinite for c in callback_list if c.on_nonfinite is not None}
+        if wanted:  # e.g. TerminateOnNaN, which asks for "stop" as Keras' callback does
+            if len(wanted) > 1 or (on_nonfinite != "raise" and wanted != {on_nonfinite}):
                 raise ConfigError(
-                    "TerminateOnNaN stops at a NaN loss; on_nonfinite='skip' skips it: choose one"
+                    f"the callbacks ask for on_nonfinite={sorted(wanted)} but fit was given "
+                    f"on_nonfinite={on_nonfinite!r}: choose one"
                 )
-            on_nonfinite = "stop"  # as Keras' TerminateOnNaN: stop, keep the history
-        if plot not in (None, "live"):
-            raise ConfigError(f"plot: expected None or 'live', got {plot!r}")
-        callback_list += self._automatic_callbacks(callback_list, run_dir, plot, tensorboard)
+            on_nonfinite = wanted.pop()
+        from torchhouse.callbacks.builtin import automatic_callbacks
+
+        callback_list += automatic_callbacks(callback_list, run_dir, plot, tensorboard)
         if seed is not None:
             from torchhouse.rng import seed_everything
 
@@ -719,41 +718,6 @@ class Model:
         device_ids = [self.device.index] if self.device.type == "cuda" else None
         wrapped = DistributedDataParallel(self.net, device_ids=device_ids)
         return torch.compile(wrapped) if self.compiled else wrapped
-
-    def _trim_padding(self, out: dict[str, Any], real: int, batch: Any = None) -> dict[str, Any] | None:
-        """The step output without the padded samples at the end of a rank's last batch."""
-        if real <= 0:
-            return None
-        if "preds" not in out or "target" not in out:
-            return out
-        preds = tree_map(lambda t: t[:real], out["preds"])
-        target = tree_map(lambda t: t[:real], out["target"])
-        weight = self.sample_weights(batch) if batch is not None else None
-        with torch.no_grad(), self.autocast():
-            if weight is None:
-                loss = self.compute_loss(preds, target)
-            else:
-                loss = self.compute_loss(preds, target, weight[:real])
-        return {**out, "loss": loss, "preds": preds, "target": target}
-
-    @staticmethod
-    def _automatic_callbacks(
-        given: list[Callback], run_dir: Any, plot: str | None, tensorboard: bool | None
-    ) -> list[Callback]:
-        from torchhouse.callbacks import LivePlot, TensorBoard
-        from torchhouse.callbacks.tensorboard import tensorboard_available
-
-        added: list[Callback] = []
-        if plot == "live":
-            added.append(LivePlot())
-        wants_tb = tensorboard if tensorboard is not None else tensorboard_available()
-        if tensorboard and run_dir is None:
-            raise ConfigError("tensorboard=True writes to run_dir/tensorboard: give run_dir too")
-        if run_dir is not None and wants_tb and not any(isinstance(c, TensorBoard) for c in given):
-            added.append(TensorBoard(Path(run_dir) / "tensorboard"))
-        for callback in added:
-            callback.auto = True
-        return added
 
     def _log_names(self, with_validation: bool) -> list[str]:
         names = ["loss", *self.metrics, *self.weighted_metrics]

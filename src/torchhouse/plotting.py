@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import math
 import os
 from typing import TYPE_CHECKING, Any
@@ -32,7 +33,16 @@ def offscreen_figure(**kwargs: Any) -> Any:
         from matplotlib.figure import Figure
     except ImportError as exc:
         raise ConfigError(INSTALL_HINT) from exc
-    figure = Figure(**kwargs)
+
+    class ShownFigure(Figure):
+        """A Figure that shows itself as a notebook cell's value, without pyplot's inline backend."""
+
+        def _repr_png_(self) -> bytes:
+            buffer = io.BytesIO()
+            self.savefig(buffer, format="png", bbox_inches="tight")
+            return buffer.getvalue()
+
+    figure = ShownFigure(**kwargs)
     FigureCanvasAgg(figure)
     return figure
 

@@ -252,6 +252,19 @@ class RunDir:
         self._prune(keep)
         return name
 
+    def mark_last_state_finished(self, stop_training: bool) -> None:
+        """Record in the newest state that the fit finished (resume then trains nothing more)."""
+        from torchhouse.checkpoint import STATE_JSON, seal_state_json
+
+        names = self.state_names()
+        if not names:
+            return
+        meta_file = self.checkpoints / names[-1] / STATE_JSON
+        meta = read_json(meta_file)
+        meta["state"]["finished"] = True
+        meta["state"]["stop_training"] = stop_training
+        atomic_write_json(meta_file, seal_state_json(meta["sha256"], meta["state"]))
+
     def best_state_name(self) -> str | None:
         file = self.checkpoints / "best.json"
         if not file.exists():

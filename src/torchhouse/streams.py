@@ -19,14 +19,13 @@ Example:
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
 
 from torchhouse.data import Batch, Batches, to_tensor_tree
-from torchhouse.errors import DataError
+from torchhouse.errors import DataError, warn_user
 
 __all__ = ["LimitedBatches", "StreamBatches", "is_stream", "limit_steps"]
 
@@ -62,14 +61,13 @@ class _Persistent:
             except StopIteration:
                 self.iterator = None if not self.one_shot else self.iterator
                 if steps is not None:
-                    warnings.warn(
+                    warn_user(
                         f"{self.name} ran out after {count} of steps={steps} batches in this epoch"
                         + (
                             "; a generator cannot start again"
                             if self.one_shot
                             else "; it starts over next epoch"
-                        ),
-                        stacklevel=4,
+                        )
                     )
                 if count == 0 and self.one_shot:
                     raise DataError(

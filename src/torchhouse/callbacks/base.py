@@ -14,6 +14,7 @@ __all__ = ["HOOKS", "Callback", "CallbackList", "check_writable_parent", "overri
 HOOKS = (
     "on_fit_start",
     "on_fit_end",
+    "on_fit_exit",
     "on_epoch_start",
     "on_epoch_end",
     "on_train_batch_start",
@@ -43,7 +44,8 @@ class Callback:
     The hooks, in the order of a fit: ``on_fit_start``; per epoch ``on_epoch_start``,
     ``on_train_batch_start`` / ``on_train_batch_end`` per batch, then the validation
     (``on_test_begin``, ``on_test_batch_start`` / ``_end``, ``on_test_end``,
-    ``on_validation_end``), ``on_epoch_end``; ``on_fit_end``. ``evaluate(callbacks=...)``
+    ``on_validation_end``), ``on_epoch_end``; ``on_fit_end``; and ``on_fit_exit(status, logs)``
+    whatever happened (an exception or Ctrl-C included). ``evaluate(callbacks=...)``
     calls the ``on_test_*`` hooks, ``predict(callbacks=...)`` the ``on_predict_*`` hooks.
 
     Example:
@@ -54,6 +56,7 @@ class Callback:
 
     model: Model
     auto = False  # added by fit itself (e.g. TensorBoard for run_dir): not part of resume checks
+    on_nonfinite: str | None = None  # what fit does at a NaN/inf loss when given this callback
 
     def set_model(self, model: Model) -> None:
         self.model = model
@@ -63,6 +66,11 @@ class Callback:
 
     def on_fit_end(self, logs: dict[str, Any]) -> None:
         """Called once after the last epoch with the last epoch's logs."""
+
+    def on_fit_exit(self, status: str, logs: dict[str, Any]) -> None:
+        """Called once as fit returns or raises, after ``on_fit_end``, for writers that record how
+        a run ended. ``status`` is "finished", "stopped_early", "stopped_nonfinite",
+        "interrupted" (Ctrl-C), "pruned" or "crashed"; ``logs`` are the last epoch's values."""
 
     def on_epoch_start(self, epoch: int, logs: dict[str, Any]) -> None:
         """Called before each epoch (``epoch`` is 0-based)."""

@@ -63,4 +63,6 @@ class OptunaPruning(Callback):
             prune = bool(distributed.broadcast_object(prune, src=0))
         if prune:
             self.pruned_at = epoch
-            raise optuna.TrialPruned(f"pruned at epoch {epoch + 1} with {self.monitor}={value:.6g}")
+            error = optuna.TrialPruned(f"pruned at epoch {epoch + 1} with {self.monitor}={value:.6g}")
+            error.run_status = "pruned"  # fit's on_fit_exit status (the run folder says "pruned")
+            raise error

@@ -18,3 +18,5 @@ class TerminateOnNaN(Callback):
         >>> stop = TerminateOnNaN()
         >>> # model.fit(x, y, epochs=10, callbacks=[stop])
     """
+
+    on_nonfinite = "stop"
