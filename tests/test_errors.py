@@ -163,6 +163,18 @@ FIT_CASES = [
     ),
     ("(N,1) class targets", lambda: model().fit(X, Y[:, None]), th.DataError, "shape \\(N,\\).*y.squeeze"),
     (
+        "int32 class targets",
+        lambda: model().fit(X, Y.int()),
+        th.DataError,
+        "int64 \\(torch.long\\), not torch.int32",
+    ),
+    (
+        "3-D input to a Linear net",
+        lambda: th.Model(nn.Linear(6, 3), loss=nn.CrossEntropyLoss(), device="cpu").fit(X[:, None, :], Y),
+        th.DataError,
+        "outputs \\(20, 1, 3\\).*targets of shape \\(N, d1, ...\\).*nn.Flatten\\(\\)",
+    ),
+    (
         "class index out of range",
         lambda: model().fit(X, Y + 5),
         (th.DataError, IndexError),

@@ -110,3 +110,24 @@ def test_onnx_export_checks_with_onnx(tmp_path):
     onnx.checker.check_model(proto)
     assert [i.name for i in proto.graph.input]
     assert (tmp_path / "m.safetensors").exists()
+
+
+def test_an_exported_model_names_a_wrong_width_rank_dtype_or_count(tmp_path):
+    net = nn.Sequential(nn.Linear(4, 3))
+    th.Model(net, loss=nn.CrossEntropyLoss(), device="cpu").export(tmp_path / "m.pt2", torch.randn(2, 4))
+    exported = th.load_exported(tmp_path / "m.pt2")
+    assert exported.inputs == [((None, 4), torch.float32)]
+    x = torch.randn(5, 4)
+    assert torch.equal(exported(x), net(x).detach())  # right inputs still run
+    with pytest.raises(th.DataError, match=r"input 0 must have shape \(N, 4\).*got \(5, 6\)"):
+        exported(torch.randn(5, 6))
+    with pytest.raises(th.DataError, match=r"must have shape \(N, 4\).*got \(4,\)"):
+        exported(torch.randn(4))
+    with pytest.raises(
+        th.DataError, match=r"must be torch.float32, got torch.float64.*\.to\(torch.float32\)"
+    ):
+        exported(torch.randn(5, 4, dtype=torch.float64))
+    with pytest.raises(th.DataError, match=r"takes 1 input tensor\(s\), got 2"):
+        exported(x, x)
+    with pytest.raises(th.DataError, match=r"must have shape \(N, 4\).*got \(3, 6\)"):
+        exported.predict(torch.randn(7, 6).numpy(), batch_size=3)

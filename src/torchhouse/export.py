@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from torchhouse.data import Tree, call_net, describe, inputs_of, make_batches, move_to, tree_leaves, tree_map
-from torchhouse.errors import CheckpointError, ConfigError, TorchhouseError
+from torchhouse.errors import CheckpointError, ConfigError, DataError, TorchhouseError
 from torchhouse.pt2_check import admitted_archive
 
 if TYPE_CHECKING:
@@ -208,16 +208,54 @@ class ExportedNet(nn.Module):
         return self
 
 
-class ExportedModel:
-    """A loaded exported program: ``predict(x)`` like `Model.predict`, no Python net code needed."""
+InputSpec = tuple[tuple[int | None, ...], torch.dtype]  # a shape (None: any size) and a dtype
 
-    def __init__(self, module: Any, meta: dict[str, Any], path: Path) -> None:
+
+class ExportedModel:
+    """A loaded exported program: ``predict(x)`` like `Model.predict`, no Python net code needed.
+
+    Inputs are checked against the program's own (``inputs``: shape with ``None`` for
+    a dynamic size, and dtype) before it runs, so a wrong width or dtype is named
+    instead of failing deep in torch.
+    """
+
+    def __init__(
+        self, module: Any, meta: dict[str, Any], path: Path, inputs: list[InputSpec] | None = None
+    ) -> None:
         self.module = module
         self.meta = meta
         self.path = path
+        self.inputs = inputs or []
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        self.check_inputs([*args, *kwargs.values()])
         return self.module(*args, **kwargs)
+
+    def check_inputs(self, given: Any) -> None:
+        """Raise a `DataError` naming the first input whose rank, size or dtype the program refuses."""
+        tensors = tree_leaves(given)
+        if not self.inputs:
+            return
+        if len(tensors) != len(self.inputs):
+            raise DataError(
+                f"{self.path.name} takes {len(self.inputs)} input tensor(s), got {len(tensors)}: "
+                f"{describe(given)}"
+            )
+        for index, (tensor, (shape, dtype)) in enumerate(zip(tensors, self.inputs, strict=True)):
+            wanted = "(" + ", ".join("N" if d is None else str(d) for d in shape) + ")"
+            fits = tensor.dim() == len(shape) and all(
+                d is None or d == size for d, size in zip(shape, tensor.shape, strict=True)
+            )
+            if not fits:
+                raise DataError(
+                    f"{self.path.name}: input {index} must have shape {wanted} (N: any size), got "
+                    f"{tuple(tensor.shape)}; the model was exported for inputs like that"
+                )
+            if tensor.dtype != dtype:
+                raise DataError(
+                    f"{self.path.name}: input {index} must be {dtype}, got {tensor.dtype}; convert it "
+                    f"with .to({dtype})"
+                )
 
     def predict(self, x: Any, batch_size: int = 256) -> Any:
         """Outputs for ``x`` (arrays, DataFrame, Dataset, DataLoader), concatenated, on the CPU."""
@@ -227,7 +265,9 @@ class ExportedModel:
         outputs = []
         with torch.no_grad():
             for batch in batches.iterate(None):
-                outputs.append(call_net(self.module, inputs_of(batch)))
+                inputs = inputs_of(batch)
+                self.check_inputs(inputs)
+                outputs.append(call_net(self.module, inputs))
         from torchhouse.loop import concat_outputs
 
         return concat_outputs(outputs)
@@ -266,4 +306,21 @@ def load_exported(path: str | os.PathLike[str], trust_code: bool = False) -> Exp
         module = program.module()
     except Exception as exc:
         raise CheckpointError(f"{file}: cannot rebuild the exported program: {_first_line(exc)}") from exc
-    return ExportedModel(module, meta, file)
+    return ExportedModel(module, meta, file, _input_specs(program))
+
+
+def _input_specs(program: Any) -> list[InputSpec]:
+    """The shapes (None where the size is dynamic) and dtypes of the program's user inputs."""
+    try:
+        names = set(program.graph_signature.user_inputs)
+        specs: list[InputSpec] = []
+        for node in program.graph.nodes:
+            value = node.meta.get("val") if node.op == "placeholder" and node.name in names else None
+            if isinstance(value, torch.Tensor):
+                shape = tuple(d if isinstance(d, int) else None for d in value.shape)
+                specs.append((shape, value.dtype))
+            elif node.op == "placeholder" and node.name in names:
+                return []  # a non-tensor input: leave the checking to the program
+        return specs
+    except Exception:  # a program layout this does not know: the program checks its inputs itself
+        return []

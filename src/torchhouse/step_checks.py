@@ -155,6 +155,18 @@ def _loss_hint(loss: Any, preds: Any, target: Any) -> str:
                 f". Hint: {name} takes class indices as int64 of shape {tuple(preds.shape[:1])}; "
                 "convert the target with y.long() (or .astype('int64'))"
             )
+        if not target.is_floating_point() and target.dtype not in (torch.int64, torch.uint8):
+            return (
+                f". Hint: {name} takes class indices as int64 (torch.long), not {target.dtype}; "
+                "convert the target with y.long() (or .astype('int64'))"
+            )
+        if preds.dim() > 2 and target.dim() == 1:
+            return (
+                f". Hint: the net outputs {tuple(preds.shape)}, and {name} reads dim 1 as the "
+                f"classes and the dims after it as positions (N, C, d1, ...), so it wants targets "
+                f"of shape (N, d1, ...). For one class per sample the net must output (N, C): "
+                "flatten the input (x.reshape(len(x), -1)) or add nn.Flatten() before the last layer"
+            )
         if not target.is_floating_point() and target.dim() == preds.dim():
             return (
                 f". Hint: class-index targets must have shape (N,), not {tuple(target.shape)}; "
