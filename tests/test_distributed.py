@@ -84,6 +84,31 @@ def test_launch_returns_rank_zeros_result():
     assert_close_results(result, reference)
 
 
+LAUNCH_AFTER_FIT = """
+import torch, torchhouse as th
+from torch import nn
+torch.set_num_threads(2)  # the default on this machine; the suite's conftest uses 1
+x = torch.randn(64, 4); y = (x[:, 0] > 0).long()
+def make():
+    torch.manual_seed(0)
+    return th.Model(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)), loss=nn.CrossEntropyLoss(), device="cpu")
+make().fit(x, y, epochs=2, batch_size=8, progress="none")  # the parent's OpenMP pool is now in use
+def train():
+    return make().fit(x, y, epochs=2, batch_size=8, seed=0, progress="none").history
+print(len(th.launch(train, nprocs=2, timeout=60)["loss"]))
+"""
+
+
+def test_launch_after_training_in_the_parent_does_not_deadlock(tmp_path):
+    # A forked child running OpenMP with several threads hangs in its first backward once
+    # the parent has used the pool; launch gives forked children one thread each.
+    script = tmp_path / "launch_after_fit.py"
+    script.write_text(LAUNCH_AFTER_FIT)
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=150)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["2"]
+
+
 @pytest.mark.timeout(90)  # a rank left waiting for a collective would hang until this
 def test_a_failing_rank_stops_the_others_under_launch():
     with pytest.raises(RuntimeError, match="(?s)rank 1 raised.*fails on purpose"):
