@@ -205,3 +205,33 @@ def test_a_nan_on_one_rank_stops_every_rank():
     message = th.launch(_nan_on_rank_one, nprocs=2, timeout=60)
     # rank 0 stops too (the NaN reached its weights through the all-reduced gradients)
     assert message.startswith("the training loss is nan") and "at epoch 1" in message  # counted from 1
+
+
+def _samples_seen_unseeded():
+    import os
+
+    from torch import nn
+
+    from torchhouse import distributed
+
+    seen = []
+
+    class Recording(th.Model):
+        def train_step(self, batch):
+            seen.extend(int(v) for v in batch[0][:, 0])
+            return super().train_step(batch)
+
+    os.environ.pop("PYTHONHASHSEED", None)
+    torch.manual_seed(int(os.environ["RANK"]) * 1000 + 7)  # each process's RNG differs, as unseeded ones do
+    x = torch.arange(40, dtype=torch.float32).reshape(40, 1).repeat(1, 2)
+    y = torch.zeros(40, dtype=torch.long)
+    model = Recording(nn.Linear(2, 2), loss=nn.CrossEntropyLoss(), device="cpu")
+    model.fit(x, y, epochs=1, batch_size=4, shuffle=True, progress="none")  # seed=None
+    return distributed.gather_objects(seen)
+
+
+def test_an_unseeded_shuffled_fit_gives_every_rank_its_own_share_of_one_order():
+    # Without seed=..., rank 0 picks the epoch order's seed and every rank uses it: the
+    # ranks' shares cover every sample once, as DistributedSampler's do.
+    per_rank = th.launch(_samples_seen_unseeded, nprocs=2, timeout=60)
+    assert sorted(per_rank[0] + per_rank[1]) == list(range(40))

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset
+from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset, TensorDataset, default_collate
 
 from torchhouse.errors import DataError
 
@@ -456,11 +456,21 @@ def _take(tree: Tree, rows: slice | torch.Tensor) -> Tree:
 
 
 class LoaderBatches(Batches):
-    """Batches from a `DataLoader` (given by the user, or built here from a `Dataset`)."""
+    """Batches from a `DataLoader` (given by the user, or built here from a `Dataset`).
+
+    The fast path: a loader over a `TensorDataset` with the default collate and no worker
+    processes yields, per batch, ``default_collate([dataset[i] for i in indices])``, which
+    is ``[t[indices] for t in dataset.tensors]``. So the batches are sliced from the tensors
+    directly (moved to the device once when they fit), with the index batches drawn from
+    the loader's own batch sampler and its base seed drawn as the loader draws it: the same
+    order, the same random numbers consumed, bit-identical batches. Any other loader is
+    iterated as it is.
+    """
 
     def __init__(self, loader: DataLoader[Any], name: str = "x") -> None:
         self.loader = loader
         self.name = name
+        self.tensors: tuple[torch.Tensor, ...] | None = None  # the fast path's (device) copies
         self.num_samples = _dataset_length(loader.dataset)
         if self.num_samples == 0:
             raise DataError(f"{name}: the dataset is empty; expected at least one sample")
@@ -540,7 +550,36 @@ class LoaderBatches(Batches):
                 found.append(gen)
         return found
 
+    def sliceable(self) -> bool:
+        """Whether the fast path applies (see the class docstring)."""
+        loader = self.loader
+        dataset = loader.dataset
+        return (
+            type(loader) is DataLoader
+            and type(dataset) is TensorDataset
+            and loader.num_workers == 0
+            and loader.collate_fn is default_collate
+            and loader.batch_sampler is not None
+            and len(dataset.tensors) > 0
+        )
+
+    def to(self, device: torch.device, max_bytes: int = 1 << 30) -> LoaderBatches:
+        """On the fast path, keep the dataset's tensors on ``device`` (when they fit in
+        ``max_bytes``), so batches are slices there and need no per-step transfer."""
+        if not self.sliceable():
+            return self
+        dataset: Any = self.loader.dataset
+        tensors = tuple(dataset.tensors)
+        if device.type != "cpu" and sum(t.numel() * t.element_size() for t in tensors) > max_bytes:
+            self.tensors = tensors
+            return self
+        self.tensors = tuple(t.to(device) for t in tensors)
+        self.on_device = True
+        return self
+
     def iterate(self, generator: torch.Generator | None, start: int = 0) -> Iterator[Batch]:
+        if self.sliceable():
+            return self._slices(start)
         # The loader's sampler draws its order when iteration starts; loading and dropping
         # the first ``start`` batches now (not lazily) reproduces an interrupted epoch.
         iterator = iter(self.loader)
@@ -550,6 +589,30 @@ class LoaderBatches(Batches):
                     f"{self.name}: cannot resume at batch {start}; the loader yields only {skipped}"
                 )
         return iterator
+
+    def _slices(self, start: int) -> Iterator[Any]:
+        loader = self.loader
+        dataset: Any = loader.dataset
+        tensors = self.tensors if self.tensors is not None else tuple(dataset.tensors)
+        batch_sampler = loader.batch_sampler
+        assert batch_sampler is not None
+        # In the order DataLoader.__iter__ does it: the sampler's iterator (lazy), then
+        # the base seed (one draw from the loader's generator, or the global RNG).
+        indices_iter = iter(batch_sampler)
+        torch.empty((), dtype=torch.int64).random_(generator=loader.generator)
+        for skipped in range(start):
+            if next(indices_iter, None) is None:
+                raise DataError(
+                    f"{self.name}: cannot resume at batch {start}; the loader yields only {skipped}"
+                )
+        return self._take(indices_iter, tensors)
+
+    @staticmethod
+    def _take(indices_iter: Iterator[Any], tensors: tuple[torch.Tensor, ...]) -> Iterator[Any]:
+        device = tensors[0].device
+        for indices in indices_iter:
+            rows = torch.as_tensor(indices, dtype=torch.long, device=device)
+            yield [t.index_select(0, rows) for t in tensors]  # a list, as default_collate gives
 
 
 def as_pair(batch: Any) -> Batch:

@@ -630,13 +630,20 @@ class Model:
         from torchhouse.callbacks.builtin import automatic_callbacks
 
         callback_list += automatic_callbacks(callback_list, run_dir, plot, tensorboard)
+        context = distributed.setup(self.device)
         if seed is not None:
             from torchhouse.rng import seed_everything
 
             seed_everything(seed)
             data_seed = seed
+        elif isinstance(x, torch.utils.data.DataLoader):
+            # The loader shuffles itself: draw nothing, so the global RNG runs exactly as in
+            # the textbook loop over the same loader.
+            data_seed = torch.initial_seed() % 2**62
         else:
             data_seed = int(torch.randint(0, 2**62, (1,)).item())
+        if context is not None and seed is None:
+            data_seed = int(distributed.broadcast_object(data_seed))  # every rank: one epoch order
         generator = torch.Generator().manual_seed(data_seed)
 
         for name, steps in (("steps_per_epoch", steps_per_epoch), ("validation_steps", validation_steps)):
@@ -659,7 +666,6 @@ class Model:
         train = limit_steps(train, steps_per_epoch, "x")
         if val is not None:
             val = limit_steps(val, validation_steps, "validation_data")
-        context = distributed.setup(self.device)
         if context is not None:
             train = train.shard(context.rank, context.world_size, data_seed)
             if val is not None:
@@ -756,12 +762,14 @@ class Model:
         return self._prepare(batches)
 
     def _prepare(self, batches: Batches) -> Batches:
-        from torchhouse.data import ArrayBatches
+        from torchhouse.data import ArrayBatches, LoaderBatches
 
         # In-memory data moves to the device once (up to 1 GiB on an accelerator), so
         # batches are slices there and need no per-step transfer.
         if isinstance(batches, ArrayBatches) and (self.device.type == "cpu" or _nbytes(batches) <= 1 << 30):
             batches.to(self.device)
+        elif isinstance(batches, LoaderBatches):
+            batches.to(self.device)  # a loader over a TensorDataset: the same, batch for batch
         return batches
 
     # ----------------------------------------------------------------------- evaluate / predict
