@@ -86,7 +86,7 @@ def test_loaders_the_fast_path_cannot_copy_are_iterated_as_they_are():
             x, y = super().__getitem__(i)
             return x * 2, y
 
-    collate = lambda items: torch.utils.data.default_collate(items)  # noqa: E731
+    collate = lambda items: torch.utils.data.default_collate(items)
     for loader in (
         DataLoader(dataset(), batch_size=8, num_workers=1),
         DataLoader(dataset(), batch_size=8, collate_fn=collate),
