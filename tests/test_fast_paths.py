@@ -156,3 +156,136 @@ def test_to_keeps_a_copy_on_the_device_and_leaves_the_users_dataset_alone():
     assert not big.on_device  # too big for the accelerator: batches are moved one by one
     assert data.tensors[0].device.type == "cpu"
     assert copy.copy(data.tensors) == data.tensors
+
+
+# --------------------------------------------------------------------------- metric objects
+
+torchmetrics = pytest.importorskip("torchmetrics")
+
+
+def step_outputs(steps=37, seq=False, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    for i in range(steps):
+        n = 16 if i < steps - 1 else 5  # a short last batch
+        if seq:  # text-like: another length each step
+            length = 3 + i % 4
+            yield torch.randn(n, 3, length, generator=g), torch.randint(0, 3, (n, length), generator=g)
+        else:
+            yield torch.randn(n, 3, generator=g), torch.randint(0, 3, (n,), generator=g)
+
+
+def per_step_reference(metric, outputs):
+    for preds, target in outputs:
+        metric.update(preds, target)
+    return metric.compute()
+
+
+METRICS = {
+    "accuracy": lambda: torchmetrics.classification.MulticlassAccuracy(num_classes=3),
+    "macro f1": lambda: torchmetrics.classification.MulticlassF1Score(num_classes=3, average="macro"),
+    "auroc": lambda: torchmetrics.classification.MulticlassAUROC(num_classes=3),
+    "mse of logits": lambda: torchmetrics.MeanSquaredError(),
+}
+
+
+@pytest.mark.parametrize("name", METRICS)
+def test_metric_objects_updated_every_few_steps_equal_per_step_updates(name):
+    from torchhouse.metrics import PENDING_STEPS, EpochMetrics
+
+    metric = METRICS[name]()
+    acc = EpochMetrics({"m": metric}, torch.device("cpu"), capacity=4)
+    assert "m" in acc.batched
+    calls = []
+    original = metric.update
+    metric.update = lambda *a: (calls.append(len(a[0])), original(*a))[1]
+    adapt = (lambda p, t: (p[:, 0], t.float())) if name == "mse of logits" else (lambda p, t: (p, t))
+    for preds, target in step_outputs():
+        p, t = adapt(preds, target)
+        acc.update({"loss": torch.tensor(1.0), "preds": p, "target": t}, len(t))
+    value = acc.compute()["m"]
+    expected = per_step_reference(METRICS[name](), [adapt(p, t) for p, t in step_outputs()])
+    assert len(calls) == -(-37 // PENDING_STEPS)  # 3 updates for 37 steps, not 37
+    if name == "mse of logits":
+        assert value == pytest.approx(float(expected), rel=1e-6)  # float32 sums in another order
+    else:
+        assert value == float(expected)  # counts, or the same concatenated scores: exact
+
+
+def test_outputs_of_changing_shape_are_not_concatenated_and_still_counted():
+    from torchhouse.metrics import EpochMetrics
+
+    make = lambda: torchmetrics.classification.MulticlassAccuracy(num_classes=3, multidim_average="global")  # noqa: E731
+    acc = EpochMetrics({"m": make()}, torch.device("cpu"), capacity=4)
+    for preds, target in step_outputs(seq=True):
+        acc.update({"loss": torch.tensor(1.0), "preds": preds, "target": target}, len(target))
+    assert acc.compute()["m"] == float(per_step_reference(make(), step_outputs(seq=True)))
+
+
+def test_a_mid_epoch_state_holds_the_outputs_not_yet_given_to_the_metric():
+    from torchhouse.metrics import EpochMetrics
+
+    make = lambda: torchmetrics.classification.MulticlassAccuracy(num_classes=3)  # noqa: E731
+    outputs = list(step_outputs())
+    acc = EpochMetrics({"m": make()}, torch.device("cpu"), capacity=4)
+    for preds, target in outputs[:20]:  # 16 given to the metric, 4 pending
+        acc.update({"loss": torch.tensor(1.0), "preds": preds, "target": target}, len(target))
+    state = acc.state_dict()
+    resumed = EpochMetrics({"m": make()}, torch.device("cpu"), capacity=4)
+    resumed.load_state_dict(state)
+    for preds, target in outputs[20:]:
+        resumed.update({"loss": torch.tensor(1.0), "preds": preds, "target": target}, len(target))
+    assert resumed.compute()["m"] == float(per_step_reference(make(), outputs))
+
+
+def test_fit_with_a_torchmetrics_accuracy_logs_what_the_plain_function_logs():
+    x = torch.randn(300, 3, generator=torch.Generator().manual_seed(0))
+    y = (x[:, 0] > 0).long()
+
+    def run(metric):
+        torch.manual_seed(0)
+        model = th.Model(nn.Linear(3, 2), loss=nn.CrossEntropyLoss(), metrics={"acc": metric}, device="cpu")
+        return model.fit(x, y, validation_split=0.2, epochs=2, batch_size=8, seed=0, progress="none").history
+
+    with_object = run(torchmetrics.classification.MulticlassAccuracy(num_classes=2, average="micro"))
+    with_function = run(th.metrics.accuracy)
+    assert with_object["acc"] == pytest.approx(with_function["acc"], abs=1e-6)
+    assert with_object["val_acc"] == pytest.approx(with_function["val_acc"], abs=1e-6)
+    assert with_object["loss"] == with_function["loss"]
+
+
+# --------------------------------------------------------------------------- the default optimizer
+
+
+def test_the_default_optimizer_is_fused_adamw_and_a_hand_loop_with_it_matches_bit_for_bit():
+    x = torch.randn(64, 3, generator=torch.Generator().manual_seed(0))
+    y = (x[:, 0] > 0).long()
+    torch.manual_seed(0)
+    net = nn.Linear(3, 2)
+    model = th.Model(net, loss=nn.CrossEntropyLoss(), device="cpu")
+    assert isinstance(model.optimizer, torch.optim.AdamW) and model.optimizer.defaults["fused"] is True
+    model.fit(x, y, epochs=2, batch_size=16, shuffle=False, progress="none")
+    torch.manual_seed(0)
+    hand = nn.Linear(3, 2)
+    optimizer = torch.optim.AdamW(hand.parameters(), lr=1e-3, fused=True)
+    for _ in range(2):
+        for lo in range(0, 64, 16):
+            optimizer.zero_grad(set_to_none=True)
+            nn.functional.cross_entropy(hand(x[lo : lo + 16]), y[lo : lo + 16]).backward()
+            optimizer.step()
+    assert all(torch.equal(a, b) for a, b in zip(net.parameters(), hand.parameters(), strict=True))
+
+
+def test_the_default_optimizer_falls_back_where_the_fused_kernel_refuses(monkeypatch):
+    from torchhouse.model import default_optimizer
+
+    plain_adamw = torch.optim.AdamW
+
+    def refuse_fused(params, **kwargs):  # as AdamW does for a device without the fused kernel
+        if kwargs.get("fused"):
+            raise RuntimeError("`fused=True` requires all the params to be on a supported device")
+        return plain_adamw(params, **kwargs)
+
+    monkeypatch.setattr(torch.optim, "AdamW", refuse_fused)
+    optimizer = default_optimizer(list(nn.Linear(2, 1).parameters()))
+    assert isinstance(optimizer, plain_adamw) and not optimizer.defaults["fused"]
+    assert optimizer.defaults["lr"] == 1e-3

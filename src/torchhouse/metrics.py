@@ -287,6 +287,13 @@ class EpochMetrics:
         # the sample weights over the epoch: sum(w * value) / sum(w).
         self.weighted: dict[str, Callable[..., Any]] = dict(weighted or {})
         self.stateful = {n: m for n, m in metrics.items() if is_stateful_metric(m)}
+        # Metrics whose update only adds to its state (torchmetrics' full_state_update=False)
+        # get the outputs of several steps in one update: Metric.update costs more than a
+        # small net's whole step, and its result does not depend on how the samples are split.
+        self.batched = {n: m for n, m in self.stateful.items() if _additive(m)}
+        self.per_step = {n: m for n, m in self.stateful.items() if n not in self.batched}
+        self._pending: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._pending_bytes = 0
         self.functions: dict[str, Callable[..., Any]] = {
             n: m for n, m in metrics.items() if not is_stateful_metric(m)
         }
@@ -307,6 +314,8 @@ class EpochMetrics:
     def reset(self) -> None:
         self.count = 0
         self.sizes: list[int] = []
+        self._pending = []
+        self._pending_bytes = 0
         names = ("loss", *self.functions, *self.weighted, *(_WEIGHT_SUM + n for n in self.weighted))
         self.columns: dict[str, torch.Tensor] = {
             name: torch.empty(self.capacity, device=self.device) for name in names
@@ -325,7 +334,9 @@ class EpochMetrics:
             preds = out["preds"]
             preds = preds.detach() if isinstance(preds, torch.Tensor) else tree_map(_detach, preds)
             target = out["target"]
-            for metric in self.stateful.values():
+            if self.batched:
+                self._add_pending(preds, target)
+            for metric in self.per_step.values():
                 metric.update(preds, target)
             for name, fn in self.functions.items():
                 columns[name][i] = fn(preds, target).detach()
@@ -341,6 +352,44 @@ class EpochMetrics:
             self._update_extras(out, i)
         self.sizes.append(n)
         self.count = i + 1
+
+    def _add_pending(self, preds: Any, target: Any) -> None:
+        """Keep this step's outputs for the batched metrics; update them every few steps."""
+        pending = self._pending
+        if not (_batch_tensor(preds) and _batch_tensor(target)):
+            self.flush()
+            for metric in self.batched.values():
+                metric.update(preds, target)
+            return
+        if pending:
+            first_preds, first_target = pending[0]
+            if (
+                preds.shape[1:] != first_preds.shape[1:]
+                or target.shape[1:] != first_target.shape[1:]
+                or preds.dtype != first_preds.dtype
+                or target.dtype != first_target.dtype
+                or preds.device != first_preds.device
+            ):
+                self.flush()  # another shape (e.g. a text batch of another length): no concatenation
+        self._pending.append((preds, target))
+        self._pending_bytes += preds.numel() * preds.element_size() + target.numel() * target.element_size()
+        if len(self._pending) >= PENDING_STEPS or self._pending_bytes >= PENDING_BYTES:
+            self.flush()
+
+    def flush(self) -> None:
+        """Give the batched metrics the outputs kept since their last update."""
+        pending = self._pending
+        if not pending:
+            return
+        if len(pending) == 1:
+            preds, target = pending[0]
+        else:
+            preds = torch.cat([p for p, _ in pending])
+            target = torch.cat([t for _, t in pending])
+        self._pending = []
+        self._pending_bytes = 0
+        for metric in self.batched.values():
+            metric.update(preds, target)
 
     def _update_extras(self, out: Mapping[str, Any], i: int) -> None:
         # Extra scalar tensors returned by a custom train_step/eval_step (e.g. "d_loss").
@@ -398,6 +447,7 @@ class EpochMetrics:
         if self.count == 0 and not self.sync:
             self.nonfinite = 0
             return {}
+        self.flush()
         values = self._weighted_means()
         for name in self.weighted:
             values[name] = values[name] / values.pop(_WEIGHT_SUM + name)
@@ -437,6 +487,7 @@ class EpochMetrics:
     # -- exact resume ---------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
+        self.flush()
         k = self.count
         state: dict[str, Any] = {
             "count": k,
@@ -461,6 +512,21 @@ class EpochMetrics:
             if name not in self.stateful:
                 raise CheckpointError(f"the checkpoint has state for an unknown metric {name!r}")
             load_metric_state(self.stateful[name], saved, self.device)
+
+
+PENDING_STEPS = 16  # steps whose outputs a batched metric gets in one update
+PENDING_BYTES = 8 << 20  # ...or fewer, when their outputs reach this size
+
+
+def _additive(metric: Any) -> bool:
+    """A torchmetrics metric whose update adds to its state (full_state_update=False)."""
+    return getattr(type(metric), "full_state_update", None) is False and callable(
+        getattr(metric, "update", None)
+    )
+
+
+def _batch_tensor(value: Any) -> bool:
+    return type(value) is torch.Tensor and value.dim() > 0
 
 
 # every other scalar key a step returns is logged
