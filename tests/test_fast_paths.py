@@ -214,7 +214,7 @@ def test_metric_objects_updated_every_few_steps_equal_per_step_updates(name):
 def test_outputs_of_changing_shape_are_not_concatenated_and_still_counted():
     from torchhouse.metrics import EpochMetrics
 
-    make = lambda: torchmetrics.classification.MulticlassAccuracy(num_classes=3, multidim_average="global")  # noqa: E731
+    make = lambda: torchmetrics.classification.MulticlassAccuracy(num_classes=3, multidim_average="global")
     acc = EpochMetrics({"m": make()}, torch.device("cpu"), capacity=4)
     for preds, target in step_outputs(seq=True):
         acc.update({"loss": torch.tensor(1.0), "preds": preds, "target": target}, len(target))
@@ -224,7 +224,7 @@ def test_outputs_of_changing_shape_are_not_concatenated_and_still_counted():
 def test_a_mid_epoch_state_holds_the_outputs_not_yet_given_to_the_metric():
     from torchhouse.metrics import EpochMetrics
 
-    make = lambda: torchmetrics.classification.MulticlassAccuracy(num_classes=3)  # noqa: E731
+    make = lambda: torchmetrics.classification.MulticlassAccuracy(num_classes=3)
     outputs = list(step_outputs())
     acc = EpochMetrics({"m": make()}, torch.device("cpu"), capacity=4)
     for preds, target in outputs[:20]:  # 16 given to the metric, 4 pending
