@@ -171,13 +171,33 @@ def textbook_loader(workload: Workload, epochs: int) -> tuple[list[float], float
 
 
 def _torchhouse(
-    workload: Workload, epochs: int, loader: bool, **model_kwargs: object
+    workload: Workload,
+    epochs: int,
+    loader: bool,
+    metric_object: bool = False,
+    default_optimizer: bool = False,
+    **model_kwargs: object,
 ) -> tuple[list[float], float]:
     import torchhouse as th
 
     x, y, net, opt = _setup(workload)
-    metrics = {"acc": th.metrics.accuracy} if workload.classification else None
-    model = th.Model(net, loss=workload.loss(), optimizer=opt, metrics=metrics, device=DEVICE, **model_kwargs)
+    metrics: dict[str, object] | None = {"acc": th.metrics.accuracy} if workload.classification else None
+    if metric_object:
+        import torchmetrics
+
+        metrics = (
+            {
+                "acc": torchmetrics.classification.MulticlassAccuracy(
+                    num_classes=int(y.max()) + 1, average="micro"
+                )
+            }
+            if workload.classification
+            else {"mse": torchmetrics.MeanSquaredError()}
+        )
+    optimizer = None if default_optimizer else opt
+    model = th.Model(
+        net, loss=workload.loss(), optimizer=optimizer, metrics=metrics, device=DEVICE, **model_kwargs
+    )
     times: list[float] = []
     clock: list[float] = []
     timer = th.callbacks.LambdaCallback(
@@ -208,6 +228,23 @@ def torchhouse_arrays(workload: Workload, epochs: int) -> tuple[list[float], flo
 def torchhouse_loader(workload: Workload, epochs: int) -> tuple[list[float], float]:
     """torchhouse given the textbook DataLoader."""
     return _torchhouse(workload, epochs, loader=True)
+
+
+def hand_loop_torchmetrics_imported(workload: Workload, epochs: int) -> tuple[list[float], float]:
+    """The hand loop in a process that also imports torchmetrics: the RSS baseline of the metric rows."""
+    import torchmetrics  # noqa: F401
+
+    return hand_loop(workload, epochs)
+
+
+def torchhouse_metric_object(workload: Workload, epochs: int) -> tuple[list[float], float]:
+    """torchhouse given a torchmetrics object (MulticlassAccuracy, or MeanSquaredError)."""
+    return _torchhouse(workload, epochs, loader=False, metric_object=True)
+
+
+def torchhouse_default_optimizer(workload: Workload, epochs: int) -> tuple[list[float], float]:
+    """torchhouse with optimizer=None: AdamW(lr=1e-3), fused where the device has the kernel."""
+    return _torchhouse(workload, epochs, loader=False, default_optimizer=True)
 
 
 def torchhouse_fused(workload: Workload, epochs: int) -> tuple[list[float], float]:
@@ -369,6 +406,9 @@ RUNNERS = {
     "torchhouse (arrays)": torchhouse_arrays,
     "torchhouse (DataLoader)": torchhouse_loader,
     "torchhouse + fused Adam": torchhouse_fused,
+    "torchhouse (optimizer=None)": torchhouse_default_optimizer,
+    "hand loop (torchmetrics imported)": hand_loop_torchmetrics_imported,
+    "torchhouse + torchmetrics object": torchhouse_metric_object,
     "Lightning": lightning,
     "torchkeras": torchkeras_runner,
     "Keras 3 (torch)": keras3,

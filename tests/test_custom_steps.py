@@ -54,7 +54,9 @@ def test_dict_batches_with_unpack_batch_override():
 def test_dict_batches_without_override_explain_the_batch_rule():
     x, y = make_classification(n=40)
     model = th.Model(make_net(), loss=nn.CrossEntropyLoss(), device="cpu")
-    with pytest.raises(th.DataError, match="pair \\(inputs, target\\).*unpack_batch"):
+    with pytest.raises(
+        th.DataError, match="keys \\['features', 'label'\\].*net\\(\\*\\*batch\\).*'labels'.*unpack_batch"
+    ):
         model.fit(DataLoader(DictDataset(x, y), batch_size=8), progress="none")
 
 

@@ -200,7 +200,12 @@ FIT_CASES = [
         th.DataError,
         "metric 'bad' failed",
     ),
-    ("no loss", lambda: th.Model(make_net(), device="cpu").fit(X, Y), th.ConfigError, "no loss was given"),
+    (
+        "no loss",
+        lambda: th.Model(make_net(), device="cpu").fit(X, Y),
+        th.ConfigError,
+        "loss=None: the net's output carries no loss",
+    ),
 ]
 
 

@@ -685,7 +685,8 @@ def make_batches(
     if y is not None:
         target = to_tensor_tree(y, "y")
 
-    elif require_target:
+    elif require_target and not (isinstance(inputs, Mapping) and "labels" in inputs):
+        # a dict of arrays with "labels" is a whole batch (Hugging Face's convention)
         raise DataError(
             f"y is missing: {name} is an array, so the targets must be given as y "
             "(or pass a Dataset / DataLoader that yields (inputs, target))"

@@ -104,7 +104,9 @@ def resolve_metric(metric: Any, loss: Any, name: str) -> Any:
     resolved from the loss the way Keras resolves ``"accuracy"``.
 
     ``accuracy`` with ``BCEWithLogitsLoss`` thresholds logits at 0 (not probabilities at
-    0.5); a name that does not fit the loss is refused.
+    0.5); a name that does not fit the loss is refused. With ``loss=None`` (a net that
+    computes its own loss, as Hugging Face classifiers do) it is the argmax accuracy of
+    the logits.
 
     >>> resolve_metric("accuracy", torch.nn.BCEWithLogitsLoss(), "acc") is binary_accuracy_logits
     True
@@ -125,7 +127,7 @@ def resolve_metric(metric: Any, loss: Any, name: str) -> Any:
                 f"metrics[{name!r}]: {metric!r} is not a metric name torchhouse resolves; use one of "
                 f"{list(METRIC_NAMES)}, a th.metrics function or a torchmetrics object"
             )
-        if loss_name not in (*_CLASSIFICATION_LOSSES, "BCEWithLogitsLoss", "BCELoss"):
+        if loss is not None and loss_name not in (*_CLASSIFICATION_LOSSES, "BCEWithLogitsLoss", "BCELoss"):
             raise ConfigError(
                 f"metrics[{name!r}]: 'accuracy' follows the loss, and {loss_name} is not a classification "
                 "loss (CrossEntropyLoss, NLLLoss, BCEWithLogitsLoss or BCELoss); pass th.metrics.accuracy "
@@ -317,9 +319,16 @@ class EpochMetrics:
         self._pending = []
         self._pending_bytes = 0
         names = ("loss", *self.functions, *self.weighted, *(_WEIGHT_SUM + n for n in self.weighted))
+        old: dict[str, torch.Tensor] = getattr(self, "columns", {})
+        # The buffers of the last epoch are reused when they still fit: only [:count] is read,
+        # so they need no clearing; a custom step's extra keys start afresh (NaN where absent).
         self.columns: dict[str, torch.Tensor] = {
-            name: torch.empty(self.capacity, device=self.device) for name in names
+            name: old[name]
+            if name in old and old[name].shape[0] == self.capacity
+            else torch.empty(self.capacity, device=self.device)
+            for name in names
         }
+        self._spare = {n: c for n, c in old.items() if n not in self.columns and c.shape[0] == self.capacity}
         for metric in self.stateful.values():
             metric.reset()
 
@@ -400,7 +409,12 @@ class EpochMetrics:
                 continue
             column = self.columns.get(name)
             if column is None:
-                column = self.columns[name] = torch.full((self.capacity,), float("nan"), device=self.device)
+                spare = self._spare.pop(name, None)
+                column = self.columns[name] = (
+                    spare.fill_(float("nan"))
+                    if spare is not None
+                    else torch.full((self.capacity,), float("nan"), device=self.device)
+                )
             column[i] = value.detach().reshape(())
 
     def _grow(self) -> None:

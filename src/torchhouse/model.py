@@ -52,7 +52,15 @@ from torchhouse.metrics import EpochMetrics, copy_metrics, normalise_metrics, re
 from torchhouse.streams import StreamBatches, is_stream, limit_steps
 from torchhouse.suggest import refuse_unknown
 
-__all__ = ["Model", "PRECISIONS", "check_state_matches", "default_device", "default_optimizer"]
+__all__ = [
+    "Model",
+    "PRECISIONS",
+    "check_state_matches",
+    "default_device",
+    "default_optimizer",
+    "metric_preds",
+    "own_loss",
+]
 
 PRECISIONS = ("32", "bf16-mixed", "16-mixed")
 _ELEMENTWISE_LOSSES = (
@@ -94,6 +102,20 @@ def default_optimizer(params: list[torch.nn.Parameter], lr: float = 1e-3) -> tor
         return torch.optim.AdamW(params, lr=lr, fused=True)
     except (RuntimeError, ValueError):
         return torch.optim.AdamW(params, lr=lr)
+
+
+def own_loss(output: Any) -> torch.Tensor | None:
+    """The loss a net computed itself: ``output.loss`` or ``output["loss"]`` (Hugging Face), or None."""
+    loss = output.get("loss") if isinstance(output, Mapping) else getattr(output, "loss", None)
+    return loss if isinstance(loss, torch.Tensor) else None
+
+
+def metric_preds(output: Any) -> Any:
+    """What the metrics see of a net's output: its ``logits`` when it is a mapping that has them
+    (a Hugging Face ``ModelOutput`` or a dict), else the output itself."""
+    if isinstance(output, Mapping) and isinstance(output.get("logits"), torch.Tensor):
+        return output["logits"]
+    return output
 
 
 def _check_positive_int(name: str, value: Any, minimum: int = 1) -> int:
@@ -322,8 +344,18 @@ class Model:
         return self._autocast
 
     def unpack_batch(self, batch: Any) -> tuple[Tree, Tree]:
-        """Split a batch into ``(inputs, target)``. Override for other batch layouts."""
-        return as_pair(batch)
+        """Split a batch into ``(inputs, target)``. Override for other batch layouts.
+
+        A dict batch (from a tokenizer, a Hugging Face ``datasets`` collator, or ``fit(x=dict)``
+        without ``y``) is the inputs as a whole, ``net(**batch)``, and its ``"labels"`` are the
+        target the metrics see (Hugging Face's convention).
+        """
+        if isinstance(batch, Mapping):
+            return batch, batch.get("labels")
+        inputs, target = as_pair(batch)
+        if target is None and isinstance(inputs, Mapping):
+            target = inputs.get("labels")
+        return inputs, target
 
     def forward(self, inputs: Tree) -> Any:
         """Run the net: tensor -> net(x), tuple -> net(*x), dict -> net(**x).
@@ -373,7 +405,16 @@ class Model:
         ``reduction`` attribute.
         """
         if self.loss is None:
-            raise ConfigError("loss: no loss was given to Model(...); pass loss=... or override compute_loss")
+            own = own_loss(preds)
+            if own is None:
+                raise ConfigError(
+                    "loss=None: the net's output carries no loss (a Hugging Face model computes one "
+                    "when the batch holds 'labels'; a dict output needs a 'loss' key); pass loss=... "
+                    "or override compute_loss"
+                )
+            if sample_weight is not None:
+                raise ConfigError("sample weights need a torch loss: the net's own loss is already reduced")
+            return own
         if self._check_loss_shapes:
             self._check_loss_shapes = False
             _check_loss_inputs(self.loss, preds, target)
@@ -491,7 +532,7 @@ class Model:
             )
         self.backward(loss)
         self.optimizer_step()
-        out = {"loss": loss, "preds": preds, "target": target}
+        out = {"loss": loss, "preds": metric_preds(preds), "target": target}
         return out if weight is None else {**out, "sample_weight": weight}
 
     def eval_step(self, batch: Batch) -> dict[str, Any]:
@@ -505,7 +546,7 @@ class Model:
                 if weight is None
                 else self.compute_loss(preds, target, weight)
             )
-        out = {"loss": loss, "preds": preds, "target": target}
+        out = {"loss": loss, "preds": metric_preds(preds), "target": target}
         return out if weight is None else {**out, "sample_weight": weight}
 
     def predict_step(self, batch: Batch) -> Any:
@@ -515,7 +556,8 @@ class Model:
         else:
             inputs, _ = self.unpack_batch(batch)
         with self.autocast():
-            return self.forward(inputs)
+            output = self.forward(inputs)
+        return metric_preds(output) if self.loss is None else output  # a net with its own loss: its logits
 
     # ----------------------------------------------------------------------- fit
 

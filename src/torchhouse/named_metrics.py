@@ -34,8 +34,13 @@ _CLASSES = {
 
 
 def kind_of_loss(loss: Any) -> str | None:
-    """binary-logits, binary-probabilities or multiclass, from the loss's class; None if unknown."""
+    """binary-logits, binary-probabilities or multiclass, from the loss's class; None if unknown.
+
+    ``None`` (the net computes its own loss, as Hugging Face classifiers do) means logits (N, C).
+    """
     name = type(loss).__name__
+    if loss is None:  # a net with its own loss (Hugging Face): classifier logits (N, C)
+        return "multiclass"
     if name == "BCEWithLogitsLoss":
         return "binary-logits"
     if name == "BCELoss":

@@ -8,7 +8,7 @@ refuses the features a custom ``train_step`` would silently bypass (docs/steps.m
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -117,6 +117,13 @@ def _explain(model: Model, batch: Any, exc: Exception, what: str) -> Exception:
             preds = model.forward(inputs)
         except Exception as forward_exc:
             shapes = describe(inputs)
+            if isinstance(inputs, Mapping) and isinstance(forward_exc, TypeError):
+                return DataError(
+                    f"the net failed on the first {what} batch, a dict with keys {list(inputs)}: "
+                    f"{forward_exc}. A dict batch is the net's keyword arguments, net(**batch), with "
+                    "its 'labels' as the target (Hugging Face's convention); for another layout, "
+                    "override Model.unpack_batch to return (inputs, target)."
+                )
             return DataError(
                 f"the net failed on the first {what} batch, whose inputs are {shapes}: "
                 f"{forward_exc}. Check that the input shape matches what the net's first "
