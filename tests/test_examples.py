@@ -64,3 +64,12 @@ def test_api_reference_is_up_to_date():
     generator = runpy.run_path(str(EXAMPLES.parent / "scripts" / "gen_api_docs.py"))
     current = (EXAMPLES.parent / "docs" / "api.md").read_text()
     assert current == generator["render"](), "run: python scripts/gen_api_docs.py"
+
+
+def test_the_hugging_face_example_beats_the_majority_class(monkeypatch, capsys):
+    pytest.importorskip("transformers")
+    pytest.importorskip("tokenizers")
+    monkeypatch.setenv("EPOCHS", "3")
+    result = runpy.run_path(str(EXAMPLES / "hf_sentiment_words.py"))["main"]()
+    assert result["accuracy"] >= result["baseline"] + 0.15  # majority class is 0.55
+    assert "positive" in capsys.readouterr().out

@@ -113,3 +113,29 @@ def test_a_given_loss_still_applies_to_dict_batches_and_sees_the_logits():
     model = th.Model(TinyClassifier(), loss=loss, device="cpu")
     model.fit(x, epochs=1, batch_size=32, progress="none")
     assert seen and set(seen) == {"Output"}  # a given loss gets the whole output, as before
+
+
+def test_a_hugging_face_dataset_is_taken_as_it_is_and_trains_like_the_dict_of_arrays():
+    datasets = pytest.importorskip("datasets")
+    x = data()
+    table = datasets.Dataset.from_dict({**{k: v.tolist() for k, v in x.items()}, "text": ["a word"] * 64})
+
+    def run(train, val):
+        torch.manual_seed(0)
+        net = TinyClassifier()
+        model = th.Model(
+            net, loss=None, optimizer=lambda p: torch.optim.SGD(p, lr=0.5), metrics=["acc"], device="cpu"
+        )
+        history = model.fit(
+            train, validation_data=val, epochs=2, batch_size=16, shuffle=False, progress="none"
+        )
+        return net, history.history, model
+
+    net, history, model = run(table, table.select(range(20)))  # the text column is left out
+    plain_net, plain_history, _ = run(x, {k: v[:20] for k, v in x.items()})
+    assert all(torch.equal(a, b) for a, b in zip(net.parameters(), plain_net.parameters(), strict=True))
+    assert history == plain_history
+    logits = model.predict(table.remove_columns("labels"), batch_size=10)
+    assert logits.shape == (64, 3)
+    with pytest.raises(th.DataError, match="only text columns"):
+        model.fit(datasets.Dataset.from_dict({"text": ["a", "b"]}), epochs=1, progress="none")

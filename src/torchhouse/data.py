@@ -36,12 +36,14 @@ __all__ = [
     "call_net",
     "describe",
     "inputs_of",
+    "is_hf_dataset",
     "make_batches",
     "move_to",
     "split_validation",
     "to_cpu",
     "to_tensor",
     "to_tensor_tree",
+    "torch_columns",
     "tree_leaves",
     "tree_map",
     "validation_batches",
@@ -615,6 +617,26 @@ class LoaderBatches(Batches):
             yield [t.index_select(0, rows) for t in tensors]  # a list, as default_collate gives
 
 
+def is_hf_dataset(x: Any) -> bool:
+    """A Hugging Face ``datasets.Dataset`` (recognised without importing the package)."""
+    return type(x).__module__.split(".")[0] == "datasets" and all(
+        hasattr(x, name) for name in ("with_format", "column_names", "features", "__getitem__", "__len__")
+    )
+
+
+def torch_columns(dataset: Any) -> Any:
+    """The dataset with its numeric columns as torch tensors; text columns are left out (the
+    tokenizer's ids stand for them), as Hugging Face's Trainer drops unused columns."""
+    columns = [
+        name for name, feature in dataset.features.items() if getattr(feature, "dtype", None) != "string"
+    ]
+    if not columns:
+        raise DataError(
+            f"the Hugging Face Dataset has only text columns {dataset.column_names}; tokenize it first"
+        )
+    return dataset.with_format("torch", columns=columns)
+
+
 def as_pair(batch: Any) -> Batch:
     """Split a batch into ``(inputs, target)`` (a third element is the sample weights), or explain."""
     if isinstance(batch, (tuple, list)) and len(batch) in (2, 3):
@@ -663,6 +685,13 @@ def make_batches(
         if y is not None:
             raise DataError(f"{name} is a DataLoader, so y must be None (the loader yields targets)")
         return LoaderBatches(x, name)
+    if is_hf_dataset(x):
+        if y is not None:
+            raise DataError(f"{name} is a Hugging Face Dataset, so y must be None (its 'labels' column is)")
+        loader = DataLoader(
+            torch_columns(x), batch_size=batch_size, shuffle=shuffle, generator=generator
+        )  # rows become dict batches: net(**batch), the "labels" column the target
+        return LoaderBatches(loader, name)
     if isinstance(x, Dataset):
         if y is not None:
             raise DataError(f"{name} is a Dataset, so y must be None (the dataset yields targets)")
@@ -768,7 +797,7 @@ def split_validation(batches: Batches, fraction: float) -> tuple[Batches, Batche
 def validation_batches(validation_data: Any, batch_size: int) -> Batches:
     """Turn ``validation_data`` (``(x_val, y_val)``, ``(x_val, y_val, sample_weight)``, a Dataset
     or a DataLoader) into batches."""
-    if isinstance(validation_data, (DataLoader, Dataset)):
+    if isinstance(validation_data, (DataLoader, Dataset, Mapping)) or is_hf_dataset(validation_data):
         return make_batches(
             validation_data,
             batch_size=batch_size,

@@ -39,6 +39,10 @@ def is_stream(x: Any) -> bool:
         return False
     if hasattr(x, "__array__") or hasattr(x, "iloc"):  # NumPy arrays, pandas objects
         return False
+    from torchhouse.data import is_hf_dataset
+
+    if is_hf_dataset(x):  # map-style: batched through a DataLoader
+        return False
     return isinstance(x, Iterable)  # iterators and generators included
 
 
