@@ -735,7 +735,12 @@ class Model:
         self.stop_training = False
         self.on_nonfinite = on_nonfinite
         self.optimizer_steps = 0
-        self.fit_params = {"epochs": epochs, "batch_size": batch_size, "seed": seed}
+        self.fit_params = {
+            "epochs": epochs,
+            "batch_size": batch_size,
+            "seed": seed,
+            "run_dir": os.fspath(run_dir) if run_dir is not None else None,
+        }
         self.log_names = self._log_names(val is not None)
         config = {
             "epochs": epochs,

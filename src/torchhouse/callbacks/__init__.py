@@ -10,6 +10,7 @@ from torchhouse.callbacks.model_checkpoint import ModelCheckpoint
 from torchhouse.callbacks.optuna_pruning import OptunaPruning
 from torchhouse.callbacks.tensorboard import TensorBoard
 from torchhouse.callbacks.terminate_on_nan import TerminateOnNaN
+from torchhouse.callbacks.trackers import MLflowLogger, WandbLogger
 
 __all__ = [
     "CSVLogger",
@@ -19,9 +20,11 @@ __all__ = [
     "LambdaCallback",
     "LearningRateScheduler",
     "LivePlot",
+    "MLflowLogger",
     "ModelCheckpoint",
     "OptunaPruning",
     "ReduceLROnPlateau",
     "TensorBoard",
     "TerminateOnNaN",
+    "WandbLogger",
 ]

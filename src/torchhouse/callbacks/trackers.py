@@ -1,0 +1,235 @@
+"""Experiment trackers: MLflow and Weights & Biases, as callbacks.
+
+Both log the fit's parameters once, every epoch's values under the history's names
+(``loss``, ``acc``, ``val_loss``...) with the epoch as the step, and at the end the run
+folder's files (config, history, weights, the exported program) and how the fit ended.
+Under several processes only rank 0 logs. A tracker that is down, refuses a call or is
+not installed costs a warning, never the training run: the callback stops logging and
+the fit goes on.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from torchhouse.callbacks.base import Callback
+from torchhouse.errors import ConfigError, warn_user
+
+__all__ = ["MLflowLogger", "WandbLogger", "fit_params"]
+
+# The run folder's files a tracker keeps (the resumable states stay in the folder).
+RUN_FILES = (
+    "config.json",
+    "run.json",
+    "history.csv",
+    "history.png",
+    "model.safetensors",
+    "model.json",
+    "model.pt2",
+    "serve.json",
+)
+_STATUS = {"finished": "FINISHED", "stopped_early": "FINISHED", "interrupted": "KILLED"}
+
+
+def fit_params(model: Any) -> dict[str, Any]:
+    """What was trained and how, as flat strings and numbers (a tracker's "params")."""
+    optimizer = model.optimizer
+    group = optimizer.param_groups[0]
+    params: dict[str, Any] = {
+        "net": type(model.net).__name__,
+        "parameters": sum(p.numel() for p in model.net.parameters()),
+        "loss": type(model.loss).__name__ if model.loss is not None else "own (net output)",
+        "optimizer": type(optimizer).__name__,
+        "lr": float(group.get("lr", math.nan)),
+        "metrics": ",".join(model.metrics) or "-",
+        "precision": model.precision,
+        "accumulate_grad_batches": model.accumulate_grad_batches,
+        "gradient_clip_val": model.gradient_clip_val,
+        "device": str(model.device),
+    }
+    for key in ("epochs", "batch_size", "seed"):
+        params[key] = model.fit_params.get(key)
+    for key in ("weight_decay", "momentum"):
+        if isinstance(group.get(key), (int, float)):
+            params[key] = group[key]
+    return {k: ("None" if v is None else v) for k, v in params.items()}
+
+
+class _Tracker(Callback):
+    """Rank 0 only; the first failure of the tracker becomes a warning and ends the logging."""
+
+    name = "tracker"
+
+    def __init__(self) -> None:
+        self.active = False
+
+    def on_fit_start(self, logs: dict[str, Any]) -> None:
+        self.active = _is_rank_zero()
+        if self.active:
+            self._guard(self.start)
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any]) -> None:
+        if self.active:
+            values = {k: float(v) for k, v in logs.items() if isinstance(v, (int, float))}
+            self._guard(lambda: self.log(epoch, values))
+
+    def on_fit_exit(self, status: str, logs: dict[str, Any]) -> None:
+        if self.active:
+            self._guard(lambda: self.finish(status))
+        self.active = False
+
+    def run_files(self) -> list[Path]:
+        folder = self.model.fit_params.get("run_dir")
+        if not folder:
+            return []
+        return [Path(folder) / name for name in RUN_FILES if (Path(folder) / name).is_file()]
+
+    def _guard(self, action: Any) -> None:
+        try:
+            action()
+        except Exception as exc:  # a tracker must never cost the training run
+            self.active = False
+            warn_user(
+                f"{type(self).__name__}: {self.name} failed ({type(exc).__name__}: {exc}); "
+                "training goes on without it"
+            )
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def log(self, epoch: int, values: dict[str, float]) -> None:
+        raise NotImplementedError
+
+    def finish(self, status: str) -> None:
+        raise NotImplementedError
+
+
+class MLflowLogger(_Tracker):
+    """Log a fit to MLflow: params, per-epoch values (step = epoch), the run folder's files.
+
+    ``tracking_uri`` defaults to MLflow's own (``MLFLOW_TRACKING_URI``; a local
+    ``sqlite:///mlflow.db`` works without a server);
+    an ``http(s)`` server is checked with a 3-second ``/health`` request first, so a server
+    that is down costs a warning, not MLflow's minutes of retries. Needs ``pip install mlflow``.
+
+    Example::
+
+        model.fit(x, y, run_dir="runs/a", callbacks=[th.callbacks.MLflowLogger(
+            tracking_uri="http://127.0.0.1:5000", experiment_name="digits")])
+    """
+
+    name = "MLflow"
+
+    def __init__(
+        self, tracking_uri: str | None = None, experiment_name: str | None = None, run_name: str | None = None
+    ) -> None:
+        super().__init__()
+        self.tracking_uri = tracking_uri
+        self.experiment_name = experiment_name or "torchhouse"
+        self.run_name = run_name
+        self.run_id: str | None = None
+        self._client: Any = None
+
+    def start(self) -> None:
+        try:
+            from mlflow.entities import Param
+            from mlflow.tracking import MlflowClient
+        except ImportError as exc:
+            raise ConfigError("MLflowLogger needs MLflow: pip install mlflow") from exc
+        if self.tracking_uri and self.tracking_uri.startswith(("http://", "https://")):
+            import urllib.request
+
+            with urllib.request.urlopen(self.tracking_uri.rstrip("/") + "/health", timeout=3) as reply:
+                reply.read()
+        client = MlflowClient(tracking_uri=self.tracking_uri)
+        experiment = client.get_experiment_by_name(self.experiment_name)
+        experiment_id = (
+            experiment.experiment_id
+            if experiment is not None
+            else client.create_experiment(self.experiment_name)
+        )
+        run = client.create_run(experiment_id, run_name=self.run_name)
+        self._client, self.run_id = client, run.info.run_id
+        params = [Param(k, str(v)) for k, v in fit_params(self.model).items()]
+        client.log_batch(self.run_id, params=params)
+
+    def log(self, epoch: int, values: dict[str, float]) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        metrics = [Metric(k, v, now, epoch) for k, v in values.items() if math.isfinite(v)]
+        self._client.log_batch(self.run_id, metrics=metrics)
+
+    def finish(self, status: str) -> None:
+        for file in self.run_files():
+            self._client.log_artifact(self.run_id, str(file))
+        self._client.set_tag(self.run_id, "torchhouse.status", status)
+        self._client.set_terminated(self.run_id, status=_STATUS.get(status, "FAILED"))
+
+
+class WandbLogger(_Tracker):
+    """Log a fit to Weights & Biases: config, per-epoch values (step = epoch), the run folder's files.
+
+    ``mode`` is W&B's: "online", "offline" (files only, ``wandb sync`` later) or
+    "disabled"; the default is W&B's own (``WANDB_MODE``). W&B keeps its files in ``dir``
+    (default: W&B's ``./wandb``), never in the run folder. Needs ``pip install wandb``.
+
+    Example::
+
+        model.fit(x, y, run_dir="runs/a", callbacks=[th.callbacks.WandbLogger(project="digits")])
+    """
+
+    name = "Weights & Biases"
+
+    def __init__(
+        self,
+        project: str | None = None,
+        name: str | None = None,
+        mode: str | None = None,
+        dir: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.project = project or "torchhouse"
+        self.run_name = name
+        self.mode: Any = mode  # W&B checks it
+        self.dir = dir
+        self.run: Any = None
+
+    def start(self) -> None:
+        try:
+            import wandb
+        except ImportError as exc:
+            raise ConfigError("WandbLogger needs wandb: pip install wandb") from exc
+        if self.dir:
+            os.makedirs(self.dir, exist_ok=True)
+        self.run = wandb.init(
+            project=self.project,
+            name=self.run_name,
+            mode=self.mode,
+            dir=self.dir,
+            config=fit_params(self.model),
+            reinit="create_new",
+        )
+
+    def log(self, epoch: int, values: dict[str, float]) -> None:
+        self.run.log({**values, "epoch": epoch}, step=epoch)
+
+    def finish(self, status: str) -> None:
+        folder = self.model.fit_params.get("run_dir")
+        for file in self.run_files():
+            self.run.save(str(file), base_path=str(folder), policy="now")
+        self.run.summary["torchhouse.status"] = status
+        self.run.finish(exit_code=0 if status in ("finished", "stopped_early") else 1)
+        self.run = None
+
+
+def _is_rank_zero() -> bool:
+    return not (torch.distributed.is_available() and torch.distributed.is_initialized()) or (
+        torch.distributed.get_rank() == 0
+    )
