@@ -5,7 +5,7 @@ TORCH_VERSION ?= 2.13.0
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: demo test check lint bench clean venv dev
+.PHONY: demo test check lint bench docs clean venv dev
 
 # The demo's environment: torch (the file pip finds for TORCH_VERSION) and torchhouse's core.
 $(VENV)/.core: pyproject.toml
@@ -41,9 +41,14 @@ test: lint
 check: lint
 	$(VENV)/bin/pytest -rs -m "not slow"
 
+# The docs site (MkDocs Material, API reference from the docstrings) in strict mode:
+# a broken link or reference fails the build. Output: site/.
+docs: dev
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
+
 # The peers' rows need: $(PIP) install -e ".[bench]" (Lightning, torchkeras, Keras 3).
 bench: dev
 	$(PY) benchmarks/run.py
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) runs site .pytest_cache .mypy_cache .ruff_cache

@@ -594,8 +594,10 @@ class Model:
         """Train the net and return its `History`.
 
         Args:
-            x, y: the training data: arrays / tensors / DataFrames (with ``y``), a tuple
-                or dict of arrays for several inputs, a ``Dataset`` or a ``DataLoader``.
+            x: the training data: arrays / tensors / DataFrames (with ``y``), a tuple or dict
+                of arrays for several inputs (a dict with ``"labels"`` needs no ``y``), a
+                ``Dataset``, a Hugging Face ``datasets.Dataset`` or a ``DataLoader``.
+            y: the targets, for arrays; None for the others (they hold their targets).
             validation_data: ``(x_val, y_val)``, a Dataset or a DataLoader.
             validation_split: hold out this last fraction of ``x`` for validation.
             epochs: train until this many epochs are done (a resumed run counts the
