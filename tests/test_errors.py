@@ -163,6 +163,12 @@ FIT_CASES = [
     ),
     ("(N,1) class targets", lambda: model().fit(X, Y[:, None]), th.DataError, "shape \\(N,\\).*y.squeeze"),
     (
+        "a loss returning a Python float",
+        lambda: th.Model(nn.Linear(6, 3), loss=lambda p, t: 1.0, device="cpu").fit(X, Y),
+        th.DataError,
+        "the loss is float 1.0; it must be a tensor.*no .item\\(\\) or float\\(\\)",
+    ),
+    (
         "int32 class targets",
         lambda: model().fit(X, Y.int()),
         th.DataError,

@@ -440,6 +440,12 @@ class Model:
 
         The loss is also what the next `optimizer_step` checks with ``on_nonfinite="skip"``.
         """
+        if not isinstance(loss, torch.Tensor):
+            raise DataError(
+                f"the loss is {type(loss).__name__} {loss!r:.40}; it must be a tensor computed from the "
+                "net's output with torch operations (a Python number has no gradient: no .item() or "
+                "float() in the loss)"
+            )
         if self.on_nonfinite == "skip":
             self._step_loss = loss.detach()
         if loss.numel() != 1:
