@@ -23,6 +23,7 @@ from torchhouse.errors import (
 )
 from torchhouse.export import ExportError, load_exported
 from torchhouse.history import History
+from torchhouse.lightning_model import LightModel
 from torchhouse.model import Model
 from torchhouse.rng import seed_everything
 from torchhouse.summary import Summary, summary
@@ -31,6 +32,7 @@ from torchhouse.tuning import tune
 __version__ = "0.1.0"
 
 __all__ = [
+    "LightModel",
     "CheckpointError",
     "ConfigError",
     "DataError",

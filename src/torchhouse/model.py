@@ -1039,6 +1039,19 @@ class Model:
             "saved": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
 
+    def to_lightning(self) -> Any:
+        """This model as a ``lightning.LightningModule`` (its net, loss, optimizer, scheduler and
+        metrics), to train with any ``lightning.Trainer``; see `torchhouse.LightModel`.
+
+        Example::
+
+            trainer = lightning.Trainer(max_epochs=5, accelerator="gpu", devices=2, strategy="ddp")
+            trainer.fit(model.to_lightning(), train_loader, val_loader)
+        """
+        from torchhouse.lightning_model import lightning_module
+
+        return lightning_module(self)
+
     def export(
         self,
         path: str | os.PathLike[str],
