@@ -1,6 +1,7 @@
 """Several processes on CPU with gloo: torchrun and th.launch give single-process results."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -235,3 +236,30 @@ def test_an_unseeded_shuffled_fit_gives_every_rank_its_own_share_of_one_order():
     # ranks' shares cover every sample once, as DistributedSampler's do.
     per_rank = th.launch(_samples_seen_unseeded, nprocs=2, timeout=60)
     assert sorted(per_rank[0] + per_rank[1]) == list(range(40))
+
+
+def _own_loss_fit(world=None):
+
+    sys.path.insert(0, str(HERE))
+    from test_own_loss import TinyClassifier, data
+
+    world = world or int(os.environ.get("WORLD_SIZE", "1"))
+    torch.manual_seed(0)
+    net = TinyClassifier()
+    model = th.Model(
+        net, loss=None, optimizer=lambda p: torch.optim.SGD(p, lr=0.5), metrics=["acc"], device="cpu"
+    )
+    per_process = 8 if int(os.environ.get("WORLD_SIZE", "1")) > 1 else 8 * world
+    history = model.fit(data(), epochs=2, batch_size=per_process, shuffle=False, progress="none")
+    return {"history": history.history, "params": {k: v.tolist() for k, v in net.state_dict().items()}}
+
+
+def test_a_net_with_its_own_loss_and_dict_batches_trains_under_several_processes_as_in_one():
+    result = th.launch(_own_loss_fit, nprocs=2, timeout=120)
+    reference = _own_loss_fit(world=2)
+    for key in reference["history"]:
+        assert result["history"][key] == pytest.approx(reference["history"][key], rel=1e-5), key
+    for key in reference["params"]:
+        torch.testing.assert_close(
+            torch.tensor(result["params"][key]), torch.tensor(reference["params"][key])
+        )
