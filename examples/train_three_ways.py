@@ -23,7 +23,7 @@ def make_net() -> nn.Module:
 
 def train_function(net: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int) -> nn.Module:
     """2. A training function: the loop, wrapped for reuse."""
-    optimizer = torch.optim.AdamW(net.parameters(), lr=1e-3)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=1e-3, fused=True)
     loss_fn = nn.CrossEntropyLoss()
     for _ in range(epochs):
         for lo in range(0, len(x), BATCH):
@@ -39,7 +39,7 @@ def main() -> dict[str, float]:
 
     # 1. A script loop, written out inline.
     script_net = make_net()
-    optimizer = torch.optim.AdamW(script_net.parameters(), lr=1e-3)
+    optimizer = torch.optim.AdamW(script_net.parameters(), lr=1e-3, fused=True)
     loss_fn = nn.CrossEntropyLoss()
     for _ in range(EPOCHS):
         for lo in range(0, len(x_train), BATCH):
@@ -50,7 +50,7 @@ def main() -> dict[str, float]:
     # 2. The function.
     function_net = train_function(make_net(), x_train, y_train, EPOCHS)
 
-    # 3. The Model class (AdamW lr=1e-3 is its default optimizer).
+    # 3. The Model class (AdamW lr=1e-3, fused, is its default optimizer).
     model = th.Model(
         make_net(), loss=nn.CrossEntropyLoss(), metrics={"acc": th.metrics.accuracy}, device="cpu"
     )
