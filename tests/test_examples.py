@@ -73,3 +73,12 @@ def test_the_hugging_face_example_beats_the_majority_class(monkeypatch, capsys):
     result = runpy.run_path(str(EXAMPLES / "hf_sentiment_words.py"))["main"]()
     assert result["accuracy"] >= result["baseline"] + 0.15  # majority class is 0.55
     assert "positive" in capsys.readouterr().out
+
+
+def test_the_hugging_face_datasets_example_beats_the_majority_class(monkeypatch, capsys):
+    pytest.importorskip("transformers")
+    pytest.importorskip("datasets")
+    monkeypatch.setenv("EPOCHS", "2")
+    result = runpy.run_path(str(EXAMPLES / "hf_datasets_words.py"))["main"]()
+    assert result["accuracy"] >= result["baseline"] + 0.15  # majority class is 0.57
+    assert "test accuracy" in capsys.readouterr().out
