@@ -19,10 +19,9 @@ EPOCHS = int(os.environ.get("EPOCHS", "6"))
 
 def main() -> dict[str, float]:
     from datasets import Dataset
-    from transformers import BertConfig, BertForSequenceClassification
 
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from hf_sentiment_words import MAX_LENGTH, train_tokenizer  # the tokenizer of the other HF example
+    from hf_sentiment_words import MAX_LENGTH, small_bert, train_tokenizer  # the other HF example's parts
 
     words, labels, _ = th.datasets.load_sentiment_words()
     table = Dataset.from_dict({"text": words, "label": labels.tolist()}).shuffle(seed=0)
@@ -40,17 +39,8 @@ def main() -> dict[str, float]:
     )
 
     torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=MAX_LENGTH,
-        num_labels=2,
-    )
     model = th.Model(
-        BertForSequenceClassification(config),
+        small_bert(tokenizer.vocab_size),
         loss=None,
         optimizer=lambda params: torch.optim.AdamW(params, lr=3e-3),
         metrics=["acc"],

@@ -32,9 +32,23 @@ def train_tokenizer(words: list[str]):  # -> transformers.PreTrainedTokenizerFas
     )
 
 
-def main() -> dict[str, float]:
+def small_bert(vocab_size: int):  # -> transformers.BertForSequenceClassification
+    """A two-layer BERT classifier from a config: random weights, nothing downloaded."""
     from transformers import BertConfig, BertForSequenceClassification
 
+    config = BertConfig(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=MAX_LENGTH,
+        num_labels=2,
+    )
+    return BertForSequenceClassification(config)
+
+
+def main() -> dict[str, float]:
     # 1. Prepare: a seeded 80/20 split; the tokenizer learns from the training words only.
     words, labels, _ = th.datasets.load_sentiment_words()
     order = np.random.default_rng(0).permutation(len(words))
@@ -57,16 +71,7 @@ def main() -> dict[str, float]:
 
     # 2. Define: a small BERT from a config (random weights; no download).
     torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=MAX_LENGTH,
-        num_labels=2,
-    )
-    net = BertForSequenceClassification(config)
+    net = small_bert(tokenizer.vocab_size)
     model = th.Model(
         net,
         loss=None,  # the net's own loss: output.loss, computed from the batch's labels

@@ -23,17 +23,16 @@ from torchhouse.errors import ConfigError, warn_user
 
 __all__ = ["MLflowLogger", "WandbLogger", "fit_params"]
 
-# The run folder's files a tracker keeps (the resumable states stay in the folder).
-RUN_FILES = (
-    "config.json",
-    "run.json",
-    "history.csv",
-    "history.png",
-    "model.safetensors",
-    "model.json",
-    "model.pt2",
-    "serve.json",
-)
+
+def _kept_files() -> list[str]:
+    """The run folder's files a tracker keeps: every file of `runs.RUN_FILES` but the lock
+    (the resumable states and TensorBoard's folder stay in the run folder)."""
+    from torchhouse.runlock import LOCK_FILE
+    from torchhouse.runs import RUN_FILES
+
+    return sorted(name for name in RUN_FILES if "." in name and name != LOCK_FILE)
+
+
 _STATUS = {"finished": "FINISHED", "stopped_early": "FINISHED", "interrupted": "KILLED"}
 
 
@@ -88,7 +87,7 @@ class _Tracker(Callback):
         folder = self.model.fit_params.get("run_dir")
         if not folder:
             return []
-        return [Path(folder) / name for name in RUN_FILES if (Path(folder) / name).is_file()]
+        return [Path(folder) / name for name in _kept_files() if (Path(folder) / name).is_file()]
 
     def _guard(self, action: Any) -> None:
         try:
