@@ -133,6 +133,9 @@ class Model:
         optimizer: ``None`` (AdamW, lr=1e-3, fused where the device supports it: see
             `default_optimizer`), a ``torch.optim.Optimizer`` over ``net``'s parameters, or a
             callable ``params -> Optimizer``.
+        strategy: under several processes, ``"ddp"`` (default: each process holds the whole
+            net) or ``"fsdp"`` (FSDP2: each holds a shard of every parameter, gradient and
+            optimizer state; see `torchhouse.fsdp`). Alone, both train the plain net.
         weighted_metrics: as Keras: names (``"accuracy"``, ``"mae"``, ``"mse"``) or per-sample
             functions ``fn(preds, target) -> (N,)``, averaged with the sample weights
             (``sum(w * value) / sum(w)``; weight 1 without them). ``metrics`` stay unweighted.
@@ -176,9 +179,12 @@ class Model:
         lr_scheduler_interval: str = "epoch",
         lr_scheduler_monitor: str | None = None,
         weighted_metrics: Any = None,
+        strategy: str = "ddp",
         **unexpected: Any,
     ) -> None:
         refuse_unknown("th.Model", unexpected, inspect.signature(Model.__init__).parameters)
+        if strategy not in ("ddp", "fsdp"):
+            raise ConfigError(f"strategy: expected 'ddp' or 'fsdp', got {strategy!r}")
         if not isinstance(net, nn.Module):
             raise ConfigError(f"net: expected a torch.nn.Module, got {type(net).__name__}")
         if loss is not None and not callable(loss):
@@ -209,6 +215,7 @@ class Model:
         self.lr_scheduler_interval = lr_scheduler_interval
         self.lr_scheduler_monitor = lr_scheduler_monitor
         self.compiled = compile
+        self.strategy = strategy
         self._forward_net: Callable[..., Any] = torch.compile(self.net) if compile else self.net
         self.scaler = self._build_scaler()
         self._autocast = self._build_autocast()
@@ -700,6 +707,12 @@ class Model:
 
         callback_list += automatic_callbacks(callback_list, run_dir, plot, tensorboard)
         context = distributed.setup(self.device)
+        if context is not None and self.strategy == "fsdp" and run_dir is not None:
+            raise ConfigError(
+                'strategy="fsdp" does not write resumable run folders yet (sharded safetensors states '
+                "are not built): fit without run_dir, and save the weights with model.save(path) on "
+                "every rank"
+            )
         if seed is not None:
             from torchhouse.rng import seed_everything
 
@@ -783,7 +796,12 @@ class Model:
             context=context,
         )
         plain_forward = self._forward_net
-        if context is not None:
+        if context is not None and self.strategy == "fsdp":
+            from torchhouse.fsdp import shard
+
+            shard(self)  # in place: the net stays sharded after fit (save gathers it)
+            self._forward_net = plain_forward = self.net
+        elif context is not None:
             self._forward_net = self._wrap_ddp()
         try:
             return fit_loop.run()
@@ -1019,6 +1037,12 @@ class Model:
         if target.suffix != ".safetensors":
             raise ConfigError(f"save: the path must end in .safetensors, got {os.fspath(path)!r}")
         state = self.net.state_dict()
+        if self.strategy == "fsdp" and any(type(t).__name__ == "DTensor" for t in state.values()):
+            from torchhouse.fsdp import full_state_dict
+
+            state = full_state_dict(self.net)  # every rank takes part (call save on every rank)
+            if torch.distributed.get_rank() != 0:
+                return target  # rank 0 writes the one full file
         atomic_save_tensors(target, state, metadata={"format": "torchhouse-weights"}, content_digest=True)
         atomic_write_json(target.with_suffix(".json"), self._metadata(state))
         return target
