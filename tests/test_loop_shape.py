@@ -216,3 +216,16 @@ def test_evaluate_and_predict_share_the_batch_loop_and_its_first_step_check():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert m.predict(x, batch_size=8).shape == (20, 3)
+
+
+def test_warnings_point_at_the_users_line_from_any_depth():
+    x, y = make_classification(n=40)
+    poisoned = x.clone()
+    poisoned[5] = float("nan")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model().fit(poisoned, y, epochs=1, batch_size=8, progress="none", on_nonfinite="skip")  # fit -> loop
+        model().fit(iter([(x[:8], y[:8])]), epochs=1, steps_per_epoch=2, progress="none")  # a stream runs out
+    ours = [w for w in caught if "skipped" in str(w.message) or "ran out" in str(w.message)]
+    assert len(ours) == 2
+    assert all(w.filename == __file__ for w in ours), [(w.filename, w.lineno) for w in ours]
