@@ -98,3 +98,28 @@ def test_a_sharded_fit_refuses_a_run_folder_it_cannot_resume_and_fp16():
     assert 'strategy="fsdp" does not write resumable run folders yet' in message
     with pytest.raises(th.ConfigError, match="strategy: expected 'ddp' or 'fsdp'"):
         th.Model(Blocks(), loss=nn.CrossEntropyLoss(), strategy="zero3")
+
+
+def _early_stopped():
+    torch.manual_seed(0)
+    model = th.Model(
+        Blocks(),
+        loss=nn.CrossEntropyLoss(),
+        device="cpu",
+        strategy="fsdp",
+        optimizer=lambda p: torch.optim.SGD(p, lr=0.5),
+    )
+    x, y = data()
+    stop = th.callbacks.EarlyStopping(monitor="val_loss", patience=1, restore_best_weights=True)
+    history = model.fit(
+        x, y, validation_data=(x[:40], y[:40]), epochs=8, batch_size=16, progress="none", callbacks=[stop]
+    )
+    return history.history["val_loss"], model.evaluate(x[:40], y[:40])["loss"]
+
+
+def test_early_stopping_restores_the_best_sharded_weights():
+    val_losses, after = th.launch(_early_stopped, nprocs=2, timeout=90)
+    assert len(val_losses) < 8  # it stopped
+    assert after == pytest.approx(
+        min(val_losses), rel=1e-6
+    )  # the best epoch's weights, restored on every shard

@@ -61,6 +61,13 @@ class Callback:
     def set_model(self, model: Model) -> None:
         self.model = model
 
+    def say(self, message: str) -> None:
+        """Print ``message`` once: on rank 0 only under several processes."""
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0:
+            print(message)
+
     def on_fit_start(self, logs: dict[str, Any]) -> None:
         """Called once before the first epoch (``logs`` is empty)."""
 

@@ -104,7 +104,7 @@ class EarlyStopping(Callback):
                     best = f"best {self.best:.4g} at epoch {(self.best_epoch or 0) + 1}, under the baseline"
                 else:
                     best = f"best {self.best:.4g} at epoch {(self.best_epoch or 0) + 1}"
-                print(
+                self.say(
                     f"EarlyStopping: {self.monitor} has not improved for {self.wait} epochs ({best}); stop."
                 )
 

@@ -59,7 +59,7 @@ class LearningRateScheduler(Callback):
             )
         _set_lr(self, float(lr))
         if self.verbose:
-            print(f"Epoch {epoch + 1}: LearningRateScheduler set the learning rate to {lr:.6g}.")
+            self.say(f"Epoch {epoch + 1}: LearningRateScheduler set the learning rate to {lr:.6g}.")
 
 
 class ReduceLROnPlateau(Callback):
@@ -130,7 +130,9 @@ class ReduceLROnPlateau(Callback):
                     new = max(old * self.factor, self.min_lr)
                     _set_lr(self, new)
                     if self.verbose:
-                        print(f"Epoch {epoch + 1}: ReduceLROnPlateau reduced the learning rate to {new:.6g}.")
+                        self.say(
+                            f"Epoch {epoch + 1}: ReduceLROnPlateau reduced the learning rate to {new:.6g}."
+                        )
                     self.cooldown_counter = self.cooldown
                     self.wait = 0
 
