@@ -229,3 +229,21 @@ def test_warnings_point_at_the_users_line_from_any_depth():
     ours = [w for w in caught if "skipped" in str(w.message) or "ran out" in str(w.message)]
     assert len(ours) == 2
     assert all(w.filename == __file__ for w in ours), [(w.filename, w.lineno) for w in ours]
+
+
+def test_in_a_terminal_the_progress_bar_shows_each_epoch_with_its_final_values(monkeypatch):
+    import io
+    import sys
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    x, y = make_classification(n=80)
+    m = model()
+    h = m.fit(x, y, epochs=2, batch_size=8, validation_split=0.25, progress="auto")
+    text = terminal.getvalue()
+    assert "Epoch 1/2" in text and "Epoch 2/2" in text and "8/8" in text
+    assert f"val_loss: {h.history['val_loss'][-1]:.4g}" in text.splitlines()[-1]
