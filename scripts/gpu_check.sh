@@ -26,8 +26,12 @@ if [ "$(python3 -c 'import torch; print(torch.cuda.device_count())')" -ge 2 ]; t
   TORCHHOUSE_TEST_DEVICE=cuda python3 -m torch.distributed.run --standalone --nproc-per-node=2 \
     tests/ddp_worker.py "$out/ddp-nccl.json" fit 2>&1 | tail -n 20
   ddp_rc=${PIPESTATUS[0]}
+  echo "== FSDP2 (strategy=fsdp) with NCCL on 2 GPUs =="
+  TORCHHOUSE_TEST_DEVICE=cuda python3 -m torch.distributed.run --standalone --nproc-per-node=2 \
+    tests/ddp_worker.py "$out/fsdp-nccl.json" fsdp 2>&1 | tail -n 20
+  [ "${PIPESTATUS[0]}" -eq 0 ] || ddp_rc=1
 else
-  echo "(one GPU: the NCCL DDP check needs 2+ GPUs and was not run)"
+  echo "(one GPU: the NCCL DDP and FSDP checks need 2+ GPUs and were not run)"
 fi
 
 TORCHHOUSE_BENCH_DEVICE=cuda timeout 240 python3 benchmarks/run.py --workloads tabular digits wide \

@@ -1,6 +1,6 @@
 """Training for the multi-process tests: run by torchrun, by th.launch, or alone as the reference.
 
-usage: python ddp_worker.py OUT MODE   (MODE: fit | raise)
+usage: python ddp_worker.py OUT MODE   (MODE: fit | fsdp | raise)
 Under K processes the per-process batch is 16; alone it is 16 * K (the same global batch).
 """
 
@@ -76,6 +76,7 @@ def train(mode="fit", world=None):
         },
         # scripts/gpu_check.sh sets TORCHHOUSE_TEST_DEVICE=cuda: each rank then takes cuda:LOCAL_RANK (NCCL)
         device=None if os.environ.get("TORCHHOUSE_TEST_DEVICE") == "cuda" else "cpu",
+        strategy="fsdp" if mode == "fsdp" else "ddp",
     )
     x, y, x_val, y_val = data()
     initial = model.evaluate(x_val, y_val, batch_size=4)
@@ -95,8 +96,11 @@ def train(mode="fit", world=None):
         "history": history.history,
         "evaluate": evaluation,
         "initial_evaluate": initial,
-        "params": {k: v.tolist() for k, v in model.net.state_dict().items()},
+        "params": {
+            k: getattr(v, "full_tensor", lambda v=v: v)().tolist() for k, v in model.net.state_dict().items()
+        },
         "ddp_dropped": model._forward_net is model.net,
+        "sharded": type(model.net.state_dict()["0.weight"]).__name__ == "DTensor",
     }
 
 

@@ -263,3 +263,11 @@ def test_a_net_with_its_own_loss_and_dict_batches_trains_under_several_processes
         torch.testing.assert_close(
             torch.tensor(result["params"][key]), torch.tensor(reference["params"][key])
         )
+
+
+def test_torchrun_with_fsdp_matches_one_process(tmp_path):
+    done = torchrun(2, tmp_path / "fsdp.json", "fsdp")
+    assert done.returncode == 0, done.stderr[-3000:]
+    sharded = json.loads((tmp_path / "fsdp.json").read_text())
+    assert sharded["sharded"]
+    assert_close_results(sharded, single(tmp_path / "one.json", 2))

@@ -83,19 +83,7 @@ def test_two_sharded_processes_equal_one_process_with_the_same_global_batch(tmp_
     torch.testing.assert_close(plain.predict(x[:10]), torch.tensor(reference["predictions"]))
 
 
-def _with_run_dir(folder):
-    model = th.Model(Blocks(), loss=nn.CrossEntropyLoss(), device="cpu", strategy="fsdp")
-    x, y = data()
-    try:
-        model.fit(x, y, epochs=1, progress="none", run_dir=folder)
-    except th.ConfigError as exc:
-        return str(exc)
-    return "no error"
-
-
-def test_a_sharded_fit_refuses_a_run_folder_it_cannot_resume_and_fp16():
-    message = th.launch(_with_run_dir, "unused-run", nprocs=2, timeout=60)
-    assert 'strategy="fsdp" does not write resumable run folders yet' in message
+def test_an_unknown_strategy_is_refused():
     with pytest.raises(th.ConfigError, match="strategy: expected 'ddp' or 'fsdp'"):
         th.Model(Blocks(), loss=nn.CrossEntropyLoss(), strategy="zero3")
 
@@ -123,3 +111,71 @@ def test_early_stopping_restores_the_best_sharded_weights():
     assert after == pytest.approx(
         min(val_losses), rel=1e-6
     )  # the best epoch's weights, restored on every shard
+
+
+def _with_checkpoints(folder, crash_at):
+    class Crash(th.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs):
+            if self.model.global_step == crash_at and int(os.environ["RANK"]) == 1:
+                raise RuntimeError("rank 1 crashes mid-epoch")
+
+    torch.manual_seed(0)
+    net = Blocks()
+    net.blocks.insert(1, nn.Dropout(0.2))  # randomness inside the sharded net: RNG states must resume too
+    model = th.Model(
+        net, loss=nn.CrossEntropyLoss(), metrics=["acc"], device="cpu", strategy="fsdp"
+    )  # fused AdamW
+    x, y = data()
+    history = model.fit(
+        x,
+        y,
+        epochs=3,
+        batch_size=16,
+        seed=5,
+        progress="none",
+        run_dir=folder,
+        resume=True,
+        checkpoint_every=3,
+        callbacks=[Crash()],
+    )
+    return {"history": history.history, "predictions": model.predict(x[:10]).tolist()}
+
+
+def test_a_sharded_run_killed_mid_epoch_resumes_bit_identically(tmp_path):
+    from safetensors import safe_open
+
+    reference = th.launch(_with_checkpoints, str(tmp_path / "whole"), -1, nprocs=2, timeout=120)
+    with pytest.raises(RuntimeError, match="rank 1 crashes mid-epoch"):
+        th.launch(_with_checkpoints, str(tmp_path / "run"), 7, nprocs=2, timeout=120)
+    checkpoints = tmp_path / "run" / "checkpoints"
+    shards = sorted(checkpoints.glob("ckpt-*.shards/rank-*.safetensors"))
+    assert {p.name for p in shards} == {"rank-0.safetensors", "rank-1.safetensors"}  # each rank its own file
+    with safe_open(str(shards[0]), "pt") as handle:  # plain safetensors: tensors only, no pickle
+        assert any(key.startswith("model/") for key in handle.keys())  # noqa: SIM118 (not a dict)
+    resumed = th.launch(_with_checkpoints, str(tmp_path / "run"), -1, nprocs=2, timeout=120)
+    assert resumed == reference  # history and predictions, bit for bit
+    assert json_status(tmp_path / "run") == "finished"
+    with_dropout = Blocks()
+    with_dropout.blocks.insert(1, nn.Dropout(0.2))
+    plain = th.Model(with_dropout, loss=nn.CrossEntropyLoss(), device="cpu")
+    plain.load_weights(tmp_path / "run" / "model.safetensors")  # the gathered full weights
+    x, _ = data()
+    torch.testing.assert_close(plain.predict(x[:10]), torch.tensor(reference["predictions"]))
+
+
+def json_status(folder):
+    import json
+
+    return json.loads((folder / "run.json").read_text())["status"]
+
+
+def test_a_damaged_shard_on_one_rank_makes_every_rank_fall_back_to_an_older_state(tmp_path):
+    reference = th.launch(_with_checkpoints, str(tmp_path / "whole"), -1, nprocs=2, timeout=120)
+    with pytest.raises(RuntimeError, match="rank 1 crashes mid-epoch"):
+        th.launch(_with_checkpoints, str(tmp_path / "run"), 11, nprocs=2, timeout=120)
+    newest = sorted((tmp_path / "run" / "checkpoints").glob("ckpt-*.shards"))[-1] / "rank-1.safetensors"
+    data = bytearray(newest.read_bytes())
+    data[-8:] = b"\x00" * 8  # damage the tensor bytes of rank 1's newest shards
+    newest.write_bytes(bytes(data))
+    resumed = th.launch(_with_checkpoints, str(tmp_path / "run"), -1, nprocs=2, timeout=120)
+    assert resumed == reference  # an older state, then the same steps: the same run

@@ -20,12 +20,12 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from torchhouse.errors import ConfigError
+from torchhouse.errors import CheckpointError, ConfigError
 
 if TYPE_CHECKING:
     from torchhouse.model import Model
 
-__all__ = ["full_state_dict", "is_sharded", "shard"]
+__all__ = ["SHARD", "full_state_dict", "is_sharded", "join_shards", "live_parameter", "shard", "split_shards"]
 
 
 def is_sharded(net: nn.Module) -> bool:
@@ -87,3 +87,60 @@ def full_state_dict(net: nn.Module) -> dict[str, Any]:
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     return get_model_state_dict(net, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+# --------------------------------------------------------------------------- sharded states
+
+SHARD = "__fsdp_shard__"  # stands in the shared state where a rank's own shard goes
+
+
+def split_shards(tree: Any, path: str, shards: dict[str, torch.Tensor]) -> Any:
+    """``tree`` with each DTensor replaced by `SHARD`; this rank's local shards go to ``shards``."""
+    from torch.distributed.tensor import DTensor
+
+    if isinstance(tree, DTensor):
+        shards[path] = tree.to_local().detach().contiguous().cpu()
+        return SHARD
+    if isinstance(tree, dict):
+        return {k: split_shards(v, f"{path}/{k}", shards) for k, v in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return type(tree)(split_shards(v, f"{path}/{i}", shards) for i, v in enumerate(tree))
+    return tree
+
+
+def join_shards(tree: Any, path: str, shards: dict[str, torch.Tensor], like: Any) -> Any:
+    """The inverse of `split_shards`: each `SHARD` becomes a DTensor placed as ``like(path)``,
+    the live parameter it belongs to (same world size, so the same placements)."""
+    from torch.distributed.tensor import DTensor
+
+    if isinstance(tree, str) and tree == SHARD:
+        if path not in shards:
+            raise CheckpointError(f"this rank's shard file lacks {path!r}")
+        param = like(path)
+        return DTensor.from_local(
+            shards[path].to(param.device),
+            param.device_mesh,
+            param.placements,
+            shape=param.shape,
+            stride=param.stride(),
+        )
+    if isinstance(tree, dict):
+        return {k: join_shards(v, f"{path}/{k}", shards, like) for k, v in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return type(tree)(join_shards(v, f"{path}/{i}", shards, like) for i, v in enumerate(tree))
+    return tree
+
+
+def live_parameter(model: Model) -> Any:
+    """Maps a shard's path (model/NAME, grads/NAME, optimizers/I/state/INDEX/KEY) to its parameter."""
+    params = dict(model.net.named_parameters())
+    per_optimizer = [[p for group in o.param_groups for p in group["params"]] for o in model.optimizers()]
+
+    def like(path: str) -> Any:
+        kind, rest = path.split("/", 1)
+        if kind in ("model", "grads"):
+            return params[rest]
+        optimizer, _, index, _ = rest.split("/", 3)
+        return per_optimizer[int(optimizer)][int(index)]
+
+    return like

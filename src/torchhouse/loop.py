@@ -178,6 +178,7 @@ class FitLoop:
         self.epoch_rng: dict[str, Any] | None = None
         self.resumed: TrainingState | None = None
         self.lr = float("nan")
+        self.sharded = context is not None and getattr(model, "strategy", "ddp") == "fsdp"  # FSDP2 states
         self.fit_config = fit_config
         acc = model.train_metrics
         acc.capacity = max(self.steps or 64, 1)
@@ -458,8 +459,18 @@ class FitLoop:
             "fit": self.fit_config,
         }
 
-    def _restore(self, state: TrainingState) -> None:
+    def _restore(self, state: TrainingState, name: str = "") -> None:
         """Restore a saved state; raises on damage, so an older state can be tried instead."""
+        if state.shards is not None:
+            failure: Exception | None = None
+            try:
+                self._join_shards(state, name)
+            except Exception as exc:  # a damaged shard file: every rank must fall back together
+                failure = exc
+            if self.context is not None and distributed.any_rank(failure is not None, self.model.device):
+                raise failure or CheckpointError(f"another rank could not read its shards of {name}")
+            if failure is not None:
+                raise failure
         state.restore(self.model)
         self.callbacks.load_state_dict(state.callbacks)
         self.best = state.best
@@ -469,6 +480,21 @@ class FitLoop:
         if state.batch > 0:
             rng.restore(state.part("rng_epoch_start"), self.generators)
             self.model.train_metrics.load_state_dict(state.part("train_metrics"))
+
+    def _join_shards(self, state: TrainingState, name: str) -> None:
+        """Put this rank's FSDP shards (its own file, checked by digest) back into ``state``."""
+        from torchhouse.fsdp import join_shards, live_parameter
+
+        assert self.run_dir is not None and state.shards is not None
+        if not self.sharded or self.context is None or len(state.shards) != self.context.world_size:
+            raise CheckpointError(
+                "a sharded (strategy='fsdp') state resumes only with the same number of processes"
+            )
+        shards = self.run_dir.load_shard(name, self.context.rank, str(state.shards[self.context.rank]))
+        like = live_parameter(self.model)
+        state.model = join_shards(state.model, "model", shards, like)
+        state.optimizers = join_shards(state.optimizers, "optimizers", shards, like)
+        state.grads = join_shards(state.grads, "grads", shards, like)
 
     def _return_finished(self) -> History:
         assert self.run_dir is not None

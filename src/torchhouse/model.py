@@ -707,12 +707,6 @@ class Model:
 
         callback_list += automatic_callbacks(callback_list, run_dir, plot, tensorboard)
         context = distributed.setup(self.device)
-        if context is not None and self.strategy == "fsdp" and run_dir is not None:
-            raise ConfigError(
-                'strategy="fsdp" does not write resumable run folders yet (sharded safetensors states '
-                "are not built): fit without run_dir, and save the weights with model.save(path) on "
-                "every rank"
-            )
         if seed is not None:
             from torchhouse.rng import seed_everything
 
@@ -1107,6 +1101,16 @@ class Model:
         missing, unexpected or mis-shaped tensor when the file does not fit the net.
         """
         tensors = read_tensors(path)
+        from torchhouse.fsdp import is_sharded
+
+        if self.strategy == "fsdp" and is_sharded(self.net):  # every rank loads the full file
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+            full: dict[str, Any] = dict(tensors)
+            set_model_state_dict(
+                self.net, full, options=StateDictOptions(full_state_dict=True, strict=strict)
+            )
+            return
         check_state_matches(self.net, tensors, os.fspath(path), strict)
         self.net.load_state_dict(tensors, strict=strict)
 

@@ -90,7 +90,7 @@ def load_resume_state(
         check_fingerprint(state.fingerprint, fingerprint, where)
         try:
             state = state.for_rank(rank)
-            restore(state)
+            restore(state, name)
         except Exception as exc:  # damage the checksum cannot see, e.g. a state from a bug
             warnings.warn(
                 f"skipping the checkpoint {name}, which cannot be restored ({type(exc).__name__}: "

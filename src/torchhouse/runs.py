@@ -42,6 +42,7 @@ __all__ = [
 ]
 
 STATE_PREFIX = "ckpt-"
+SHARDS_SUFFIX = ".shards"  # ckpt-NAME.shards/rank-R.safetensors: each rank's FSDP shards of state NAME
 
 
 def write_history_csv(path: str | os.PathLike[str], history: History) -> None:
@@ -236,7 +237,10 @@ class RunDir:
         return sorted(
             p.name
             for p in self.checkpoints.iterdir()
-            if p.name.startswith(STATE_PREFIX) and not p.is_symlink() and p.is_dir()
+            if p.name.startswith(STATE_PREFIX)
+            and not p.name.endswith(SHARDS_SUFFIX)
+            and not p.is_symlink()
+            and p.is_dir()
         )
 
     @staticmethod
@@ -265,6 +269,33 @@ class RunDir:
         meta["state"]["stop_training"] = stop_training
         atomic_write_json(meta_file, seal_state_json(meta["sha256"], meta["state"]))
 
+    def save_shard(self, name: str, rank: int, tensors: dict[str, Any]) -> str:
+        """Write this rank's shards of state ``name`` (safetensors, atomic); returns their digest."""
+        from torchhouse.checkpoint import atomic_save_tensors, tensors_digest
+
+        self._refuse_symlinks()
+        folder = self.checkpoints / f"{name}{SHARDS_SUFFIX}"
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_save_tensors(
+            folder / f"rank-{rank}.safetensors",
+            tensors,
+            metadata={"format": "torchhouse-shard"},
+            content_digest=True,
+        )
+        return tensors_digest(tensors)
+
+    def load_shard(self, name: str, rank: int, digest: str) -> dict[str, Any]:
+        """This rank's shards of state ``name``, checked against the digest the state recorded."""
+        from torchhouse.checkpoint import read_tensors, tensors_digest
+
+        file = self.checkpoints / f"{name}{SHARDS_SUFFIX}" / f"rank-{rank}.safetensors"
+        if not file.is_file():
+            raise CheckpointError(f"{file}: missing (each rank of a sharded run writes its own shard file)")
+        tensors = read_tensors(file)
+        if tensors_digest(tensors) != digest:
+            raise CheckpointError(f"{file}: does not match the state that names it")
+        return tensors
+
     def best_state_name(self) -> str | None:
         file = self.checkpoints / "best.json"
         if not file.exists():
@@ -283,6 +314,10 @@ class RunDir:
                 doomed = self.checkpoints / f".deleting-{name}"
                 os.replace(self.checkpoints / name, doomed)
                 shutil.rmtree(doomed, ignore_errors=True)
+                shards = self.checkpoints / f"{name}{SHARDS_SUFFIX}"
+                if shards.is_dir() and not shards.is_symlink():
+                    os.replace(shards, self.checkpoints / f".deleting-{name}{SHARDS_SUFFIX}")
+                    shutil.rmtree(self.checkpoints / f".deleting-{name}{SHARDS_SUFFIX}", ignore_errors=True)
 
     def load_latest_state(self) -> tuple[str, dict[str, Any]] | None:
         """The newest intact state; damaged ones are skipped with a warning naming the problem."""

@@ -57,6 +57,7 @@ class TrainingState:
     rng_epoch_start: dict[str, Any] | None = None  # ... and at the start of the epoch (batch > 0)
     train_metrics: dict[str, Any] | None = None  # the epoch's partial sums (batch > 0)
     ranks: list[dict[str, Any]] | None = None  # per-rank rng/metric parts under several processes
+    shards: list[str] | None = None  # strategy="fsdp": each rank's shard file digest, in rank order
     version: int = SCHEMA_VERSION
 
     # ------------------------------------------------------------------ to and from a fit
@@ -190,6 +191,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "rng_epoch_start": (dict, type(None)),
     "train_metrics": (dict, type(None)),
     "ranks": (list, type(None)),
+    "shards": (list, type(None)),
 }
 
 

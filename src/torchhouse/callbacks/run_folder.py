@@ -44,7 +44,7 @@ class RunFolderWriter(Callback):
                 status=status, interrupted_at={"epoch": model.epoch + 1, "step": model.global_step}
             )
         finished = status in ("finished", "stopped_early")
-        if finished:
+        if finished and not self.fit.sharded:  # a sharded net is saved by every rank (StateCheckpoint)
             model.save(run_dir.path / "model.safetensors")
         run_dir.update(
             status=status,
@@ -56,7 +56,7 @@ class RunFolderWriter(Callback):
         )
         if len(model.history):
             _write_plot(model.history, self.fit.monitor, run_dir.path / "history.png")
-        if finished and self.fit.example_batch is not None:
+        if finished and self.fit.example_batch is not None and not self.fit.sharded:
             from torchhouse.serving import write_serving_files
 
             inputs, _ = model.unpack_batch(self.fit.example_batch)

@@ -48,7 +48,11 @@ class StateCheckpoint(Callback):
             self.save(epoch + 1, 0, best=self.fit.improved)
 
     def on_fit_exit(self, status: str, logs: dict[str, Any]) -> None:
-        if status in ("finished", "stopped_early") and self.fit.is_main:
+        finished = status in ("finished", "stopped_early")
+        if finished and self.fit.sharded:
+            # gathering a sharded net is a collective: every rank saves, rank 0 writes
+            self.model.save(self.run_dir.path / "model.safetensors")
+        if finished and self.fit.is_main:
             self.run_dir.mark_last_state_finished(self.model.stop_training)
 
     def save(self, epoch: int, batch: int, best: bool = False) -> None:
@@ -67,6 +71,18 @@ class StateCheckpoint(Callback):
             state.rng, state.rng_epoch_start, state.train_metrics = own.values()
         else:
             state.ranks = distributed.gather_objects(to_cpu(own))
+        if fit.sharded:
+            # strategy="fsdp": each rank writes its own shards; the state keeps their digests
+            from torchhouse.fsdp import split_shards
+
+            shards: dict[str, Any] = {}
+            state.model = split_shards(state.model, "model", shards)
+            state.optimizers = split_shards(state.optimizers, "optimizers", shards)
+            state.grads = split_shards(state.grads, "grads", shards)
+            assert fit.context is not None
+            name = self.run_dir.state_name(epoch, batch)
+            digest = self.run_dir.save_shard(name, fit.context.rank, shards)
+            state.shards = distributed.gather_objects(digest)
         if fit.is_main:
             self.run_dir.save_state(state.state_dict(), fit.keep_checkpoints, best=best)
         if fit.context is not None:
