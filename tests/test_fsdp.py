@@ -1,12 +1,16 @@
 """strategy="fsdp" (FSDP2) on two CPU processes with gloo: sharded training equals one process."""
 
 import os
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
 import torchhouse as th
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 pytestmark = [
     pytest.mark.slow,
@@ -114,10 +118,7 @@ def test_early_stopping_restores_the_best_sharded_weights():
 
 
 def _with_checkpoints(folder, crash_at):
-    class Crash(th.callbacks.Callback):
-        def on_train_batch_end(self, batch, logs):
-            if self.model.global_step == crash_at and int(os.environ["RANK"]) == 1:
-                raise RuntimeError("rank 1 crashes mid-epoch")
+    from ddp_worker import CrashAtStep  # rank 1 raises at that global step
 
     torch.manual_seed(0)
     net = Blocks()
@@ -136,7 +137,7 @@ def _with_checkpoints(folder, crash_at):
         run_dir=folder,
         resume=True,
         checkpoint_every=3,
-        callbacks=[Crash()],
+        callbacks=[CrashAtStep(crash_at)],
     )
     return {"history": history.history, "predictions": model.predict(x[:10]).tolist()}
 
@@ -179,3 +180,35 @@ def test_a_damaged_shard_on_one_rank_makes_every_rank_fall_back_to_an_older_stat
     newest.write_bytes(bytes(data))
     resumed = th.launch(_with_checkpoints, str(tmp_path / "run"), -1, nprocs=2, timeout=120)
     assert resumed == reference  # an older state, then the same steps: the same run
+
+
+def _custom_step_in_bf16():
+    class WithPenalty(th.Model):
+        def train_step(self, batch):
+            inputs, target = self.unpack_batch(batch)
+            with self.autocast():
+                preds = self.forward(inputs)
+                penalty = 0.01 * preds.float().pow(2).mean()
+                loss = self.compute_loss(preds, target) + penalty
+            self.backward(loss)
+            self.optimizer_step()
+            return {"loss": loss, "preds": preds, "target": target, "penalty": penalty}
+
+    torch.manual_seed(0)
+    model = WithPenalty(
+        Blocks(),
+        loss=nn.CrossEntropyLoss(),
+        device="cpu",
+        strategy="fsdp",
+        precision="bf16-mixed",
+        accumulate_grad_batches=2,
+    )
+    x, y = data()
+    history = model.fit(x, y, epochs=3, batch_size=16, progress="none")
+    return history.history, type(model.net.state_dict()["stem.weight"]).__name__
+
+
+def test_a_custom_step_with_bf16_and_accumulation_trains_sharded():
+    history, kind = th.launch(_custom_step_in_bf16, nprocs=2, timeout=120)
+    assert kind == "DTensor" and set(history) == {"loss", "penalty"}
+    assert history["loss"][-1] < history["loss"][0]  # it learns under FSDP's bf16 policy

@@ -383,3 +383,23 @@ def test_a_dead_running_trial_is_failed_and_another_monitor_is_refused(tuning_da
     assert study.trials[orphan.number].user_attrs["error"].startswith("its process died")
     with pytest.raises(th.ConfigError, match="created to minimize val_loss, now asked to maximize val_acc"):
         th.tune(build, x, y, n_trials=4, monitor="val_acc", **options)
+
+
+def test_shard_files_are_written_read_back_checked_and_never_followed_out_of_the_folder(tmp_path):
+    run = RunDir(tmp_path / "r")
+    tensors = {"model/w": torch.arange(4.0)}
+    digest = run.save_shard("ckpt-00001-0000000", 0, tensors)
+    assert torch.equal(run.load_shard("ckpt-00001-0000000", 0, digest)["model/w"], tensors["model/w"])
+    with pytest.raises(th.CheckpointError, match="does not match"):
+        run.load_shard("ckpt-00001-0000000", 0, "0" * 64)
+    with pytest.raises(th.CheckpointError, match="missing"):
+        run.load_shard("ckpt-00001-0000000", 1, digest)
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (outside / "rank-0.safetensors").write_bytes(
+        (run.checkpoints / "ckpt-00001-0000000.shards" / "rank-0.safetensors").read_bytes()
+    )
+    (run.checkpoints / "ckpt-00002-0000000.shards").symlink_to(outside)
+    with pytest.raises(th.CheckpointError, match="a symlink"):
+        run.load_shard("ckpt-00002-0000000", 0, digest)
+    assert run.state_names() == []  # shard folders are not states

@@ -178,7 +178,7 @@ class FitLoop:
         self.epoch_rng: dict[str, Any] | None = None
         self.resumed: TrainingState | None = None
         self.lr = float("nan")
-        self.sharded = context is not None and getattr(model, "strategy", "ddp") == "fsdp"  # FSDP2 states
+        self.sharded = context is not None and model.strategy == "fsdp"  # FSDP2: per-rank shard files
         self.fit_config = fit_config
         acc = model.train_metrics
         acc.capacity = max(self.steps or 64, 1)

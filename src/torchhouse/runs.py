@@ -288,7 +288,10 @@ class RunDir:
         """This rank's shards of state ``name``, checked against the digest the state recorded."""
         from torchhouse.checkpoint import read_tensors, tensors_digest
 
-        file = self.checkpoints / f"{name}{SHARDS_SUFFIX}" / f"rank-{rank}.safetensors"
+        folder = self.checkpoints / f"{name}{SHARDS_SUFFIX}"
+        file = folder / f"rank-{rank}.safetensors"
+        if folder.is_symlink() or file.is_symlink():
+            raise CheckpointError(f"{file}: a symlink; shard files are read only from inside the run folder")
         if not file.is_file():
             raise CheckpointError(f"{file}: missing (each rank of a sharded run writes its own shard file)")
         tensors = read_tensors(file)
