@@ -1,6 +1,7 @@
 """Fast paths give exactly what the slow paths give: the DataLoader fast path, batch for batch."""
 
 import copy
+import math
 
 import pytest
 import torch
@@ -289,3 +290,58 @@ def test_the_default_optimizer_falls_back_where_the_fused_kernel_refuses(monkeyp
     optimizer = default_optimizer(list(nn.Linear(2, 1).parameters()))
     assert isinstance(optimizer, plain_adamw) and not optimizer.defaults["fused"]
     assert optimizer.defaults["lr"] == 1e-3
+
+
+def test_epoch_values_read_in_one_go_are_the_sample_weighted_means():
+    """EpochMetrics.compute reads every column and metric result in one device read and
+    sums on the host: the values are the float64 sample-weighted means, a stateful metric's
+    dict result is spread over named keys, and skipped (non-finite) steps are left out."""
+    from torchhouse.metrics import EpochMetrics
+
+    class Spread:  # a stateful metric whose compute returns a dict of tensors
+        full_state_update = True
+
+        def __init__(self):
+            self.total = torch.zeros(())
+
+        def update(self, preds, target):
+            self.total += preds.sum()
+
+        def compute(self):
+            return {"sum": self.total, "half": self.total / 2}
+
+        def reset(self):
+            self.total = torch.zeros(())
+
+    losses, sizes = [0.5, 2.0, float("nan"), 1.25], [8, 8, 8, 3]
+    first = lambda p, t: p[:, 0].mean()
+    acc = EpochMetrics({"first": first, "spread": Spread()}, torch.device("cpu"), capacity=2)
+    acc.ignore_nonfinite = True
+    steps = []
+    for loss, n in zip(losses, sizes):
+        preds = torch.arange(2 * n, dtype=torch.float32).reshape(n, 2) * loss
+        steps.append(preds)
+        acc.update({"loss": torch.tensor(loss), "preds": preds, "target": torch.zeros(n)}, n)
+    values = acc.compute()
+    kept = [i for i, v in enumerate(losses) if v == v]
+    total = sum(sizes[i] for i in kept)
+    assert list(values) == ["loss", "first", "spread_sum", "spread_half"]
+    assert values["loss"] == sum(losses[i] * sizes[i] for i in kept) / total
+    assert values["first"] == pytest.approx(
+        sum(float(steps[i][:, 0].mean()) * sizes[i] for i in kept) / total
+    )
+    assert math.isnan(values["spread_sum"])  # the metric saw the NaN step: its own business
+    assert acc.nonfinite == 1
+
+    acc.ignore_nonfinite = False
+    acc.reset()
+    acc.update({"loss": torch.tensor(float("nan")), "preds": steps[0], "target": torch.zeros(8)}, 8)
+    assert math.isnan(acc.compute()["loss"]) and acc.nonfinite == 1
+    acc.ignore_nonfinite = True  # every step skipped: 0 / 0 samples, NaN, not an error
+    assert math.isnan(acc.compute()["loss"])
+    assert math.isnan(acc.partial_loss()) and acc.nonfinite == 1
+
+    summed = EpochMetrics({}, torch.device("cpu"), capacity=4, loss_reduction="sum")
+    for loss, n in [(3.0, 4), (5.0, 2)]:
+        summed.update({"loss": torch.tensor(loss)}, n)
+    assert summed.compute() == {"loss": (3.0 + 5.0) / 6}  # per-sample mean of summed losses

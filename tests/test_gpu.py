@@ -96,3 +96,93 @@ def test_resume_on_cuda_is_bit_identical_with_dropout(tmp_path):
     assert history.history == ref_history.history
     for p, q in zip(model.net.parameters(), reference.net.parameters()):
         assert torch.equal(p, q)
+
+
+class NoisyRows(torch.utils.data.Dataset):
+    """Rows with CPU-side noise drawn in __getitem__ (the global RNG): no loader fast path,
+    and any read-ahead of the loop would change which noise each batch gets."""
+
+    def __init__(self, x, y):
+        self.x, self.y = x, y
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return {"x": self.x[i] + 0.01 * torch.randn(self.x.shape[1])}, self.y[i]
+
+
+class DictNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.net = make_net(features=64, dropout=0.2)
+
+    def forward(self, batch):
+        return self.net(batch["x"])
+
+
+def _plain_transfer(batches, device):
+    for batch in batches:
+        yield th.data.move_to(batch, device)
+
+
+@pytest.mark.parametrize("pin_memory", [False, True])
+def test_overlapped_copies_equal_plain_copies(monkeypatch, tmp_path, pin_memory):
+    """The side-stream copy of CPU batches (transfer.device_batches) trains bit-identically
+    to a plain .to(device) per batch: large batches (a missing stream wait would read
+    half-copied memory), CPU noise drawn per sample, validation, predict, and a fit killed
+    mid-epoch and resumed."""
+    from torchhouse import loop
+    from torchhouse.data import move_to
+
+    def plain_transfer(batches, device):
+        for batch in batches:
+            yield move_to(batch, device)
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4096, 64, generator=g)
+    y = (x[:, :3].sum(1) > 0).long() + (x[:, 3] > 1).long()
+
+    def loader(shuffle=True):
+        return DataLoader(
+            NoisyRows(x, y),
+            batch_size=512,
+            shuffle=shuffle,
+            pin_memory=pin_memory,
+            generator=torch.Generator().manual_seed(1),
+        )
+
+    def fit(name, crash_at=-1, resume=False):
+        torch.manual_seed(0)
+        model = th.Model(DictNet(), loss=nn.CrossEntropyLoss(), device="cuda")
+        history = model.fit(
+            loader(),
+            epochs=3,
+            validation_data=loader(False),
+            progress="none",
+            seed=0,
+            run_dir=tmp_path / name,
+            checkpoint_every=3,
+            resume=resume,
+            callbacks=[CrashAt(crash_at)],
+        )
+        return model, history
+
+    overlapped, h1 = fit("overlapped")
+    with monkeypatch.context() as patch:
+        patch.setattr(loop, "device_batches", plain_transfer)
+        plain, h2 = fit("plain")
+    assert h1.history == h2.history
+    for p, q in zip(overlapped.net.parameters(), plain.net.parameters()):
+        assert torch.equal(p, q)
+    torch.manual_seed(5)
+    a = overlapped.predict(loader(False))
+    torch.manual_seed(5)
+    assert torch.equal(a, plain.predict(loader(False)))
+
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        fit("killed", crash_at=13)
+    resumed, h3 = fit("killed", resume=True)
+    assert h3.history == h1.history
+    for p, q in zip(resumed.net.parameters(), overlapped.net.parameters()):
+        assert torch.equal(p, q)

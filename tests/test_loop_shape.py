@@ -246,4 +246,46 @@ def test_in_a_terminal_the_progress_bar_shows_each_epoch_with_its_final_values(m
     h = m.fit(x, y, epochs=2, batch_size=8, validation_split=0.25, progress="auto")
     text = terminal.getvalue()
     assert "Epoch 1/2" in text and "Epoch 2/2" in text and "8/8" in text
-    assert f"val_loss: {h.history['val_loss'][-1]:.4g}" in text.splitlines()[-1]
+    lines = [line.rsplit("\r", 1)[-1] for line in text.split("\n") if line.strip()]
+    # each epoch keeps one line with its final values; nothing is drawn after the last
+    assert [line.split(":")[0] for line in lines] == ["Epoch 1/2", "Epoch 2/2"]
+    for line, epoch in zip(lines, range(2)):
+        assert f"val_loss: {h.history['val_loss'][epoch]:.4g}" in line and "8/8" in line
+
+
+def test_in_a_terminal_one_bar_serves_the_fit_and_an_interrupted_epoch_keeps_its_line(monkeypatch):
+    import io
+    import sys
+
+    import tqdm
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    made = []
+
+    class CountingBar(tqdm.tqdm):
+        def __init__(self, *args, **kwargs):
+            made.append(kwargs.get("desc"))
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(tqdm, "tqdm", CountingBar)
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    x, y = make_classification(n=80)
+    model().fit(x, y, epochs=4, batch_size=8, progress="bar")
+    assert made == ["Epoch 1/4"]  # created once, reset for each later epoch
+
+    class StopAt(th.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs):
+            if self.model.epoch == 1 and batch == 3:
+                raise KeyboardInterrupt
+
+    terminal.seek(0)
+    terminal.truncate()
+    with pytest.raises(KeyboardInterrupt):
+        model().fit(x, y, epochs=4, batch_size=8, progress="bar", callbacks=[StopAt()])
+    lines = [line.rsplit("\r", 1)[-1] for line in terminal.getvalue().split("\n") if line.strip()]
+    assert [line.split(":")[0] for line in lines] == ["Epoch 1/4", "Epoch 2/4"]
+    assert "10/10" in lines[0] and "4/10" in lines[1]  # the cut epoch shows where it stopped

@@ -43,6 +43,7 @@ from torchhouse.resume import fit_fingerprint, load_resume_state
 from torchhouse.runs import RunDir
 from torchhouse.step_checks import check_step_contract, first_step
 from torchhouse.training_state import TrainingState
+from torchhouse.transfer import device_batches
 
 if TYPE_CHECKING:
     from torchhouse.model import Model
@@ -77,21 +78,20 @@ def run_batches(
 ) -> int:
     """The one batch loop of fit, evaluate and predict; returns the index after the last batch.
 
-    Per batch: move it to the device (when it is not there), ``on_{phase}_batch_start``,
+    Per batch: move it to the device when it is not there (`transfer.device_batches`:
+    on CUDA the copy overlaps the previous step), ``on_{phase}_batch_start``,
     ``step``, ``record(index, output, batch)``, ``on_{phase}_batch_end``, then ``after(index
     + 1)``, which may end the loop by returning True. The first step runs through
     `step_checks.first_step` (when ``check_first``), which explains a failure.
     """
-    device = model.device
-    non_blocking = device.type == "cuda"
+    if transfer:
+        batches = device_batches(batches, model.device)
     begin_hook, end_hook = f"on_{phase}_batch_start", f"on_{phase}_batch_end"
     begins = callbacks is not None and callbacks.wants(begin_hook)
     ends = callbacks is not None and callbacks.wants(end_hook)
     what = {"train": "training", "test": "evaluation"}.get(phase, phase)
     index = start
     for batch in batches:
-        if transfer:
-            batch = move_to(batch, device, non_blocking=non_blocking)
         if begins:
             callbacks.call(begin_hook, index, {})  # type: ignore[union-attr]
         if index == start and check_first:

@@ -16,9 +16,11 @@ when the progress bar refreshes.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Mapping
+import math
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 
 from torchhouse.data import tree_map
@@ -307,7 +309,6 @@ class EpochMetrics:
         self.ignore_nonfinite = False  # on_nonfinite="skip": skipped batches are not counted
         self.sync = False  # under several processes: sum the epoch's values over all ranks
         self.nonfinite = 0  # non-finite training losses in the epoch, set by compute()
-        self._nonfinite = torch.zeros((), dtype=torch.float64)
         self.capacity = max(int(capacity), 1)
         self.reset()
 
@@ -426,32 +427,47 @@ class EpochMetrics:
 
     # -- reads (each one host sync) -------------------------------------------------------
 
-    def _weighted_means(self, sync: bool = True) -> dict[str, torch.Tensor]:
+    def _read(self, scalars: Sequence[torch.Tensor] = ()) -> tuple[torch.Tensor, list[float]]:
+        """The columns' first ``count`` values as one (columns, count) float64 tensor on
+        the CPU, and ``scalars`` as floats: one read of the device for all of them.
+
+        The epoch's sums are then a few CPU operations: on a GPU, reducing each column
+        there costs a handful of kernel launches per column, which outweighs a short epoch.
+        """
         k = self.count
-        sizes = torch.tensor(self.sizes, dtype=torch.float64, device=self.device)
-        keep = None
+        table = torch.stack([column[:k] for column in self.columns.values()]).double()
+        if not scalars:
+            return table.cpu(), []
+        device = table.device
+        extra = torch.stack([s.detach().to(device, torch.float64).reshape(()) for s in scalars])
+        host = torch.cat([table.reshape(-1), extra]).cpu()
+        return host[: table.numel()].reshape(table.shape), host[table.numel() :].tolist()
+
+    def _weighted_means(self, table: torch.Tensor, sync: bool = True) -> dict[str, float]:
+        """Each column's sample-weighted mean over the epoch (summed over ranks when
+        ``sync``); sets ``nonfinite``. ``table`` comes from `_read`."""
+        # numpy, not torch: a few small float64 operations, each cheaper there
+        rows = table.numpy()
+        sizes = np.asarray(self.sizes, dtype=np.float64)
+        finite = np.isfinite(rows[list(self.columns).index("loss")])
         if self.ignore_nonfinite:
-            keep = torch.isfinite(self.columns["loss"][:k])
-            sizes = sizes * keep
-        sums = []
-        for name, column in self.columns.items():
-            values = column[:k].double()
-            if keep is not None:
-                values = torch.where(keep, values, 0.0)
-            if name == "loss" and self.loss_reduction == "sum":
-                sums.append(values.sum())
-            else:
-                sums.append((values * sizes).sum())
-        # The count of non-finite losses rides along, so the NaN check costs no extra sync
+            sizes = sizes * finite
+            rows = np.where(finite, rows, 0.0)
+        sums = [
+            values.sum() if name == "loss" and self.loss_reduction == "sum" else (values * sizes).sum()
+            for name, values in zip(self.columns, rows, strict=True)
+        ]
+        # The count of non-finite losses rides along, so the NaN check costs no extra read
         # (and, summed over ranks, is the same decision on every rank).
-        nonfinite = (~torch.isfinite(self.columns["loss"][:k])).sum().double()
-        totals = torch.stack([*sums, sizes.sum(), nonfinite])
+        totals = [*sums, sizes.sum(), float((~finite).sum())]
         if self.sync and sync:
             from torchhouse.distributed import all_sum
 
-            totals = all_sum(totals)
-        self._nonfinite = totals[-1]
-        return {name: totals[i] / totals[-2] for i, name in enumerate(self.columns)}
+            totals = all_sum(torch.tensor(totals, dtype=torch.float64, device=self.device)).tolist()
+        floats = [float(t) for t in totals]
+        self.nonfinite = int(floats[-1])
+        samples = floats[-2]
+        return {name: _divide(floats[i], samples) for i, name in enumerate(self.columns)}
 
     def compute(self) -> dict[str, float]:
         """The epoch's values as floats: one host sync for all of them.
@@ -462,28 +478,32 @@ class EpochMetrics:
             self.nonfinite = 0
             return {}
         self.flush()
-        values = self._weighted_means()
-        for name in self.weighted:
-            values[name] = values[name] / values.pop(_WEIGHT_SUM + name)
+        names: list[str] = []
+        results: list[torch.Tensor] = []
         for name, metric in self.stateful.items():
             result = metric.compute()
             if isinstance(result, Mapping):
                 for key, value in result.items():
-                    values[f"{name}_{key}"] = _scalar(value, f"{name}[{key!r}]")
+                    names.append(f"{name}_{key}")
+                    results.append(_scalar(value, f"{name}[{key!r}]"))
             else:
-                values[name] = _scalar(result, name)
-        names = list(values)
-        floats = torch.stack(
-            [*(v.double().to(self.device) for v in values.values()), self._nonfinite]
-        ).tolist()
-        self.nonfinite = int(floats.pop())
-        return dict(zip(names, floats, strict=True))
+                names.append(name)
+                results.append(_scalar(result, name))
+        table, floats = self._read(results)
+        values = self._weighted_means(table)
+        for name in self.weighted:
+            values[name] = _divide(values[name], values.pop(_WEIGHT_SUM + name))
+        values.update(zip(names, floats, strict=True))
+        return values
 
     def partial_loss(self) -> float:
         """The sample-weighted mean loss so far in this epoch (one host sync; for progress)."""
         if self.count == 0:
             return float("nan")
-        return float(self._weighted_means(sync=False)["loss"])
+        nonfinite = self.nonfinite
+        loss = self._weighted_means(self._read()[0], sync=False)["loss"]
+        self.nonfinite = nonfinite  # set by compute() only
+        return loss
 
     def first_nonfinite_loss(self) -> tuple[int, float] | None:
         """Index and value of the first non-finite loss recorded so far, or None (one sync)."""
@@ -546,6 +566,13 @@ def _batch_tensor(value: Any) -> bool:
 # every other scalar key a step returns is logged
 _STEP_KEYS = frozenset({"loss", "preds", "target", "batch_size", "sample_weight"})
 _WEIGHT_SUM = "__weight_sum__"  # a weighted metric's helper column: the mean sample weight
+
+
+def _divide(total: float, count: float) -> float:
+    """``total / count`` as float64 tensors divide (NaN for 0 / 0), without a tensor."""
+    if count == 0:
+        return math.nan if total == 0 or math.isnan(total) else math.copysign(math.inf, total)
+    return total / count
 
 
 def _detach(t: torch.Tensor) -> torch.Tensor:

@@ -101,7 +101,8 @@ class Progress:
         self.refresh_seconds = refresh_seconds
         self.next_refresh = float("inf")  # the loop compares against this every step
         self.started = 0.0
-        self._bar: Any = None
+        self._bar: Any = None  # in a terminal: one tqdm bar for the whole fit
+        self._bar_running = False  # whether the bar shows an epoch not yet finished
         self._shown = 0
         self._steps: int | None = None
         self._lines: list[str] = []  # the text modes: finished epochs
@@ -118,17 +119,20 @@ class Progress:
         if self.mode == "notebook":
             self._text(self._running(epoch, done, None))
         elif self._terminal:
-            from tqdm import tqdm
+            desc = f"Epoch {epoch + 1}/{self.epochs}"
+            if self._bar is not None and done == 0:  # one bar for the whole fit: reset, not re-created
+                self._bar.set_description_str(desc, refresh=False)
+                self._bar.set_postfix_str("", refresh=False)
+                self._bar.reset(total=steps)
+            else:
+                from tqdm import tqdm
 
-            self._bar = tqdm(
-                total=steps,
-                initial=done,
-                desc=f"Epoch {epoch + 1}/{self.epochs}",
-                leave=True,
-                dynamic_ncols=True,
-                file=sys.stderr,
-            )
+                self.close()
+                self._bar = tqdm(
+                    total=steps, initial=done, desc=desc, leave=False, dynamic_ncols=True, file=sys.stderr
+                )
             self._shown = done
+            self._bar_running = True
         if self.per_step:
             self.next_refresh = time.perf_counter() + self.refresh_seconds
 
@@ -147,9 +151,10 @@ class Progress:
         self.next_refresh = float("inf")
         if self._bar is not None:
             self._bar.update(done - self._shown)
+            self._shown = done
             self._bar.set_postfix_str(format_logs(logs), refresh=True)
-            self._bar.close()
-            self._bar = None
+            self._bar.fp.write("\n")  # the epoch's final line stays; the next epoch draws below it
+            self._bar_running = False
             return
         steps = f" - {done}/{self._steps or done}" if self.mode in ("bar", "notebook") else ""
         line = f"Epoch {epoch + 1}/{self.epochs}{steps} - {seconds:.2f}s - {format_logs(logs)}"
@@ -161,8 +166,13 @@ class Progress:
         elif self.mode == "epoch":
             print(line, flush=True)
 
-    def close(self) -> None:
+    def close(self, done: int | None = None) -> None:
+        """End the display; ``done``: the steps an unfinished epoch got through."""
         if self._bar is not None:
+            if self._bar_running and done is not None:
+                self._bar.update(done - self._shown)
+            # an epoch cut short keeps its line; after a finished one only the empty line is cleared
+            self._bar.leave = self._bar_running
             self._bar.close()
             self._bar = None
 

@@ -45,7 +45,7 @@ class ProgressBar(Callback):
         self.progress.epoch_end(epoch, self.done, logs)
 
     def on_fit_exit(self, status: str, logs: dict[str, Any]) -> None:
-        self.progress.close()
+        self.progress.close(self.done)
 
     def _start(self, epoch: int, done: int) -> None:
         self.epoch, self.done = epoch, done
