@@ -27,7 +27,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-EPOCHS = {"tabular": 4, "digits": 11, "wide": 3, "probe": 3}
+EPOCHS = {"tabular": 4, "digits": 11, "wide": 3, "probe": 3, "epochs": 400}
 
 
 def worker(runner: str, workload: str, epochs: int) -> None:
@@ -114,6 +114,17 @@ def table(workload: str, results: dict[str, list[dict]], title: str) -> str:
                 f"torchhouse fixed cost over the hand loop: "
                 f"{per_step['torchhouse (arrays)'] - per_step['hand loop']:+.1f} us/step"
             )
+    if workload == "epochs" and "torchhouse (arrays)" in results:
+        per_epoch = {
+            k: statistics.median(statistics.median(r["times"][1:]) for r in v) * 1e6
+            for k, v in results.items()
+        }
+        lines.append("")
+        lines.append("Per epoch: " + ", ".join(f"{k} {v:.0f} us" for k, v in per_epoch.items()))
+        lines.append(
+            f"torchhouse cost over the hand loop: {per_epoch['torchhouse (arrays)'] - per_epoch['hand loop']:+.0f} "
+            "us/epoch (8 steps' fixed cost included)"
+        )
     return "\n".join(lines)
 
 

@@ -75,6 +75,12 @@ def _probe_data() -> tuple[torch.Tensor, torch.Tensor]:
     return x, x.sum(dim=1, keepdim=True)
 
 
+def _epochs_probe_data() -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(SEED)
+    x = torch.randn(64, 4, generator=g)
+    return x, x.sum(dim=1, keepdim=True)
+
+
 WORKLOADS = {
     "tabular": Workload(
         "tabular", "tiny tabular MLP (200k x 32, batch 256)", 256, _tabular, _mlp, nn.CrossEntropyLoss, True
@@ -90,6 +96,15 @@ WORKLOADS = {
         "fixed-cost probe: Linear(4, 1), batch 8, 4000 steps",
         8,
         _probe_data,
+        lambda: nn.Linear(4, 1),
+        nn.MSELoss,
+        False,
+    ),
+    "epochs": Workload(
+        "epochs",
+        "per-epoch fixed-cost probe: Linear(4, 1), 64 rows, batch 8 (8 steps an epoch)",
+        8,
+        _epochs_probe_data,
         lambda: nn.Linear(4, 1),
         nn.MSELoss,
         False,

@@ -186,3 +186,34 @@ def test_overlapped_copies_equal_plain_copies(monkeypatch, tmp_path, pin_memory)
     assert h3.history == h1.history
     for p, q in zip(resumed.net.parameters(), overlapped.net.parameters()):
         assert torch.equal(p, q)
+
+
+class Exploding(nn.Module):
+    """Its output becomes NaN from global step ``at`` on (the data stays clean)."""
+
+    def __init__(self, at):
+        super().__init__()
+        self.linear, self.at, self.calls = nn.Linear(6, 3), at, 0
+
+    def forward(self, x):
+        self.calls += 1
+        out = self.linear(x)
+        return out * float("nan") if self.calls > self.at else out
+
+
+@pytest.mark.parametrize("on_nonfinite", ["raise", "stop"])
+def test_a_nan_on_the_gpu_is_found_without_draining_the_queue(on_nonfinite):
+    """On CUDA the periodic NaN check reads its flag asynchronously (one check late): the
+    error still names the first bad batch, and the fit stops within 2 x 32 steps."""
+    x, y = make_classification(n=8 * 300)
+    model = th.Model(Exploding(at=40), loss=nn.CrossEntropyLoss(), device="cuda")
+    steps = []
+    counter = th.callbacks.LambdaCallback(on_train_batch_end=lambda b, logs: steps.append(b))
+    kwargs = dict(epochs=1, batch_size=8, shuffle=False, progress="none", callbacks=[counter])
+    if on_nonfinite == "raise":
+        with pytest.raises(th.NonFiniteLossError, match="at epoch 1, batch 41") as caught:
+            model.fit(x, y, **kwargs)
+        assert caught.value.step == 40
+    else:
+        model.fit(x, y, on_nonfinite="stop", **kwargs)
+    assert 41 <= len(steps) <= 40 + 2 * 32 < 300

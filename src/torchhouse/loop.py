@@ -16,7 +16,8 @@ serves training, evaluation and prediction.
 
 Nothing in the batch loop waits for the device: the loss and metrics stay in device
 buffers until the epoch ends or the progress bar refreshes; a NaN/inf loss is found by
-reading one device flag every `NONFINITE_CHECK_EVERY` steps.
+reading one device flag every `NONFINITE_CHECK_EVERY` steps (on a GPU, copied to the host
+without waiting and read at the next check).
 
 Exact resume: each saved `TrainingState` holds the RNG states at the start of its epoch
 and at the moment it was saved. A resumed epoch restores the first, re-creates the
@@ -58,7 +59,9 @@ __all__ = [
     "run_batches",
 ]
 
-NONFINITE_CHECK_EVERY = 32  # steps between reads of the loss flag: a NaN stops a fit within this many
+NONFINITE_CHECK_EVERY = (
+    32  # steps between reads of the loss flag: a NaN stops a fit within this many (2x on a GPU)
+)
 
 Record = Callable[[int, dict[str, Any], Any], None]
 
@@ -289,7 +292,7 @@ class FitLoop:
             model.is_last_batch = done == last
             if model.stop_training and (self.context is None or self.nonfinite is not None):
                 return True  # as Keras: stop after this batch (several processes at the epoch's end)
-            return model.global_step % NONFINITE_CHECK_EVERY == 0 and self.check_nonfinite()
+            return model.global_step % NONFINITE_CHECK_EVERY == 0 and self.check_nonfinite(wait=False)
 
         model.is_last_batch = start == last
         done = run_batches(
@@ -332,16 +335,21 @@ class FitLoop:
 
     # ----------------------------------------------------------------------- non-finite losses
 
-    def check_nonfinite(self) -> bool:
+    def check_nonfinite(self, wait: bool = True) -> bool:
         """Read the device flag of the epoch's losses (one sync); act on a NaN/inf loss.
 
         "raise" raises `NonFiniteLossError` naming the first bad batch; "stop" stops the
         fit after this batch (the history keeps the epoch) and returns True. Every rank
-        decides together, so none waits for ever in a collective.
+        decides together, so none waits for ever in a collective. ``wait=False`` (the
+        periodic check of one process) does not wait for the device: on a GPU a NaN is
+        then found one check later (`EpochMetrics.nonfinite_seen`).
         """
         if self.model.on_nonfinite == "skip":
             return False
-        bad = self.model.train_metrics.first_nonfinite_loss()
+        acc = self.model.train_metrics
+        if not wait and self.context is None and not acc.nonfinite_seen():
+            return False
+        bad = acc.first_nonfinite_loss()
         if self.context is not None:
             if not distributed.any_rank(bad is not None, self.model.device):
                 return False

@@ -310,12 +310,14 @@ class EpochMetrics:
         self.sync = False  # under several processes: sum the epoch's values over all ranks
         self.nonfinite = 0  # non-finite training losses in the epoch, set by compute()
         self.capacity = max(int(capacity), 1)
+        self._flag_host: torch.Tensor | None = None  # pinned; nonfinite_seen's flag on the host
         self.reset()
 
     # -- per step (no host sync) ----------------------------------------------------------
 
     def reset(self) -> None:
         self.count = 0
+        self._flag_ready: Any = None  # a CUDA event: the last nonfinite_seen copy is done
         self.sizes: list[int] = []
         self._pending = []
         self._pending_bytes = 0
@@ -504,6 +506,29 @@ class EpochMetrics:
         loss = self._weighted_means(self._read()[0], sync=False)["loss"]
         self.nonfinite = nonfinite  # set by compute() only
         return loss
+
+    def nonfinite_seen(self) -> bool:
+        """Whether a loss recorded this epoch was NaN/inf, as far as the device tells
+        without being waited for.
+
+        On CUDA the flag is copied to pinned host memory asynchronously and read at a later
+        call, once the copy is done: a NaN is seen a call late, and the GPU's queue of work
+        is never drained for it. Elsewhere the flag is read now (there is no queue to drain).
+        """
+        losses = self.columns["loss"][: self.count]
+        if self.device.type != "cuda":
+            return bool((~torch.isfinite(losses)).any())
+        seen = False
+        if self._flag_ready is not None and self._flag_ready.query():
+            seen = bool(self._flag_host)
+            self._flag_ready = None
+        if self._flag_ready is None:
+            if self._flag_host is None:
+                self._flag_host = torch.zeros((), dtype=torch.bool, pin_memory=True)
+            self._flag_host.copy_((~torch.isfinite(losses)).any(), non_blocking=True)
+            self._flag_ready = torch.cuda.Event()
+            self._flag_ready.record()
+        return seen
 
     def first_nonfinite_loss(self) -> tuple[int, float] | None:
         """Index and value of the first non-finite loss recorded so far, or None (one sync)."""

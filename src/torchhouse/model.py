@@ -632,7 +632,7 @@ class Model:
                 loss, naming the first bad batch; "stop" stops the fit there and keeps the
                 history (as Keras' ``TerminateOnNaN``, which sets it); "skip" skips the
                 optimizer step for such a batch (this costs a host sync per step). A
-                non-finite loss is found within 32 steps (one read of a device flag), and no
+                non-finite loss is found within 32 steps (one read of a device flag; 64 on a GPU), and no
                 state or weights file is written from the weights that follow it.
             plot: "live" redraws the training curves once per epoch in Jupyter.
             tensorboard: write TensorBoard events to ``run_dir/tensorboard`` (default: when
