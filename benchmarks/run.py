@@ -2,8 +2,10 @@
 
 Each (runner, workload) run is a fresh process; repeats are interleaved; the first epoch
 of every run is a warm-up and is excluded. Prints one markdown table per workload with
-the median s/epoch, min-max over runs, the ratio to the hand loop, the final train loss
-(every row trains the same model) and the peak RSS; then the import cost.
+the median s/epoch, min-max over runs, the ratio to the hand loop, the paired ratio (the
+median over repeats of each repeat's ratio to the hand loop's run next to it), the final
+train loss (every row trains the same model) and the peak RSS; then the import cost. The
+raw epoch times go next to the table (``<out>.<workload>.json``).
 
     python benchmarks/run.py                       # everything, 3 repeats
     python benchmarks/run.py --quick               # 1 repeat, fewer epochs
@@ -91,15 +93,19 @@ def table(workload: str, results: dict[str, list[dict]], title: str) -> str:
     lines = [
         f"### {title}",
         "",
-        "| runner | median s/epoch | min-max | ratio to hand loop | final train loss | peak RSS MB |",
-        "|---|---|---|---|---|---|",
+        "| runner | median s/epoch | min-max | ratio to hand loop | paired ratio | final train loss | peak RSS MB |",
+        "|---|---|---|---|---|---|---|",
     ]
+    hand_runs = [statistics.median(r["times"][1:]) for r in results["hand loop"]]
     for runner, runs in results.items():
         per_run = [statistics.median(r["times"][1:]) for r in runs]
         median = statistics.median(per_run)
+        # Repeats are interleaved, so repeat i of every row ran at about the same time: the
+        # median of the per-repeat ratios cancels the machine's slow drifts.
+        paired = statistics.median(t / h for t, h in zip(per_run, hand_runs, strict=True))
         lines.append(
             f"| {runner} | {median:.4f} | {min(per_run):.4f}-{max(per_run):.4f} | {median / hand:.3f}x | "
-            f"{runs[-1]['loss']:.6f} | {statistics.median(r['peak_mb'] for r in runs):.0f} |"
+            f"{paired:.3f}x | {runs[-1]['loss']:.6f} | {statistics.median(r['peak_mb'] for r in runs):.0f} |"
         )
     if workload == "probe":
         steps = 4000
@@ -165,6 +171,9 @@ def main() -> None:
         for _ in range(repeats):
             for runner in runners:
                 results[runner].append(run_one(runner, workload, epochs))
+        raw = Path(args.out).with_suffix(f".{workload}.json")
+        raw.parent.mkdir(parents=True, exist_ok=True)
+        raw.write_text(json.dumps(results))  # every run's epoch times, to recompute the table
         text = table(workload, results, WORKLOADS[workload].title)
         print(text + "\n", flush=True)
         report += [text, ""]

@@ -212,3 +212,31 @@ def test_a_custom_step_with_bf16_and_accumulation_trains_sharded():
     history, kind = th.launch(_custom_step_in_bf16, nprocs=2, timeout=120)
     assert kind == "DTensor" and set(history) == {"loss", "penalty"}
     assert history["loss"][-1] < history["loss"][0]  # it learns under FSDP's bf16 policy
+
+
+def _two_fits(world=None):
+    """Two fits of the same sharded Model (Keras: the second goes on from the first's
+    weights and optimizer state), then a save and a load back into the sharded net."""
+    world = world or int(os.environ.get("WORLD_SIZE", "1"))
+    per_process = 16 if int(os.environ.get("WORLD_SIZE", "1")) > 1 else 16 * world
+    torch.manual_seed(0)
+    model = th.Model(Blocks(), loss=nn.CrossEntropyLoss(), device="cpu", strategy="fsdp")  # AdamW
+    x, y = data()
+    first = model.fit(x, y, epochs=2, batch_size=per_process, shuffle=False, progress="none")
+    second = model.fit(x, y, epochs=2, batch_size=per_process, shuffle=False, progress="none")
+    return {
+        "first": first.history["loss"],
+        "second": second.history["loss"],
+        "kind": type(model.net.state_dict()["stem.weight"]).__name__,
+        "predictions": model.predict(x[:10]).tolist(),
+    }
+
+
+def test_a_second_fit_of_a_sharded_model_goes_on_where_the_first_stopped():
+    result = th.launch(_two_fits, nprocs=2, timeout=120)
+    reference = _two_fits(world=2)  # one process, the same global batch, twice
+    assert result["kind"] == "DTensor"
+    assert result["first"] == pytest.approx(reference["first"], rel=1e-5)
+    assert result["second"] == pytest.approx(reference["second"], rel=1e-5)
+    assert result["second"][0] < result["first"][-1]  # went on, not from the start
+    torch.testing.assert_close(torch.tensor(result["predictions"]), torch.tensor(reference["predictions"]))

@@ -289,3 +289,24 @@ def test_in_a_terminal_one_bar_serves_the_fit_and_an_interrupted_epoch_keeps_its
     lines = [line.rsplit("\r", 1)[-1] for line in terminal.getvalue().split("\n") if line.strip()]
     assert [line.split(":")[0] for line in lines] == ["Epoch 1/4", "Epoch 2/4"]
     assert "10/10" in lines[0] and "4/10" in lines[1]  # the cut epoch shows where it stopped
+
+
+def test_the_first_step_checks_run_once_per_fit_not_once_per_epoch(monkeypatch):
+    """The first-step checks read the device (a host sync on a GPU): a fit runs them on its
+    first training step and its first validation step; a standalone evaluate on its first."""
+    from torchhouse import loop, step_checks
+
+    seen = []
+
+    def counting(model, step, batch, what, record):
+        seen.append(what)
+        return step_checks.first_step(model, step, batch, what, record)
+
+    monkeypatch.setattr(loop, "first_step", counting)
+    x, y = make_classification(n=80)
+    m = model()
+    m.fit(x, y, epochs=3, batch_size=8, validation_split=0.25, progress="none")
+    assert seen == ["training", "evaluation"]
+    m.evaluate(x, y)
+    m.fit(x, y, epochs=2, batch_size=8, progress="none")  # a second fit checks its first step again
+    assert seen == ["training", "evaluation", "evaluation", "training"]

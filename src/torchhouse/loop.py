@@ -178,6 +178,7 @@ class FitLoop:
         self.improved = False
         self.nonfinite: tuple[int, int, float] | None = None
         self.example_batch: Any = None
+        self.validated = False  # whether a validation pass ran in this fit
         self.epoch_rng: dict[str, Any] | None = None
         self.resumed: TrainingState | None = None
         self.lr = float("nan")
@@ -304,6 +305,7 @@ class FitLoop:
             transfer=self.train.needs_transfer(model.device),
             callbacks=self.callbacks,
             start=start,
+            check_first=self.example_batch is None,  # the fit's first step only (its checks read the device)
             after=after,
         )
         model.is_last_batch = False
@@ -322,7 +324,9 @@ class FitLoop:
         if model.lr_scheduler is not None:
             logs["lr"] = self.lr
         if self.val is not None and (epoch + 1) % int(self.fit_config.get("validation_freq", 1)) == 0:
-            results = evaluate(model, self.val, model.eval_metrics, callbacks)
+            # the fit's first validation checks its first step (the checks read the device)
+            results = evaluate(model, self.val, model.eval_metrics, callbacks, check_first=not self.validated)
+            self.validated = True
             val_logs = {f"val_{k}": v for k, v in results.items()}
             logs.update(val_logs)
             callbacks.call("on_validation_end", val_logs)
@@ -521,11 +525,16 @@ class FitLoop:
 
 
 def evaluate(
-    model: Model, batches: Batches, acc: EpochMetrics, callbacks: CallbackList | None = None
+    model: Model,
+    batches: Batches,
+    acc: EpochMetrics,
+    callbacks: CallbackList | None = None,
+    check_first: bool = True,
 ) -> dict[str, float]:
     """Loss and metrics of ``model`` over ``batches``, under ``torch.no_grad``.
 
-    ``callbacks`` get the ``on_test_*`` hooks (Keras' names).
+    ``callbacks`` get the ``on_test_*`` hooks (Keras' names). ``check_first``: run the
+    first step's checks (`step_checks.first_step`); a fit does so at its first validation.
     """
     net = model.net
     was_training = net.training
@@ -546,6 +555,7 @@ def evaluate(
                 epoch_recorder(model, acc, batches),
                 transfer=batches.needs_transfer(model.device),
                 callbacks=hooks,
+                check_first=check_first,
             )
         if acc.count == 0 and not acc.sync:
             raise DataError("the evaluation data yielded no batch")
