@@ -59,9 +59,8 @@ __all__ = [
     "run_batches",
 ]
 
-NONFINITE_CHECK_EVERY = (
-    32  # steps between reads of the loss flag: a NaN stops a fit within this many (2x on a GPU)
-)
+# steps between reads of the loss flag: a NaN stops a fit within this many (2x on a GPU)
+NONFINITE_CHECK_EVERY = 32
 
 Record = Callable[[int, dict[str, Any], Any], None]
 
