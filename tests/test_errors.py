@@ -1,6 +1,7 @@
 """Bad input everywhere: each gives a clear error naming what was wrong and what was expected."""
 
 import os
+import re
 import subprocess
 import sys
 
@@ -417,3 +418,35 @@ def test_data_conversions_name_the_real_problem():
     rows = [torch.randn(6) for _ in range(20)]  # a list of arrays is several inputs, as in Keras
     with pytest.raises(th.DataError, match=r"read as 20 inputs of 6 samples each.*torch.stack\(x\)"):
         model(loss=nn.CrossEntropyLoss()).fit(rows, Y, epochs=1, progress="none")
+
+
+MISSING_EXTRAS = {
+    "optuna": ("optuna", lambda: __import__("torchhouse.tuning").tuning.import_optuna(), "torchhouse[tune]"),
+    "lightning": (
+        "lightning",
+        lambda: th.LightModel(nn.Linear(2, 1), loss=nn.MSELoss()).to_lightning(),
+        "torchhouse[lightning]",
+    ),
+    "pyplot": ("matplotlib", lambda: __import__("torchhouse.plotting").plotting.pyplot(), "torchhouse[plot]"),
+    "figure": (
+        "matplotlib",
+        lambda: __import__("torchhouse.plotting").plotting.offscreen_figure(),
+        "torchhouse[plot]",
+    ),
+    "wandb": (
+        "wandb",
+        lambda: th.callbacks.WandbLogger(project="p", mode="offline").start(),
+        "torchhouse[trackers]",
+    ),
+    "mlflow": ("mlflow", lambda: th.callbacks.MLflowLogger().start(), "torchhouse[trackers]"),
+}
+
+
+@pytest.mark.parametrize("name", MISSING_EXTRAS)
+def test_a_missing_optional_package_names_the_extra_to_install(monkeypatch, name):
+    package, use, extra = MISSING_EXTRAS[name]
+    for module in [m for m in sys.modules if m == package or m.startswith(package + ".")]:
+        monkeypatch.delitem(sys.modules, module)
+    monkeypatch.setitem(sys.modules, package, None)  # `import package` now raises ImportError
+    with pytest.raises(th.ConfigError, match=re.escape(f"pip install '{extra}'")):
+        use()

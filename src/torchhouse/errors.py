@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = [
     "CheckpointError",
     "ConfigError",
@@ -9,6 +11,7 @@ __all__ = [
     "NonFiniteLossError",
     "TorchhouseError",
     "UntrustedCodeError",
+    "import_optional",
     "warn_user",
 ]
 
@@ -56,6 +59,23 @@ class NonFiniteLossError(TorchhouseError, FloatingPointError):
 
 class UntrustedCodeError(ConfigError):
     """A file names code (``module:callable``) that torchhouse runs only with ``trust_code=True``."""
+
+
+def import_optional(module: str, hint: str) -> Any:
+    """Import ``module`` of an optional extra, or raise `ConfigError` with ``hint`` (how to install it).
+
+    >>> import_optional("json", "unused").dumps([1])
+    '[1]'
+    >>> import_optional("no_such_extra", "pip install no-such-extra")
+    Traceback (most recent call last):
+    torchhouse.errors.ConfigError: pip install no-such-extra
+    """
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise ConfigError(hint) from exc
 
 
 def warn_user(message: str, category: type[Warning] = UserWarning) -> None:

@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from torchhouse.callbacks.base import Callback, CallbackList
 from torchhouse.data import make_batches, to_tensor_tree, tree_map
-from torchhouse.errors import ConfigError, DataError
+from torchhouse.errors import ConfigError, DataError, import_optional
 from torchhouse.history import History
 from torchhouse.metrics import is_stateful_metric
 
@@ -39,11 +39,7 @@ INSTALL_HINT = "LightModel needs PyTorch Lightning: pip install 'torchhouse[ligh
 
 
 def _lightning() -> Any:
-    try:
-        import lightning
-    except ImportError as exc:
-        raise ConfigError(INSTALL_HINT) from exc
-    return lightning
+    return import_optional("lightning", INSTALL_HINT)
 
 
 def lightning_module(model: Model) -> Any:

@@ -7,7 +7,7 @@ import math
 import os
 from typing import TYPE_CHECKING, Any
 
-from torchhouse.errors import ConfigError
+from torchhouse.errors import ConfigError, import_optional
 
 if TYPE_CHECKING:
     from torchhouse.history import History
@@ -19,20 +19,14 @@ INSTALL_HINT = "plots need matplotlib: pip install 'torchhouse[plot]'"
 
 def pyplot() -> Any:
     """matplotlib.pyplot with the user's own backend (torchhouse never switches it)."""
-    try:
-        import matplotlib.pyplot as plt
-    except ImportError as exc:
-        raise ConfigError(INSTALL_HINT) from exc
-    return plt
+    return import_optional("matplotlib.pyplot", INSTALL_HINT)
 
 
 def offscreen_figure(**kwargs: Any) -> Any:
     """A figure drawn with the Agg canvas and no pyplot state: for files, never shown."""
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError as exc:
-        raise ConfigError(INSTALL_HINT) from exc
+    import_optional("matplotlib", INSTALL_HINT)  # the install hint when it is missing
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     class ShownFigure(Figure):
         """A Figure that shows itself as a notebook cell's value, without pyplot's inline backend."""

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from torchhouse.callbacks.base import Callback
-from torchhouse.errors import ConfigError
+from torchhouse.errors import import_optional
 from torchhouse.monitor import check_monitor
 
 __all__ = ["INSTALL_HINT", "OptunaPruning", "import_optuna"]
@@ -17,11 +17,7 @@ INSTALL_HINT = "tuning needs Optuna: pip install 'torchhouse[tune]'"
 
 
 def import_optuna() -> Any:
-    try:
-        import optuna
-    except ImportError as exc:
-        raise ConfigError(INSTALL_HINT) from exc
-    return optuna
+    return import_optional("optuna", INSTALL_HINT)
 
 
 class OptunaPruning(Callback):

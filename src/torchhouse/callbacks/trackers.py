@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from torchhouse.callbacks.base import Callback
-from torchhouse.errors import ConfigError, warn_user
+from torchhouse.errors import import_optional, warn_user
 
 __all__ = ["MLflowLogger", "WandbLogger", "fit_params"]
 
@@ -115,7 +115,8 @@ class MLflowLogger(_Tracker):
     ``tracking_uri`` defaults to MLflow's own (``MLFLOW_TRACKING_URI``; a local
     ``sqlite:///mlflow.db`` works without a server);
     an ``http(s)`` server is checked with a 3-second ``/health`` request first, so a server
-    that is down costs a warning, not MLflow's minutes of retries. Needs ``pip install mlflow``.
+    that is down costs a warning, not MLflow's minutes of retries. Needs
+    ``pip install 'torchhouse[trackers]'``.
 
     Example::
 
@@ -136,11 +137,9 @@ class MLflowLogger(_Tracker):
         self._client: Any = None
 
     def start(self) -> None:
-        try:
-            from mlflow.entities import Param
-            from mlflow.tracking import MlflowClient
-        except ImportError as exc:
-            raise ConfigError("MLflowLogger needs MLflow: pip install mlflow") from exc
+        hint = "MLflowLogger needs MLflow: pip install 'torchhouse[trackers]'"
+        Param = import_optional("mlflow.entities", hint).Param
+        MlflowClient = import_optional("mlflow.tracking", hint).MlflowClient
         if self.tracking_uri and self.tracking_uri.startswith(("http://", "https://")):
             import urllib.request
 
@@ -177,7 +176,7 @@ class WandbLogger(_Tracker):
 
     ``mode`` is W&B's: "online", "offline" (files only, ``wandb sync`` later) or
     "disabled"; the default is W&B's own (``WANDB_MODE``). W&B keeps its files in ``dir``
-    (default: W&B's ``./wandb``), never in the run folder. Needs ``pip install wandb``.
+    (default: W&B's ``./wandb``), never in the run folder. Needs ``pip install 'torchhouse[trackers]'``.
 
     Example::
 
@@ -201,10 +200,7 @@ class WandbLogger(_Tracker):
         self.run: Any = None
 
     def start(self) -> None:
-        try:
-            import wandb
-        except ImportError as exc:
-            raise ConfigError("WandbLogger needs wandb: pip install wandb") from exc
+        wandb = import_optional("wandb", "WandbLogger needs wandb: pip install 'torchhouse[trackers]'")
         if self.dir:
             os.makedirs(self.dir, exist_ok=True)
         self.run = wandb.init(
