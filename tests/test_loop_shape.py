@@ -310,3 +310,32 @@ def test_the_first_step_checks_run_once_per_fit_not_once_per_epoch(monkeypatch):
     m.evaluate(x, y)
     m.fit(x, y, epochs=2, batch_size=8, progress="none")  # a second fit checks its first step again
     assert seen == ["training", "evaluation", "evaluation", "training"]
+
+
+def test_in_a_terminal_a_fit_resumed_mid_epoch_starts_the_bar_at_the_saved_batch(tmp_path, monkeypatch):
+    import io
+    import sys
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    x, y = make_classification(n=80)
+
+    class Stop(th.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs):
+            if self.model.global_step == 6:
+                raise KeyboardInterrupt
+
+    options = dict(epochs=2, batch_size=8, seed=0, run_dir=tmp_path / "r", checkpoint_every=3)
+    with pytest.raises(KeyboardInterrupt):
+        model().fit(x, y, progress="none", callbacks=[Stop()], **options)
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    h = model().fit(x, y, progress="bar", resume=True, **options)
+    text = terminal.getvalue()
+    assert text.split("\r")[1].startswith("Epoch 1/2:  30%") and " 3/10 " in text.split("\r")[1]
+    lines = [line.rsplit("\r", 1)[-1] for line in text.split("\n") if line.strip()]
+    assert [line.split(":")[0] for line in lines] == ["Epoch 1/2", "Epoch 2/2"]
+    for line, epoch in zip(lines, range(2)):
+        assert "10/10" in line and f"loss: {h.history['loss'][epoch]:.4g}" in line
