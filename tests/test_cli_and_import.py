@@ -92,7 +92,9 @@ def test_ctrl_c_prints_two_lines_exits_130_and_the_run_can_resume(tmp_path):
         lines[0].startswith("torchhouse demo: interrupted (Ctrl-C) at epoch ")
         and "state saved in" in lines[0]
     )
-    assert lines[1] == f"Continue with: torchhouse demo --run-dir {run} --resume"
+    assert (
+        lines[1] == f"Continue with: torchhouse demo --epochs 200 --run-dir {run} --progress epoch --resume"
+    )
     assert json.loads((run / "run.json").read_text())["status"] == "interrupted"
 
 
@@ -133,3 +135,69 @@ def test_devices_that_are_not_here_are_refused_clearly():
             th.Model(torch.nn.Linear(3, 2), device="cuda")
     with pytest.raises(th.ConfigError, match="meta tensors hold no data"):
         th.Model(torch.nn.Linear(3, 2), device="meta")
+
+
+@pytest.mark.slow
+def test_the_continue_command_printed_after_ctrl_c_continues_that_run_when_run_as_printed(tmp_path):
+    """`fit CFG --run-dir R --set fit.epochs=N`: the printed command keeps --run-dir and --set."""
+    import shlex
+    import signal
+    import time
+
+    config = tmp_path / "digits.yaml"
+    config.write_text(
+        "name: digits\n"
+        "model: {factory: 'torchhouse.demo:digits_cnn', kwargs: {channels: 16, hidden: 64}}\n"
+        "data: {dataset: digits}\nloss: CrossEntropyLoss\n"
+        "fit: {epochs: 2, batch_size: 64, seed: 0, progress: epoch}\n"
+    )
+    run = tmp_path / "elsewhere" / "my-run"
+    command = ["fit", str(config), "--run-dir", str(run), "--set", "fit.epochs=8"]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "torchhouse.cli", *command],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    while not list(run.glob("checkpoints/ckpt-*")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _out, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err
+    printed = err.strip().splitlines()[-1]
+    assert printed.startswith("Continue with: torchhouse fit ")
+    continued = shlex.split(printed.removeprefix("Continue with: "))
+    assert continued[:2] == ["torchhouse", "fit"] and "--resume" in continued
+    done = subprocess.run(
+        [sys.executable, "-m", "torchhouse.cli", *continued[1:]],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    info = json.loads((run / "run.json").read_text())
+    assert info["status"] == "finished" and info["epochs_done"] == 8 and info["resumed"] == 1
+    assert not (tmp_path / "runs").exists()  # no fresh run elsewhere
+
+
+def test_the_continue_command_drops_overwrite_and_keeps_everything_else():
+    from torchhouse.cli import continue_command
+
+    typed = [
+        "fit",
+        "my config.yaml",
+        "--overwrite",
+        "--set",
+        "fit.epochs=6",
+        "--run-dir",
+        "R",
+        "--trust-code",
+    ]
+    assert continue_command("fit", typed) == (
+        "torchhouse fit 'my config.yaml' --set fit.epochs=6 --run-dir R --trust-code --resume"
+    )
+    tune = ["tune", "c.yaml", "--trials", "30", "--storage", "sqlite:///s.db"]
+    assert continue_command("tune", tune) == "torchhouse tune c.yaml --trials 30 --storage sqlite:///s.db"

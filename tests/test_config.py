@@ -189,3 +189,22 @@ def test_digits_config_trains(tmp_path, capsys):
         == 0
     )
     assert float(capsys.readouterr().out.split("acc ")[1].split()[0]) > 0.6
+
+
+def test_evaluate_of_a_run_trained_from_your_own_csv_needs_no_trust(tmp_path, capsys, monkeypatch):
+    """The CSV lies outside the run folder; the folder keeps its held-out rows (test_split)."""
+    import yaml
+
+    source = Path(th.__file__).parent / "datasets" / "breast_cancer.csv"
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "mine.csv").write_text(source.read_text())
+    monkeypatch.chdir(tmp_path)
+    config = base_config(data={"csv": "data/mine.csv", "target": "benign", "standardize": True})
+    (tmp_path / "mine.yaml").write_text(yaml.safe_dump(config))
+    assert main(["fit", "mine.yaml", "--run-dir", "runs/mine"]) == 0
+    test_line = capsys.readouterr().out.splitlines()[-2]
+    assert main(["evaluate", "runs/mine"]) == 0  # no --trust-code
+    evaluated = capsys.readouterr().out.strip()
+    assert evaluated == test_line.removeprefix("Test (held-out split): ")
+    (tmp_path / "data" / "mine.csv").unlink()  # the data may even be gone
+    assert main(["evaluate", "runs/mine"]) == 0

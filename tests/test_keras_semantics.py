@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 import torchhouse as th
-from conftest import make_classification, make_net
+from conftest import make_classification, make_net, params_equal
 
 
 def model(**kwargs):
@@ -641,13 +641,84 @@ def test_sample_weights_and_weighted_metrics_resume_mid_epoch_exactly(tmp_path):
     assert resumed.history == reference.history
 
 
-def test_a_loader_read_on_across_epochs_refuses_a_mid_epoch_resume_clearly(tmp_path):
+@pytest.mark.parametrize("checkpoint_every", [2, "epoch"])
+def test_a_loader_read_on_across_epochs_resumes_where_its_pass_stood(checkpoint_every, tmp_path):
+    """steps_per_epoch=4 over a shuffled 5-batch loader: epochs cut across the loader's passes;
+    killed at step 7 (mid-pass) and resumed, the run ends as the run never killed."""
     from torch.utils.data import DataLoader, TensorDataset
 
     x, y = make_classification(n=40)
-    loader = DataLoader(TensorDataset(x, y), batch_size=8)
-    options = dict(epochs=2, steps_per_epoch=4, checkpoint_every=2, progress="none", run_dir=tmp_path / "r")
+
+    def loader():
+        return DataLoader(
+            TensorDataset(x, y), batch_size=8, shuffle=True, generator=torch.Generator().manual_seed(3)
+        )
+
+    def dropout_model():
+        return th.Model(make_net(dropout=0.3), loss=nn.CrossEntropyLoss(), device="cpu")
+
+    options = dict(epochs=3, steps_per_epoch=4, checkpoint_every=checkpoint_every, progress="none")
+    reference_model = dropout_model()
+    reference = reference_model.fit(loader(), run_dir=tmp_path / "ref", **options)
+    torch.manual_seed(0)
     with pytest.raises(RuntimeError, match="crash"):
-        model().fit(loader, callbacks=[CrashAtStep(3)], **options)
-    with pytest.raises(th.DataError, match="cannot resume in the middle of an epoch"):
-        model().fit(loader, resume=True, **options)
+        dropout_model().fit(loader(), run_dir=tmp_path / "r", callbacks=[CrashAtStep(7)], **options)
+    torch.manual_seed(123)  # another global RNG state: the saved one must be used
+    resumed_model = dropout_model()
+    resumed = resumed_model.fit(loader(), run_dir=tmp_path / "r", resume=True, **options)
+    assert resumed.history == reference.history
+    assert params_equal(resumed_model.net, reference_model.net)
+
+
+def test_an_infinite_stream_with_steps_resumes_where_it_stood(tmp_path):
+    from torch.utils.data import DataLoader, IterableDataset
+
+    x, y = make_classification(n=64)
+
+    class Forever(IterableDataset):
+        def __iter__(self):
+            i = 0
+            while True:  # noise drawn from the global RNG while the stream is read
+                yield x[i % 64] + 0.01 * torch.randn(6), y[i % 64]
+                i += 1
+
+    options = dict(epochs=3, steps_per_epoch=3, checkpoint_every="epoch", progress="none")
+    reference_model = model()
+    reference = reference_model.fit(
+        DataLoader(Forever(), batch_size=8), run_dir=tmp_path / "ref", seed=1, **options
+    )
+    with pytest.raises(RuntimeError, match="crash"):
+        model().fit(
+            DataLoader(Forever(), batch_size=8),
+            run_dir=tmp_path / "r",
+            seed=1,
+            callbacks=[CrashAtStep(5)],
+            **options,
+        )
+    resumed_model = model()
+    resumed = resumed_model.fit(
+        DataLoader(Forever(), batch_size=8), run_dir=tmp_path / "r", seed=1, resume=True, **options
+    )
+    assert resumed.history == reference.history
+    assert params_equal(resumed_model.net, reference_model.net)
+
+
+def test_data_without_a_length_needs_a_bound_everywhere():
+    from torch.utils.data import DataLoader, IterableDataset
+
+    x, y = make_classification(n=16)
+
+    class Forever(IterableDataset):
+        def __iter__(self):
+            while True:
+                yield from zip(x, y)
+
+    stream = DataLoader(Forever(), batch_size=8)
+    with pytest.raises(th.DataError, match="give steps_per_epoch=N"):
+        model().fit(stream, epochs=1, progress="none")
+    with pytest.raises(th.DataError, match="give validation_steps=N"):
+        model().fit(x, y, validation_data=stream, epochs=1, progress="none")
+    with pytest.raises(th.DataError, match="give steps=N"):
+        model().evaluate(stream)
+    with pytest.raises(th.DataError, match="give steps=N"):
+        model().predict(stream)

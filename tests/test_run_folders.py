@@ -334,7 +334,7 @@ def test_validation_split_keeps_loader_semantics_or_refuses(tmp_path):
 
 def test_predict_on_a_shuffling_loader_warns():
     x, _ = make_classification(n=20)
-    with pytest.warns(UserWarning, match="shuffles.*shuffle=False"):
+    with pytest.warns(UserWarning, match="RandomSampler shuffles.*shuffle=False"):
         model().predict(DataLoader(TensorDataset(x), batch_size=8, shuffle=True))
 
 
@@ -403,3 +403,87 @@ def test_shard_files_are_written_read_back_checked_and_never_followed_out_of_the
     with pytest.raises(th.CheckpointError, match="a symlink"):
         run.load_shard("ckpt-00002-0000000", 0, digest)
     assert run.state_names() == []  # shard folders are not states
+
+
+# --------------------------------------------------------------------------- planted links and FIFOs
+
+
+def test_a_lock_that_is_a_symlink_never_truncates_its_target(tmp_path):
+    run = tmp_path / "r"
+    fit(run, epochs=1)
+    precious = tmp_path / "precious.txt"
+    precious.write_text("years of notes")
+    (run / ".lock").unlink()
+    (run / ".lock").symlink_to(precious)
+    for options in ({"resume": True}, {"overwrite": True}):
+        with pytest.raises(th.CheckpointError, match="lock is a symbolic link"):
+            fit(run, epochs=2, **options)
+        assert precious.read_text() == "years of notes"
+    assert (run / "checkpoints").is_dir()  # overwrite refused before removing anything
+
+
+def test_a_lock_that_is_a_fifo_never_blocks_runs_show_or_resume(tmp_path):
+    import os
+
+    run = tmp_path / "runs" / "r"
+    fit(run, epochs=1)
+    (run / ".lock").unlink()
+    os.mkfifo(run / ".lock")
+    script = textwrap.dedent(
+        f"""
+        import sys, torch
+        from torch import nn
+        import torchhouse as th
+        from torchhouse.cli import main
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        from conftest import make_classification, make_net
+        print("runs", main(["runs", {str(run.parent)!r}]), flush=True)
+        print("show", main(["show", {str(run)!r}]), flush=True)
+        x, y = make_classification(n=40)
+        model = th.Model(make_net(), loss=nn.CrossEntropyLoss(), device="cpu")
+        try:
+            model.fit(x, y, epochs=2, run_dir={str(run)!r}, resume=True, progress="none", seed=0, batch_size=8)
+        except th.CheckpointError as exc:
+            print("resume refused:", exc, flush=True)
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "runs 0" in done.stdout and "show 0" in done.stdout
+    assert "finished" in done.stdout
+    assert "resume refused:" in done.stdout and "not a regular file" in done.stdout
+
+
+def test_a_fifo_or_link_planted_for_a_run_file_is_refused_not_waited_on(tmp_path):
+    import os
+
+    from torchhouse.checkpoint import read_json
+    from torchhouse.runs import describe_run, read_history_csv
+
+    run = tmp_path / "r"
+    fit(run, epochs=1)
+    (run / "history.csv").unlink()
+    os.mkfifo(run / "history.csv")
+    with pytest.raises(th.CheckpointError, match="not a regular file"):
+        read_history_csv(run / "history.csv")
+    assert "history.csv" in describe_run(run)  # reported as damaged, the rest shown
+    (run / "run.json").rename(tmp_path / "run.json")
+    os.mkfifo(run / "run.json")
+    with pytest.raises(th.CheckpointError, match="not a regular file"):
+        read_json(run / "run.json")
+
+
+def test_shard_folders_planted_for_future_states_are_refused_before_writing(tmp_path):
+    run = RunDir(tmp_path / "r")
+    run.checkpoints.mkdir(parents=True)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (run.checkpoints / "ckpt-00003-0000000.shards").symlink_to(outside, target_is_directory=True)
+    with pytest.raises(th.CheckpointError, match="holds symbolic links"):
+        run.save_shard("ckpt-00001-0000000", 0, {"model/w": torch.ones(2)})
+    with pytest.raises(th.CheckpointError, match="holds symbolic links"):
+        run.save_shard("ckpt-00003-0000000", 0, {"model/w": torch.ones(2)})
+    assert list(outside.iterdir()) == []
+    with pytest.raises(th.CheckpointError, match="holds symbolic links"):
+        run.prepare(resume=True, overwrite=False)
+    assert list(outside.iterdir()) == []

@@ -203,6 +203,9 @@ def test_a_data_path_outside_the_run_folder_is_refused(genuine_run, tmp_path, ca
             | {"csv": "/etc/passwd", "target": "x"}
         ),
     )
+    assert main(["evaluate", str(folder)]) == 0  # the kept test split: the data path is not read
+    assert "root:" not in capsys.readouterr().out
+    (folder / "test_split.safetensors").unlink()  # a folder without one reads its recorded data
     assert main(["evaluate", str(folder)]) == 2
     err = capsys.readouterr().err
     assert "points outside" in err and "root:" not in err
@@ -214,6 +217,7 @@ def test_a_data_path_outside_the_run_folder_is_refused(genuine_run, tmp_path, ca
             | {"csv": "../secret.csv", "target": "benign"}
         ),
     )
+    (relative / "test_split.safetensors").unlink()
     assert main(["evaluate", str(relative)]) == 2
     assert "hunter2" not in capsys.readouterr().err
 

@@ -201,3 +201,60 @@ def test_trackers_log_on_rank_zero_only(monkeypatch, tmp_path):
         logger.on_epoch_end(0, {"loss": 1.0})
         logger.on_fit_exit("finished", {})
     assert logger.run_id is None and not (tmp_path / "local.db").exists()
+
+
+def test_a_tracker_that_answers_its_health_check_and_then_stalls_costs_a_warning_in_bounded_time(tmp_path):
+    """The server says it is healthy, then never answers: the fit waits at most `timeout` per call."""
+    pytest.importorskip("mlflow")
+    import http.server
+    import threading
+
+    release = threading.Event()
+
+    class Stalling(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            if self.path.endswith("/health"):
+                self.send_response(200)
+                self.end_headers()
+                self.wfile.write(b"OK")
+            else:
+                release.wait(120)
+
+        do_POST = do_GET
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Stalling)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        uri = f"http://127.0.0.1:{server.server_address[1]}"
+        started = time.monotonic()
+        with pytest.warns(
+            UserWarning, match="MLflowLogger: MLflow failed \\(TimeoutError: no answer within 2 s"
+        ):
+            history = fit(tmp_path / "run", [th.callbacks.MLflowLogger(tracking_uri=uri, timeout=2)])
+        assert len(history["loss"]) == 3 and time.monotonic() - started < 20
+        assert json.loads((tmp_path / "run" / "run.json").read_text())["status"] == "finished"
+    finally:
+        release.set()
+        server.shutdown()
+    with pytest.raises(th.ConfigError, match="timeout must be a number of seconds > 0"):
+        th.callbacks.MLflowLogger(timeout=0)
+
+
+def test_wandb_holds_copies_of_the_run_folders_files_not_links(tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    logger = th.callbacks.WandbLogger(project="tests", mode="offline", dir=str(tmp_path / "wb"))
+    fit(tmp_path / "run", [logger])
+    (files,) = glob.glob(str(tmp_path / "wb" / "wandb" / "offline-run-*" / "files"))
+    kept = {p.name: p for p in Path(files).iterdir() if p.name in ("history.csv", "model.safetensors")}
+    assert set(kept) == {"history.csv", "model.safetensors"}
+    assert not any(p.is_symlink() for p in kept.values())
+    before = {name: p.read_bytes() for name, p in kept.items()}
+    x = torch.randn(64, 3)
+    model = th.Model(nn.Linear(3, 2), loss=nn.CrossEntropyLoss(), device="cpu")
+    model.fit(x, (x[:, 1] > 0).long(), epochs=1, run_dir=tmp_path / "run", overwrite=True, progress="none")
+    assert {name: p.read_bytes() for name, p in kept.items()} == before  # the first W&B run is unchanged

@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -350,3 +351,43 @@ def test_tune_returns_its_own_result_with_the_study_beside_it(tmp_path):
     assert not hasattr(result.study, "best_model")  # nothing is set on Optuna's object
     assert result.best_params == result.study.best_params and result.tune_dir == tmp_path
     assert result.best_model is not None and result.best_run_dir.is_dir()
+
+
+def test_a_search_key_added_after_the_best_trial_keeps_the_study_usable(tmp_path, capsys):
+    config = write_config(tmp_path)
+    assert main(["tune", str(config), "--trials", "2", "--tune-dir", str(tmp_path / "t")]) == 0
+    grown = json.loads(json.dumps(SEARCH_CONFIG))
+    grown["search"]["fit.batch_size"] = {"type": "int", "low": 16, "high": 64, "step": 16}
+    config = write_config(tmp_path, search=grown["search"])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        # no new trial: the best is one of the two that ran before fit.batch_size was searched
+        assert main(["tune", str(config), "--trials", "2", "--tune-dir", str(tmp_path / "t")]) == 0
+    assert "best trial's run folder" in capsys.readouterr().out
+    assert not [w for w in caught if "cannot rebuild" in str(w.message)]  # rebuilt with the config's value
+
+
+def test_a_misspelt_search_key_is_a_usage_error_before_any_trial(tmp_path, capsys):
+    config = write_config(tmp_path, search={"optimizer.lrr": {"type": "float", "low": 1e-3, "high": 1e-1}})
+    assert main(["tune", str(config), "--trials", "2", "--tune-dir", str(tmp_path / "t")]) == 2
+    err = capsys.readouterr().err
+    assert "search.optimizer.lrr" in err and "takes no argument(s) ['lrr']" in err
+    assert not list((tmp_path / "t").glob("trial-*"))
+    config = write_config(tmp_path, search={"fit.epochz": {"type": "int", "low": 1, "high": 3}})
+    assert main(["tune", str(config), "--trials", "2", "--tune-dir", str(tmp_path / "t")]) == 2
+    assert "unknown key(s) ['epochz']" in capsys.readouterr().err
+
+
+def test_the_python_tune_warns_instead_of_crashing_when_the_best_trial_cannot_be_rebuilt(tmp_path):
+    x, y = data()
+    th.tune(build, x, y, validation_split=0.2, n_trials=2, epochs=1, tune_dir=tmp_path / "t", seed=0)
+
+    def grown(trial):
+        trial.suggest_int("extra", 1, 3)  # a parameter the first trials never had
+        return build(trial)
+
+    with pytest.warns(UserWarning, match="cannot rebuild the best trial"):
+        result = th.tune(
+            grown, x, y, validation_split=0.2, n_trials=2, epochs=1, tune_dir=tmp_path / "t", seed=0
+        )
+    assert result.best_model is None and result.best_run_dir is not None

@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -33,6 +34,7 @@ __all__ = [
     "flatten",
     "load_state",
     "read_json",
+    "read_regular_file",
     "read_tensors",
     "save_state",
     "seal_state_json",
@@ -255,6 +257,10 @@ def read_tensors(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{file}: no such file")
     if file.is_dir():
         raise CheckpointError(f"{file}: is a folder; expected a .safetensors file")
+    if not file.is_file():
+        raise CheckpointError(
+            f"{file}: is not a regular file (a FIFO or a device); expected a .safetensors file"
+        )
     kind = _sniff(file)
     if kind:
         raise CheckpointError(
@@ -277,12 +283,32 @@ def read_tensors(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     return tensors
 
 
+def read_regular_file(path: str | os.PathLike[str]) -> bytes:
+    """The bytes of the regular file at ``path``, opened without waiting: a FIFO, device or
+    folder planted where a file belongs is refused instead of blocking the reader.
+
+    >>> read_regular_file("/dev/null")
+    Traceback (most recent call last):
+    torchhouse.errors.CheckpointError: /dev/null: is not a regular file (a FIFO, a device or a folder)
+    """
+    file = Path(path)
+    try:
+        fd = os.open(file, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        raise CheckpointError(f"{file}: no such file") from None
+    except OSError as exc:
+        raise CheckpointError(f"{file}: cannot be read: {exc.strerror or exc}") from exc
+    with os.fdopen(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise CheckpointError(f"{file}: is not a regular file (a FIFO, a device or a folder)")
+        return handle.read()
+
+
 def read_json(path: str | os.PathLike[str]) -> Any:
     file = Path(path)
-    if not file.exists():
-        raise CheckpointError(f"{file}: no such file")
+    raw = read_regular_file(file)
     try:
-        return json.loads(file.read_text())
+        return json.loads(raw.decode())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"{file}: is not valid JSON (truncated or corrupt?): {exc}") from exc
     except RecursionError as exc:
@@ -360,8 +386,8 @@ def load_state(folder: str | os.PathLike[str]) -> dict[str, Any]:
     if not intact:
         raise CheckpointError(f"{json_file}: its checksum does not match its content (damaged or edited)")
     tensor_file = source / STATE_TENSORS
-    if not tensor_file.exists():
-        raise CheckpointError(f"{tensor_file}: no such file")
+    if not tensor_file.is_file():
+        raise CheckpointError(f"{tensor_file}: no such file (or not a regular file)")
     if sha256_file(tensor_file) != meta.get("sha256"):
         raise CheckpointError(f"{tensor_file}: its checksum does not match (corrupt file)")
     tensors = read_tensors(tensor_file)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import shlex
 import signal
 import sys
 from collections.abc import Sequence
@@ -163,7 +164,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
-    args = parser.parse_args(argv)
+    given = list(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(given)
     if args.command is None:
         parser.print_help()
         return 2
@@ -174,7 +176,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return handler(args)
     except KeyboardInterrupt:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the message short
-        print(_interrupted_message(args), file=sys.stderr)
+        print(_interrupted_message(args, given), file=sys.stderr)
         return 130
     except TorchhouseError as exc:
         print(f"torchhouse {args.command}: error: {exc}", file=sys.stderr)
@@ -186,21 +188,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
-def _interrupted_message(args: argparse.Namespace) -> str:
+def continue_command(command: str, given: list[str]) -> str:
+    """The command that continues an interrupted one: what was typed (every --set, --run-dir,
+    --epochs...), without ``--overwrite`` (it would remove the run) and, for a fit or the
+    demo, with ``--resume``. A study continues when the same tune command runs again."""
+    kept = [part for part in given if part != "--overwrite"]
+    if command in ("fit", "demo") and "--resume" not in kept:
+        kept.append("--resume")
+    return " ".join(shlex.quote(part) for part in ["torchhouse", *kept])
+
+
+def _interrupted_message(args: argparse.Namespace, given: list[str]) -> str:
     """Two lines: where training stopped and how to go on (the run's state is on disk)."""
     from torchhouse.runs import RunDir
 
     folder = getattr(args, "run_dir", None) or getattr(args, "tune_dir", None)
-    if args.command == "fit" and folder is None:
+    if args.command in ("fit", "tune") and folder is None:
         from torchhouse.config import load_config
 
         try:
             config = load_config(args.config, args.overrides)
-            folder = config.get("run_dir") or os.path.join("runs", str(config.get("name", "run")))
+            name = str(config.get("name", "run"))
+            default = os.path.join("runs", name if args.command == "fit" else f"{name}-tune")
+            folder = (config.get("run_dir") if args.command == "fit" else None) or default
         except TorchhouseError:
             folder = None
-    where, again = "", ""
-    if folder and os.path.isdir(folder):
+    where = ""
+    if args.command in ("fit", "demo") and folder and os.path.isdir(folder):
         run = RunDir(folder)
         try:
             stopped = run.info().get("interrupted_at") or {}
@@ -213,13 +227,12 @@ def _interrupted_message(args: argparse.Namespace) -> str:
             if states
             else f"{at}; no state was saved yet"
         )
-        again = {
-            "fit": f"torchhouse fit {getattr(args, 'config', 'CONFIG')} --resume",
-            "demo": f"torchhouse demo --run-dir {folder} --resume",
-            "tune": "run the same torchhouse tune command again",
-        }.get(args.command, "")
+    elif args.command == "tune" and folder:
+        where = f"; finished trials are kept in {folder} and are not run again"
     line = f"torchhouse {args.command}: interrupted (Ctrl-C){where}."
-    return line + (f"\nContinue with: {again}" if again else "")
+    if args.command not in ("fit", "demo", "tune"):
+        return line
+    return line + f"\nContinue with: {continue_command(args.command, given)}"
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -295,7 +308,7 @@ def _read_input_csv(path: str, info: dict[str, Any], target: str | None, where: 
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from torchhouse.config import load_data, load_run
+    from torchhouse.config import load_data, load_run, read_test_split
 
     config, model = load_run(args.run, trust_code=args.trust_code)
     info = config["data"]
@@ -303,6 +316,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         target = args.target or info.get("target") or "target"
         x, y = _read_input_csv(args.csv, info, target, "--csv")
         y = y.astype("int64") if info["task"] == "classification" else y.astype("float32").reshape(len(y), -1)
+    elif (kept := read_test_split(args.run)) is not None:
+        x, y = kept  # the held-out rows the run folder kept: no data path, no code
     else:
         if "served_from" in config and not any(k in info for k in ("dataset", "csv")):
             print(

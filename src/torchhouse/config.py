@@ -62,6 +62,7 @@ __all__ = [
     "FIT_KEYS",
     "MODEL_KEYS",
     "RUN_CONFIG",
+    "TEST_SPLIT",
     "SECTIONS",
     "TRAINER_KEYS",
     "apply_override",
@@ -75,11 +76,13 @@ __all__ = [
     "prepare_inputs",
     "read_csv",
     "read_run_config",
+    "read_test_split",
     "read_text_csv",
     "task_of",
     "train_from_config",
     "validate",
     "write_run_config",
+    "write_test_split",
 ]
 
 SECTIONS: dict[str, Any] = {
@@ -677,6 +680,29 @@ def build_callbacks(config: dict[str, Any], run_dir: Any, trust_code: bool = Fal
 
 RUN_CONFIG = "run_config.json"
 CHECKSUM_KEY = "checksum"
+TEST_SPLIT = "test_split.safetensors"
+
+
+def write_test_split(folder: str | os.PathLike[str], x: Any, y: Any) -> None:
+    """The held-out rows as the net takes them (safetensors), so `torchhouse evaluate RUN` needs
+    neither the data's path (a CSV outside the folder) nor ``--trust-code``."""
+    from torchhouse.checkpoint import atomic_save_tensors
+
+    tensors = {"x": torch.as_tensor(np.asarray(x)), "y": torch.as_tensor(np.asarray(y))}
+    atomic_save_tensors(Path(folder) / TEST_SPLIT, tensors, {"format": "torchhouse-test-split"}, True)
+
+
+def read_test_split(folder: str | os.PathLike[str]) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The held-out rows a run folder kept (`write_test_split`), or None when it has none."""
+    from torchhouse.checkpoint import read_tensors
+
+    file = Path(folder) / TEST_SPLIT
+    if not file.is_file():
+        return None
+    tensors = read_tensors(file)
+    if set(tensors) != {"x", "y"}:
+        raise ConfigError(f"{file}: expected the tensors x and y, got {sorted(tensors)}")
+    return tensors["x"], tensors["y"]
 
 
 def write_run_config(folder: str | os.PathLike[str], config: dict[str, Any]) -> None:
@@ -746,6 +772,8 @@ def train_from_config(
         **fit_kwargs,
     )
     write_run_config(folder, config)
+    if data.x_test is not None:
+        write_test_split(folder, data.x_test, data.y_test)
     from torchhouse.serving import add_data_info
 
     add_data_info(folder, data.info)

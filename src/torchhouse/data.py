@@ -22,7 +22,15 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset, TensorDataset, default_collate
+from torch.utils.data import (
+    DataLoader,
+    Dataset,
+    IterableDataset,
+    SequentialSampler,
+    Subset,
+    TensorDataset,
+    default_collate,
+)
 
 from torchhouse.errors import DataError
 
@@ -33,7 +41,10 @@ __all__ = [
     "LoaderBatches",
     "as_pair",
     "batch_size_of",
+    "align_columns",
+    "batch_weights",
     "call_net",
+    "dataframe_columns",
     "describe",
     "inputs_of",
     "is_hf_dataset",
@@ -115,6 +126,36 @@ def _is_dataframe(obj: Any) -> bool:
     # Recognise pandas objects without importing pandas.
     module = type(obj).__module__
     return module.startswith("pandas") and hasattr(obj, "to_numpy")
+
+
+def dataframe_columns(value: Any) -> list[Any] | None:
+    """The column labels of a pandas DataFrame (recognised without importing pandas), else None."""
+    if _is_dataframe(value) and hasattr(value, "columns") and getattr(value, "ndim", 2) == 2:
+        return list(value.columns)
+    return None
+
+
+def align_columns(frame: Any, names: list[Any], name: str) -> Any:
+    """``frame`` with its columns in the order of ``names`` (the training's), matched by name.
+
+    Reordered columns are put back in order; a missing or unknown column is refused, naming it.
+    """
+    columns = list(frame.columns)
+    if columns == names:
+        return frame
+    missing = [n for n in names if n not in columns]
+    unknown = [c for c in columns if c not in names]
+    if missing or unknown:
+        problems = []
+        if missing:
+            problems.append(f"missing column(s) {[str(n) for n in missing[:5]]}")
+        if unknown:
+            problems.append(f"unknown column(s) {[str(c) for c in unknown[:5]]}")
+        raise DataError(
+            f"{name}: the DataFrame's columns are not the ones the model was trained on: "
+            f"{'; '.join(problems)}. It was trained on {[str(n) for n in names]} (matched by name)"
+        )
+    return frame[names]
 
 
 def to_tensor(value: Any, name: str) -> torch.Tensor:
@@ -271,6 +312,17 @@ class Batches:
 
     def set_epoch(self, epoch: int) -> None:
         """Tell a DistributedSampler which epoch it is (its shuffle depends on it)."""
+
+    def position(self) -> dict[str, Any] | None:
+        """Where a stream read on across epochs stands (saved for exact resume), or None."""
+        return None
+
+    def seek(self, position: dict[str, Any]) -> None:
+        """Go back to a `position` a saved state recorded (streams only)."""
+
+    def resume_refusal(self) -> str | None:
+        """Why a run over this data cannot resume exactly, or None when it can."""
+        return None
 
     def padding(self) -> tuple[int, int] | None:
         """(index of the batch holding padded samples, real samples in it), or None."""
@@ -473,6 +525,8 @@ class LoaderBatches(Batches):
         self.loader = loader
         self.name = name
         self.tensors: tuple[torch.Tensor, ...] | None = None  # the fast path's (device) copies
+        self._source: tuple[tuple[torch.Tensor, int], ...] = ()  # what they were copied from
+        self._device, self._max_bytes = torch.device("cpu"), 1 << 30
         self.num_samples = _dataset_length(loader.dataset)
         if self.num_samples == 0:
             raise DataError(f"{name}: the dataset is empty; expected at least one sample")
@@ -535,6 +589,31 @@ class LoaderBatches(Batches):
         self.rank, self.world = rank, world
         return self
 
+    def resume_refusal(self) -> str | None:
+        loader = self.loader
+        if loader.num_workers > 0 and loader.persistent_workers:
+            return (
+                f"{self.name} is a DataLoader with persistent_workers=True: its worker processes keep their "
+                "random state from epoch to epoch, which a new process cannot restore, so a resumed run "
+                "would draw other random numbers. Use persistent_workers=False (each epoch's workers are "
+                "then seeded from the loader's saved random state)"
+            )
+        return None
+
+    def fingerprint(self) -> dict[str, Any]:
+        """Size and batching, how the loader draws its order, and a hash of sampled items."""
+        loader = self.loader
+        described = {
+            **super().fingerprint(),
+            "shuffle": not isinstance(loader.sampler, SequentialSampler),
+            "sampler": describe_sampler(loader.sampler),
+            "batch_sampler": type(loader.batch_sampler).__name__
+            if loader.batch_sampler is not None
+            else None,
+            "drop_last": loader.drop_last,
+        }
+        return {**described, **dataset_fingerprint(loader.dataset)}
+
     def set_epoch(self, epoch: int) -> None:
         set_epoch = getattr(self.loader.sampler, "set_epoch", None)
         if callable(set_epoch):
@@ -572,12 +651,29 @@ class LoaderBatches(Batches):
             return self
         dataset: Any = self.loader.dataset
         tensors = tuple(dataset.tensors)
+        self._device, self._max_bytes = device, max_bytes
+        self._source = tuple((t, t._version) for t in tensors)
         if device.type != "cpu" and sum(t.numel() * t.element_size() for t in tensors) > max_bytes:
             self.tensors = tensors
             return self
         self.tensors = tuple(t.to(device) for t in tensors)
         self.on_device = True
         return self
+
+    def _current_tensors(self) -> tuple[torch.Tensor, ...]:
+        """The tensors to slice: the device copies, made again when the dataset's tensors were
+        rebound (``dataset.tensors = ...``) or changed in place since they were made."""
+        dataset: Any = self.loader.dataset
+        tensors = tuple(dataset.tensors)
+        if self.tensors is None:
+            return tensors
+        same = len(tensors) == len(self._source) and all(
+            t is kept and t._version == version for t, (kept, version) in zip(tensors, self._source)
+        )
+        if not same:
+            self.to(self._device, self._max_bytes)
+            assert self.tensors is not None
+        return self.tensors
 
     def iterate(self, generator: torch.Generator | None, start: int = 0) -> Iterator[Batch]:
         if self.sliceable():
@@ -594,8 +690,7 @@ class LoaderBatches(Batches):
 
     def _slices(self, start: int) -> Iterator[Any]:
         loader = self.loader
-        dataset: Any = loader.dataset
-        tensors = self.tensors if self.tensors is not None else tuple(dataset.tensors)
+        tensors = self._current_tensors()
         batch_sampler = loader.batch_sampler
         assert batch_sampler is not None
         # In the order DataLoader.__iter__ does it: the sampler's iterator (lazy), then
@@ -615,6 +710,73 @@ class LoaderBatches(Batches):
         for indices in indices_iter:
             rows = torch.as_tensor(indices, dtype=torch.long, device=device)
             yield [t.index_select(0, rows) for t in tensors]  # a list, as default_collate gives
+
+
+def describe_sampler(sampler: Any) -> dict[str, Any]:
+    """What decides a sampler's order, for a resume check (not the rank of a DistributedSampler)."""
+    import hashlib
+
+    described: dict[str, Any] = {"class": f"{type(sampler).__module__}.{type(sampler).__qualname__}"}
+    for key in ("replacement", "num_samples", "shuffle", "seed", "drop_last", "num_replicas"):
+        value = getattr(sampler, key, None)
+        if isinstance(value, (bool, int, float, str)):
+            described[key] = value
+    for key in ("weights", "indices"):
+        value = getattr(sampler, key, None)
+        if value is not None:
+            array = torch.as_tensor(list(value) if not isinstance(value, torch.Tensor) else value)
+            described[f"{key}_sha256"] = hashlib.sha256(array.double().numpy().tobytes()).hexdigest()
+    return described
+
+
+def _hash_leaves(value: Any, digest: Any) -> bool:
+    """Add the tensors, arrays and numbers in ``value`` to ``digest``; False if it holds anything else."""
+    if isinstance(value, (torch.Tensor, np.ndarray)):
+        tensor = torch.as_tensor(value).detach().cpu().contiguous()
+        digest.update(f"{tensor.dtype}{list(tensor.shape)}".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+        return True
+    if isinstance(value, (bool, int, float, str)):
+        digest.update(repr(value).encode())
+        return True
+    if isinstance(value, Mapping):
+        return all(_hash_leaves(v, digest) for k, v in sorted(value.items(), key=lambda kv: str(kv[0])))
+    if isinstance(value, (tuple, list)):
+        return all(_hash_leaves(v, digest) for v in value)
+    return False
+
+
+def dataset_fingerprint(dataset: Any, samples: int = 32) -> dict[str, Any]:
+    """A hash of a few items at fixed positions, so a resume on other data of the same size is
+    refused. The items are read with every RNG seeded (and restored afterwards), so a dataset
+    that augments at random hashes the same in every run; None for a stream, or for items
+    that are not tensors, arrays or numbers."""
+    import hashlib
+
+    from torchhouse import rng
+
+    n = _dataset_length(dataset)
+    if n is None or n == 0:
+        return {"items_sha256": None}
+    if type(dataset) is TensorDataset:  # no item reads: rows of the tensors themselves
+        rows = torch.linspace(0, n - 1, steps=min(n, 32)).long()
+        digest = hashlib.sha256()
+        for tensor in dataset.tensors:
+            _hash_leaves(tensor[rows.to(tensor.device)], digest)
+        return {"items_sha256": digest.hexdigest()}
+    saved = rng.capture()
+    digest = hashlib.sha256()
+    try:
+        rng.seed_everything(0)
+        hashable = all(
+            _hash_leaves(dataset[int(i)], digest)
+            for i in torch.linspace(0, n - 1, steps=min(n, samples)).long()
+        )
+    except Exception:  # an item that cannot be read here: the size and sampler still count
+        hashable = False
+    finally:
+        rng.restore(saved)
+    return {"items_sha256": digest.hexdigest() if hashable else None}
 
 
 def is_hf_dataset(x: Any) -> bool:
@@ -645,6 +807,29 @@ def as_pair(batch: Any) -> Batch:
         "a batch must be a pair (inputs, target) (or (inputs, target, sample_weight)), but the data yielded "
         f"{describe(batch)}. Make the Dataset return (inputs, target), or override "
         "Model.unpack_batch to read another batch layout."
+    )
+
+
+def batch_weights(batch: Any) -> torch.Tensor | None:
+    """The per-sample weights of an ``(inputs, target, sample_weight)`` batch, or None for a pair.
+
+    A third element is taken as weights (Keras' rule) only when it is a floating vector with
+    one value per sample (``(N,)`` or ``(N, 1)``); anything else (an integer row index, a
+    mask, another column) is refused, since reading it as weights would change the loss
+    without a word.
+    """
+    if not (isinstance(batch, (tuple, list)) and len(batch) == 3):
+        return None
+    weight = batch[2]
+    n = batch_size_of(batch[1] if batch[1] is not None else batch[0])
+    if isinstance(weight, torch.Tensor) and weight.is_floating_point() and weight.shape in ((n,), (n, 1)):
+        return weight.reshape(-1)
+    raise DataError(
+        f"the batch's third element is {describe(weight)}: a third element is read as per-sample loss "
+        f"weights, (x, y, sample_weight) as in Keras, so it must be a floating vector of the batch's "
+        f"{n} samples. To weigh samples, make it float weights of shape (N,) (for arrays: "
+        "fit(sample_weight=...)); to carry another column (an index, a mask), yield ((x, extra), y) or a "
+        "dict and override Model.unpack_batch (docs/steps.md)"
     )
 
 
@@ -681,6 +866,11 @@ def make_batches(
     `DataLoader`. With arrays, ``y`` holds the targets (``None`` is allowed only when
     ``require_target`` is false, as in `predict`).
     """
+    if sample_weight is not None and (isinstance(x, (DataLoader, Dataset)) or is_hf_dataset(x)):
+        raise DataError(
+            f"sample_weight is for arrays; {name} is a {type(x).__name__}, which would ignore it. Make its "
+            "batches (x, y, sample_weight) instead: the third element is the weights (docs/steps.md)"
+        )
     if isinstance(x, DataLoader):
         if y is not None:
             raise DataError(f"{name} is a DataLoader, so y must be None (the loader yields targets)")

@@ -83,7 +83,13 @@ def lightning_module(model: Model) -> Any:
             self.log(f"{prefix}loss", loss.detach(), prog_bar=True, **options)
             detached = tree_map(lambda t: t.detach(), shown)
             for name, fn in self.functions.items():
-                self.log(f"{prefix}{name}", fn(detached, target).detach().float(), **options)
+                value = fn(detached, target).detach().float()
+                if getattr(fn, "counts", False):  # [correct, counted]: a mean weighted by the count
+                    counted = int(value[1])
+                    if counted:  # a batch without a counted target adds nothing
+                        self.log(f"{prefix}{name}", value[0] / counted, **{**options, "batch_size": counted})
+                else:
+                    self.log(f"{prefix}{name}", value, **options)
             stage_metrics: Any = self.stage_metrics[f"{stage}_"]
             for name, metric in stage_metrics.items():
                 metric.update(detached, target)

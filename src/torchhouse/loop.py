@@ -180,7 +180,6 @@ class FitLoop:
         self.validated = False  # whether a validation pass ran in this fit
         self.epoch_rng: dict[str, Any] | None = None
         self.resumed: TrainingState | None = None
-        self.lr = float("nan")
         self.sharded = context is not None and model.strategy == "fsdp"  # FSDP2: per-rank shard files
         self.fit_config = fit_config
         acc = model.train_metrics
@@ -203,6 +202,7 @@ class FitLoop:
         model.global_step = 0
         self._open_run_dir()
         try:
+            self._check_resumable()
             if self.run_dir is not None and self.resume:
                 rank = 0 if self.context is None else self.context.rank
                 self.resumed = load_resume_state(
@@ -257,6 +257,9 @@ class FitLoop:
         model.net.train()
         train.set_epoch(epoch)
         resuming = resumed is not None and epoch == resumed.epoch
+        if resuming:
+            assert resumed is not None
+            self._seek_streams(resumed.data_position)  # before the RNG states of the save come back
         if resuming and start > 0:
             assert resumed is not None
             self.epoch_rng = resumed.part("rng_epoch_start")
@@ -272,8 +275,22 @@ class FitLoop:
             self.epoch_rng = rng.capture(self.generators) if self.checkpoint_every else None
             model.train_metrics.reset()
             batches = train.iterate(self.generator, 0)
-        self.lr = _current_lr(model.optimizer)  # after on_epoch_start, which may set it
+        model.last_step_lr = None  # set by each optimizer_step: the lr the step used
         return batches
+
+    def data_position(self) -> dict[str, Any] | None:
+        """Where the streams read on across epochs stand (saved in each state), or None."""
+        positions = {
+            name: batches.position()
+            for name, batches in (("train", self.train), ("validation", self.val))
+            if batches is not None and batches.position() is not None
+        }
+        return positions or None
+
+    def _seek_streams(self, positions: dict[str, Any] | None) -> None:
+        for name, batches in (("train", self.train), ("validation", self.val)):
+            if batches is not None and positions is not None and name in positions:
+                batches.seek(positions[name])
 
     def _train_epoch(self, batches: Iterable[Any], start: int) -> int:
         """The training steps of one epoch (`run_batches`); returns the batches done."""
@@ -320,8 +337,9 @@ class FitLoop:
         if self.context is not None:
             model.stop_training = distributed.any_rank(model.stop_training, model.device)
         self._warn_skipped(epoch)
-        if model.lr_scheduler is not None:
-            logs["lr"] = self.lr
+        if "lr" in model.log_names:  # the lr the epoch's last step used (Keras logs it too)
+            used = model.last_step_lr
+            logs["lr"] = float(used) if used is not None else _current_lr(model.optimizer)
         if self.val is not None and (epoch + 1) % int(self.fit_config.get("validation_freq", 1)) == 0:
             # the fit's first validation checks its first step (the checks read the device)
             results = evaluate(model, self.val, model.eval_metrics, callbacks, check_first=not self.validated)
@@ -440,6 +458,18 @@ class FitLoop:
             raise CheckpointError(f"{self.run_dir.path}: rank 0 could not open the run folder")
         if failure is not None:
             raise failure
+
+    def _check_resumable(self) -> None:
+        """Data a run cannot resume on exactly: refused on resume, said at the start otherwise."""
+        if self.run_dir is None:
+            return
+        reasons = [b.resume_refusal() for b in (self.train, self.val) if b is not None]
+        reason = next((r for r in reasons if r), None)
+        if reason is None:
+            return
+        if self.resume and self.run_dir.state_names():
+            raise CheckpointError(f"{self.run_dir.path}: cannot resume exactly: {reason}")
+        warn_user(f"the states of this run in {self.run_dir.path} cannot be resumed exactly: {reason}")
 
     def config(self) -> dict[str, Any]:
         """What was trained and how: the run folder's ``config.json``."""

@@ -27,6 +27,11 @@ from torchhouse.data import tree_map
 from torchhouse.errors import CheckpointError, ConfigError, DataError
 
 __all__ = [
+    "BATCHABLE_METRICS",
+    "ClassAccuracy",
+    "class_accuracy_for",
+    "PendingOutputs",
+    "batchable",
     "resolve_weighted_metrics",
     "check_metric_values",
     "load_metric_state",
@@ -97,6 +102,49 @@ def binary_accuracy_logits(preds: torch.Tensor, target: torch.Tensor) -> torch.T
     return ((preds.reshape(target.shape) > 0) == target.bool()).float().mean()
 
 
+class ClassAccuracy:
+    """Accuracy over the targets that count: class scores' argmax against class indices,
+    leaving out targets equal to ``ignore_index`` (padding, -100 in Hugging Face's
+    convention). It returns counts, ``[correct, counted]``, and the epoch's value is the sum
+    of the first over the sum of the second: token accuracy over labelled tokens, not a mean
+    of per-batch means.
+
+    ``class_dim`` is where the class scores are: 1 for torch's losses ``(N, C, ...)``, -1 for
+    a Hugging Face net's logits ``(N, T, C)``.
+
+    >>> ClassAccuracy()(torch.tensor([[0.1, 0.9], [0.8, 0.2], [0.3, 0.7]]), torch.tensor([1, 1, -100]))
+    tensor([1., 2.])
+    """
+
+    counts = True  # returns [numerator, denominator]; the epoch divides their sums
+
+    def __init__(self, ignore_index: int | None = -100, class_dim: int = 1) -> None:
+        self.ignore_index = ignore_index
+        self.class_dim = class_dim
+        self.__name__ = "accuracy"
+
+    def __call__(self, preds: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        dim = self.class_dim if preds.dim() > 2 else -1
+        predicted = preds.argmax(dim)
+        if self.ignore_index is None:
+            counted = torch.ones_like(target, dtype=torch.bool)
+        else:
+            counted = target != self.ignore_index
+        correct = ((predicted == target) & counted).sum()
+        return torch.stack([correct, counted.sum()]).float()
+
+    def __repr__(self) -> str:
+        return f"ClassAccuracy(ignore_index={self.ignore_index}, class_dim={self.class_dim})"
+
+
+def class_accuracy_for(loss: Any) -> ClassAccuracy:
+    """The accuracy named metrics use with a classification loss (its ``ignore_index``) or
+    with a net's own loss (Hugging Face: -100, logits with the classes last)."""
+    if loss is None:
+        return ClassAccuracy(-100, class_dim=-1)
+    return ClassAccuracy(getattr(loss, "ignore_index", -100), class_dim=1)
+
+
 _CLASSIFICATION_LOSSES = ("CrossEntropyLoss", "NLLLoss")
 METRIC_NAMES = ("accuracy", "acc", "mae", "mse", "auc", "f1", "precision", "recall")
 
@@ -123,7 +171,10 @@ def resolve_metric(metric: Any, loss: Any, name: str) -> Any:
         if key in ("auc", "f1", "precision", "recall"):
             from torchhouse.named_metrics import NamedMetric, kind_of_loss
 
-            return NamedMetric(key, kind_of_loss(loss))
+            ignore = -100 if loss is None else getattr(loss, "ignore_index", None)
+            return NamedMetric(
+                key, kind_of_loss(loss), ignore_index=ignore, class_dim=-1 if loss is None else 1
+            )
         if key not in ("accuracy", "acc"):
             raise ConfigError(
                 f"metrics[{name!r}]: {metric!r} is not a metric name torchhouse resolves; use one of "
@@ -138,6 +189,8 @@ def resolve_metric(metric: Any, loss: Any, name: str) -> Any:
         metric = accuracy
     if metric is accuracy and loss_name == "BCEWithLogitsLoss":
         return binary_accuracy_logits  # the net outputs logits: threshold them at 0
+    if metric is accuracy and (loss is None or loss_name in _CLASSIFICATION_LOSSES):
+        return class_accuracy_for(loss)  # class indices: ignored targets left out, counted exactly
     return metric
 
 
@@ -227,7 +280,8 @@ def check_metric_values(metrics: Mapping[str, Any], out: Mapping[str, Any]) -> N
         if is_stateful_metric(metric):
             continue
         value = metric(tree_map(_detach, out["preds"]), out["target"])
-        if not isinstance(value, torch.Tensor) or value.numel() != 1:
+        expected = 2 if getattr(metric, "counts", False) else 1
+        if not isinstance(value, torch.Tensor) or value.numel() != expected:
             shown = (
                 f"a tensor of shape {tuple(value.shape)}" if isinstance(value, torch.Tensor) else repr(value)
             )
@@ -291,15 +345,19 @@ class EpochMetrics:
         # the sample weights over the epoch: sum(w * value) / sum(w).
         self.weighted: dict[str, Callable[..., Any]] = dict(weighted or {})
         self.stateful = {n: m for n, m in metrics.items() if is_stateful_metric(m)}
-        # Metrics whose update only adds to its state (torchmetrics' full_state_update=False)
-        # get the outputs of several steps in one update: Metric.update costs more than a
-        # small net's whole step, and its result does not depend on how the samples are split.
-        self.batched = {n: m for n, m in self.stateful.items() if _additive(m)}
+        # Metrics known to count (or concatenate) what they are given get the outputs of
+        # several steps in one update: Metric.update costs more than a small net's whole
+        # step, and for these the result does not depend on how the samples are split
+        # (`batchable`). Every other metric is updated at every step, as a hand loop does.
+        self.batched = {n: m for n, m in self.stateful.items() if batchable(m)}
         self.per_step = {n: m for n, m in self.stateful.items() if n not in self.batched}
-        self._pending: list[tuple[torch.Tensor, torch.Tensor]] = []
-        self._pending_bytes = 0
+        self._pending = PendingOutputs()
         self.functions: dict[str, Callable[..., Any]] = {
-            n: m for n, m in metrics.items() if not is_stateful_metric(m)
+            n: m for n, m in metrics.items() if not is_stateful_metric(m) and not getattr(m, "counts", False)
+        }
+        # Functions that return [numerator, denominator] (ClassAccuracy): two summed columns
+        self.counting: dict[str, Callable[..., Any]] = {
+            n: m for n, m in metrics.items() if not is_stateful_metric(m) and getattr(m, "counts", False)
         }
         for metric in self.stateful.values():
             if hasattr(metric, "to"):
@@ -319,9 +377,15 @@ class EpochMetrics:
         self.count = 0
         self._flag_ready: Any = None  # a CUDA event: the last nonfinite_seen copy is done
         self.sizes: list[int] = []
-        self._pending = []
-        self._pending_bytes = 0
-        names = ("loss", *self.functions, *self.weighted, *(_WEIGHT_SUM + n for n in self.weighted))
+        self._pending.clear()
+        names = (
+            "loss",
+            *self.functions,
+            *self.weighted,
+            *(_WEIGHT_SUM + n for n in self.weighted),
+            *self.counting,
+            *(_COUNT + n for n in self.counting),
+        )
         old: dict[str, torch.Tensor] = getattr(self, "columns", {})
         # The buffers of the last epoch are reused when they still fit: only [:count] is read,
         # so they need no clearing; a custom step's extra keys start afresh (NaN where absent).
@@ -352,6 +416,10 @@ class EpochMetrics:
                 metric.update(preds, target)
             for name, fn in self.functions.items():
                 columns[name][i] = fn(preds, target).detach()
+            for name, fn in self.counting.items():
+                counted = fn(preds, target).detach()
+                columns[name][i] = counted[0]
+                columns[_COUNT + name][i] = counted[1]
             if self.weighted:
                 weight = out.get("sample_weight")
                 for name, fn in self.weighted.items():
@@ -366,40 +434,21 @@ class EpochMetrics:
         self.count = i + 1
 
     def _add_pending(self, preds: Any, target: Any) -> None:
-        """Keep this step's outputs for the batched metrics; update them every few steps."""
-        pending = self._pending
-        if not (_batch_tensor(preds) and _batch_tensor(target)):
+        """Keep a copy of this step's outputs for the batched metrics; update them every few steps."""
+        if not self._pending.add(preds, target):
             self.flush()
-            for metric in self.batched.values():
-                metric.update(preds, target)
-            return
-        if pending:
-            first_preds, first_target = pending[0]
-            if (
-                preds.shape[1:] != first_preds.shape[1:]
-                or target.shape[1:] != first_target.shape[1:]
-                or preds.dtype != first_preds.dtype
-                or target.dtype != first_target.dtype
-                or preds.device != first_preds.device
-            ):
-                self.flush()  # another shape (e.g. a text batch of another length): no concatenation
-        self._pending.append((preds, target))
-        self._pending_bytes += preds.numel() * preds.element_size() + target.numel() * target.element_size()
-        if len(self._pending) >= PENDING_STEPS or self._pending_bytes >= PENDING_BYTES:
+            if not self._pending.add(preds, target):  # not two batch tensors of one length
+                for metric in self.batched.values():
+                    metric.update(preds, target)
+        if self._pending.full:
             self.flush()
 
     def flush(self) -> None:
         """Give the batched metrics the outputs kept since their last update."""
-        pending = self._pending
-        if not pending:
+        taken = self._pending.take()
+        if taken is None:
             return
-        if len(pending) == 1:
-            preds, target = pending[0]
-        else:
-            preds = torch.cat([p for p, _ in pending])
-            target = torch.cat([t for _, t in pending])
-        self._pending = []
-        self._pending_bytes = 0
+        preds, target = taken
         for metric in self.batched.values():
             metric.update(preds, target)
 
@@ -455,8 +504,9 @@ class EpochMetrics:
         if self.ignore_nonfinite:
             sizes = sizes * finite
             rows = np.where(finite, rows, 0.0)
+        summed = self._summed
         sums = [
-            values.sum() if name == "loss" and self.loss_reduction == "sum" else (values * sizes).sum()
+            values.sum() if name in summed else (values * sizes).sum()
             for name, values in zip(self.columns, rows, strict=True)
         ]
         # The count of non-finite losses rides along, so the NaN check costs no extra read
@@ -469,7 +519,21 @@ class EpochMetrics:
         floats = [float(t) for t in totals]
         self.nonfinite = int(floats[-1])
         samples = floats[-2]
-        return {name: _divide(floats[i], samples) for i, name in enumerate(self.columns)}
+        counts = self._counts
+        return {
+            name: floats[i] if name in counts else _divide(floats[i], samples)
+            for i, name in enumerate(self.columns)
+        }
+
+    @property
+    def _counts(self) -> set[str]:
+        """Columns of counts (a counting metric's two): summed over the epoch, not averaged."""
+        return {*self.counting, *(_COUNT + n for n in self.counting)}
+
+    @property
+    def _summed(self) -> set[str]:
+        """Columns summed as they are, not weighted by the batch sizes."""
+        return self._counts | ({"loss"} if self.loss_reduction == "sum" else set())
 
     def compute(self) -> dict[str, float]:
         """The epoch's values as floats: one host sync for all of them.
@@ -495,6 +559,8 @@ class EpochMetrics:
         values = self._weighted_means(table)
         for name in self.weighted:
             values[name] = _divide(values[name], values.pop(_WEIGHT_SUM + name))
+        for name in self.counting:  # the sum of the numerators over the sum of the denominators
+            values[name] = _divide(values[name], values.pop(_COUNT + name))
         values.update(zip(names, floats, strict=True))
         return values
 
@@ -576,12 +642,101 @@ class EpochMetrics:
 PENDING_STEPS = 16  # steps whose outputs a batched metric gets in one update
 PENDING_BYTES = 8 << 20  # ...or fewer, when their outputs reach this size
 
-
-def _additive(metric: Any) -> bool:
-    """A torchmetrics metric whose update adds to its state (full_state_update=False)."""
-    return getattr(type(metric), "full_state_update", None) is False and callable(
-        getattr(metric, "update", None)
+# torchmetrics classes whose state counts what update is given (integer sums: stat scores,
+# confusion matrices) or concatenates it (curves without thresholds): one update with 16
+# steps' outputs gives bit for bit the state 16 updates give. Only these exact classes (a
+# subclass may override update), and torchhouse's own NamedMetric, which wraps them.
+BATCHABLE_METRICS = frozenset(
+    f"{task}{name}"
+    for task in ("Binary", "Multiclass", "Multilabel")
+    for name in (
+        "Accuracy",
+        "StatScores",
+        "Precision",
+        "Recall",
+        "F1Score",
+        "FBetaScore",
+        "Specificity",
+        "NegativePredictiveValue",
+        "ConfusionMatrix",
+        "JaccardIndex",
+        "HammingDistance",
+        "ExactMatch",
+        "AUROC",
+        "AveragePrecision",
+        "ROC",
+        "PrecisionRecallCurve",
     )
+)
+
+
+def batchable(metric: Any) -> bool:
+    """Whether ``metric`` may get several steps' outputs in one update (see `BATCHABLE_METRICS`).
+
+    >>> batchable(object())
+    False
+    """
+    cls = type(metric)
+    if cls.__module__ == "torchhouse.named_metrics" and cls.__qualname__ == "NamedMetric":
+        return True
+    return cls.__module__.startswith("torchmetrics.") and cls.__qualname__ in BATCHABLE_METRICS
+
+
+class PendingOutputs:
+    """Several steps' ``preds`` and ``target``, copied into buffers this object owns.
+
+    A copy, not a reference: a ``collate_fn`` may reuse its output tensors for the next
+    batch, and a net may return a buffer it overwrites. After `take` the buffers belong to
+    the metrics (a curve metric keeps what it is given), so each round allocates afresh.
+    """
+
+    def __init__(self) -> None:
+        self.clear()
+
+    def clear(self) -> None:
+        self.preds: torch.Tensor | None = None
+        self.target: torch.Tensor | None = None
+        self.rows = 0
+        self.steps = 0
+
+    @property
+    def full(self) -> bool:
+        return self.steps >= PENDING_STEPS or (self.preds is not None and self.rows == self.preds.shape[0])
+
+    def add(self, preds: Any, target: Any) -> bool:
+        """Copy one step's outputs in; False when they do not fit these buffers (flush, then retry)."""
+        if not (_batch_tensor(preds) and _batch_tensor(target)) or preds.shape[0] != target.shape[0]:
+            return False
+        n = preds.shape[0]
+        if self.preds is None or self.target is None:
+            row_bytes = preds[0].numel() * preds.element_size() + target[0].numel() * target.element_size()
+            capacity = max(n, min(n * PENDING_STEPS, PENDING_BYTES // max(row_bytes, 1)))
+            self.preds = preds.new_empty((capacity, *preds.shape[1:]))
+            self.target = target.new_empty((capacity, *target.shape[1:]))
+        elif (
+            preds.shape[1:] != self.preds.shape[1:]
+            or target.shape[1:] != self.target.shape[1:]
+            or preds.dtype != self.preds.dtype
+            or target.dtype != self.target.dtype
+            or preds.device != self.preds.device
+            or target.device != self.target.device
+            or self.rows + n > self.preds.shape[0]
+        ):
+            return False  # another shape (a text batch of another length), or no room left
+        self.preds[self.rows : self.rows + n].copy_(preds)
+        self.target[self.rows : self.rows + n].copy_(target)
+        self.rows += n
+        self.steps += 1
+        return True
+
+    def take(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The outputs kept so far (the buffers are handed over), or None."""
+        if self.preds is None or self.target is None or self.rows == 0:
+            self.clear()
+            return None
+        taken = self.preds[: self.rows], self.target[: self.rows]
+        self.clear()
+        return taken
 
 
 def _batch_tensor(value: Any) -> bool:
@@ -591,6 +746,7 @@ def _batch_tensor(value: Any) -> bool:
 # every other scalar key a step returns is logged
 _STEP_KEYS = frozenset({"loss", "preds", "target", "batch_size", "sample_weight"})
 _WEIGHT_SUM = "__weight_sum__"  # a weighted metric's helper column: the mean sample weight
+_COUNT = "__count__"  # a counting metric's helper column: its denominator
 
 
 def _divide(total: float, count: float) -> float:

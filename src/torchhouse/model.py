@@ -17,7 +17,6 @@ steps lives in `torchhouse.loop`.
 from __future__ import annotations
 
 import contextlib
-import copy
 import inspect
 import os
 import time
@@ -32,13 +31,17 @@ from torch import nn
 
 from torchhouse import distributed, loop
 from torchhouse.callbacks.base import Callback, CallbackList
-from torchhouse.checkpoint import atomic_save_tensors, atomic_write_json, read_tensors
+from torchhouse.checkpoint import atomic_save_tensors, atomic_write_json, read_json, read_tensors
 from torchhouse.data import (
     Batch,
     Batches,
     Tree,
+    align_columns,
     as_pair,
+    batch_weights,
     call_net,
+    dataframe_columns,
+    describe,
     inputs_of,
     make_batches,
     move_to,
@@ -51,6 +54,7 @@ from torchhouse.history import History
 from torchhouse.metrics import EpochMetrics, copy_metrics, normalise_metrics, resolve_weighted_metrics
 from torchhouse.streams import StreamBatches, is_stream, limit_steps
 from torchhouse.suggest import refuse_unknown
+from torchhouse.weighted_loss import weighted_loss
 
 __all__ = [
     "Model",
@@ -230,12 +234,15 @@ class Model:
         self.is_last_batch = False  # set by the loop before each training step
         self.micro_step = 0  # batches summed into the pending gradients (accumulation)
         self.optimizer_steps = 0  # calls of optimizer_step() in this fit
+        self.last_step_lr: Any = None  # the learning rate the last optimizer_step used
         self.net_calls = 0  # calls of forward() (the loop checks the first step made one)
         self.weight_calls = 0  # calls of sample_weights() (likewise, when batches carry weights)
         self.class_weight_table: torch.Tensor | None = None  # set by fit(class_weight=...)
-        self._per_sample_loss: Any = None
         self.train_metrics = self._epoch_metrics(64)
         self.eval_metrics = self._epoch_metrics(64)
+        # the column names of the DataFrame the model was trained on: later DataFrames are
+        # matched to them by name (predict, evaluate, a second fit)
+        self.input_columns: list[Any] | None = None
         self.history = History()
         self.stop_training = False
         self.skipped_batches = 0
@@ -385,20 +392,16 @@ class Model:
         """The per-sample weights of a batch, or None: its third element (``sample_weight``),
         times ``class_weight[target]`` in training when fit was given ``class_weight``.
 
-        The built-in steps pass them to `compute_loss`; a custom step should too (fit
+        A third element must be a floating vector of the batch's length (`data.batch_weights`).
+        The built-in steps pass the weights to `compute_loss`; a custom step should too (fit
         refuses weights a step never asked for, after the first batch).
         """
         self.weight_calls += 1
-        weight = batch[2] if isinstance(batch, (tuple, list)) and len(batch) == 3 else None
+        weight = batch_weights(batch)
         table = self.class_weight_table if self.net.training else None
         if table is not None:
             _, target = self.unpack_batch(batch)
-            classes = (
-                target.argmax(1)
-                if target.is_floating_point() and target.dim() == 2 and target.shape[1] > 1
-                else target
-            )
-            from_classes = table[classes.reshape(-1).long()]
+            from_classes = class_weights_of(table, target)
             weight = from_classes if weight is None else weight.reshape(-1) * from_classes
         return weight
 
@@ -407,9 +410,10 @@ class Model:
     ) -> torch.Tensor:
         """The loss of one batch. Override to combine several losses.
 
-        With ``sample_weight`` the per-sample losses are weighted and summed over the batch
-        size, as Keras does (``sum(w * loss) / N``); this needs a torch loss with a
-        ``reduction`` attribute.
+        With ``sample_weight`` each sample's loss is multiplied by its weight and the result
+        reduced as the loss reduces (`torchhouse.weighted_loss`): ``sum(w * loss) / N`` for a
+        mean (Keras' rule), the loss's own normaliser with class weights or ignored targets;
+        weights of one give the unweighted loss bit for bit.
         """
         if self.loss is None:
             own = own_loss(preds)
@@ -427,20 +431,7 @@ class Model:
             _check_loss_inputs(self.loss, preds, target)
         if sample_weight is None:
             return self.loss(preds, target)
-        per_sample: torch.Tensor = self._unreduced_loss()(preds, target)
-        per_sample = per_sample.reshape(per_sample.shape[0], -1).mean(dim=1)
-        return (per_sample * sample_weight.reshape(-1).to(per_sample.dtype)).sum() / per_sample.shape[0]
-
-    def _unreduced_loss(self) -> Any:
-        if self._per_sample_loss is None:
-            if not hasattr(self.loss, "reduction"):
-                raise ConfigError(
-                    f"sample_weight / class_weight: the loss {self.loss!r} has no 'reduction' to turn off, "
-                    "so its per-sample values are unknown; use a torch loss or override compute_loss"
-                )
-            self._per_sample_loss = copy.copy(self.loss)
-            self._per_sample_loss.reduction = "none"
-        return self._per_sample_loss
+        return weighted_loss(self.loss, preds, target, sample_weight)
 
     def backward(self, loss: torch.Tensor) -> None:
         """Backpropagate ``loss`` (scaled for fp16, divided for gradient accumulation).
@@ -485,6 +476,7 @@ class Model:
         step, ``zero_grad`` and a per-step scheduler.
         """
         self.optimizer_steps += 1
+        self.last_step_lr = self.optimizer.param_groups[0]["lr"]  # what the history logs as "lr"
         if self.on_nonfinite == "skip" and not self._step_loss_finite():
             self.optimizer.zero_grad(set_to_none=True)
             self.micro_step = 0
@@ -712,9 +704,9 @@ class Model:
 
             seed_everything(seed)
             data_seed = seed
-        elif isinstance(x, torch.utils.data.DataLoader):
-            # The loader shuffles itself: draw nothing, so the global RNG runs exactly as in
-            # the textbook loop over the same loader.
+        elif isinstance(x, torch.utils.data.DataLoader) or not shuffle:
+            # The loader shuffles itself (or nothing is shuffled): draw nothing, so the global
+            # RNG runs exactly as in the textbook loop over the same data.
             data_seed = torch.initial_seed() % 2**62
         else:
             data_seed = int(torch.randint(0, 2**62, (1,)).item())
@@ -729,6 +721,8 @@ class Model:
         train = self._batches(
             x, y, batch_size, shuffle, generator, steps=steps_per_epoch, sample_weight=sample_weight
         )
+        if self.input_columns is None:
+            self.input_columns = dataframe_columns(x)  # what later DataFrames are matched against
         val: Batches | None = None
         if validation_split:
             if isinstance(train, StreamBatches):
@@ -738,10 +732,17 @@ class Model:
             if is_stream(validation_data):
                 val = StreamBatches(validation_data, "validation_data", validation_steps)
             else:
+                if (
+                    isinstance(validation_data, (tuple, list))
+                    and self.input_columns is not None
+                    and dataframe_columns(validation_data[0]) is not None
+                ):
+                    aligned = align_columns(validation_data[0], self.input_columns, "validation_data[0]")
+                    validation_data = (aligned, *validation_data[1:])
                 val = self._prepare(validation_batches(validation_data, batch_size))
         train = limit_steps(train, steps_per_epoch, "x")
         if val is not None:
-            val = limit_steps(val, validation_steps, "validation_data")
+            val = limit_steps(val, validation_steps, "validation_data", "validation_steps")
         if context is not None:
             train = train.shard(context.rank, context.world_size, data_seed)
             if val is not None:
@@ -756,7 +757,8 @@ class Model:
             "seed": seed,
             "run_dir": os.fspath(run_dir) if run_dir is not None else None,
         }
-        self.log_names = self._log_names(val is not None)
+        logs_lr = self.lr_scheduler is not None or any(getattr(c, "logs_lr", False) for c in callback_list)
+        self.log_names = self._log_names(val is not None, logs_lr)
         config = {
             "epochs": epochs,
             "batch_size": batch_size,
@@ -811,9 +813,9 @@ class Model:
         wrapped = DistributedDataParallel(self.net, device_ids=device_ids)
         return torch.compile(wrapped) if self.compiled else wrapped
 
-    def _log_names(self, with_validation: bool) -> list[str]:
+    def _log_names(self, with_validation: bool, logs_lr: bool | None = None) -> list[str]:
         names = ["loss", *self.metrics, *self.weighted_metrics]
-        if self.lr_scheduler is not None:
+        if logs_lr or (logs_lr is None and self.lr_scheduler is not None):
             names.append("lr")
         if with_validation:
             names += ["val_loss", *(f"val_{n}" for n in (*self.metrics, *self.weighted_metrics))]
@@ -830,10 +832,18 @@ class Model:
         steps: int | None = None,
         sample_weight: Any = None,
     ) -> Batches:
+        columns = dataframe_columns(x)
+        if columns is not None and self.input_columns is not None:
+            x = align_columns(x, self.input_columns, "x")
         if is_stream(x):
             if y is not None:
                 raise DataError(
                     "x is a generator (or iterable of batches), so y must be None: it yields them"
+                )
+            if sample_weight is not None:
+                raise DataError(
+                    "sample_weight is for arrays; x is a generator, which would ignore it: yield "
+                    "(x, y, sample_weight) batches instead"
                 )
             return StreamBatches(x, "x", steps)
         batches = make_batches(
@@ -884,7 +894,7 @@ class Model:
         batches = self._batches(
             x, y, batch_size, shuffle=False, generator=None, steps=steps, sample_weight=sample_weight
         )
-        batches = limit_steps(batches, steps, "x")
+        batches = limit_steps(batches, steps, "x", "steps")
         context = distributed.setup(self.device)
         if context is not None:
             batches = batches.shard(context.rank, context.world_size, 0)
@@ -911,12 +921,11 @@ class Model:
             torch.Size([5, 3])
         """
         batch_size = _check_positive_int("batch_size", batch_size)
-        if isinstance(x, torch.utils.data.DataLoader) and isinstance(
-            x.sampler, torch.utils.data.RandomSampler
-        ):
+        if isinstance(x, torch.utils.data.DataLoader) and not in_dataset_order(x):
             warnings.warn(
-                "predict: the DataLoader shuffles (shuffle=True), so the outputs come in an order "
-                "that does not match the dataset's; pass a DataLoader with shuffle=False",
+                f"predict: the DataLoader's {type(x.sampler).__name__} shuffles (or picks) its rows, so the "
+                "outputs are not in the dataset's order; pass a DataLoader with shuffle=False (a "
+                "SequentialSampler) to get one output per row, in order",
                 stacklevel=2,
             )
         if steps is not None:
@@ -924,7 +933,7 @@ class Model:
         batches = self._batches(
             x, None, batch_size, shuffle=False, generator=None, require_target=False, steps=steps
         )
-        batches = limit_steps(batches, steps, "x")
+        batches = limit_steps(batches, steps, "x", "steps")
         return loop.predict(self, batches, self._callback_list(callbacks))
 
     def _callback_list(self, callbacks: Iterable[Callback] | None) -> CallbackList | None:
@@ -1053,6 +1062,9 @@ class Model:
             "tensors": {k: {"shape": list(v.shape), "dtype": str(v.dtype)} for k, v in state.items()},
             "loss": repr(self.loss),
             "metrics": list(self.metrics),
+            "input_columns": self.input_columns
+            if self.input_columns is not None and all(isinstance(c, str) for c in self.input_columns)
+            else None,
             "history": self.history.history,
             "saved": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
@@ -1113,12 +1125,35 @@ class Model:
             return
         check_state_matches(self.net, tensors, os.fspath(path), strict)
         self.net.load_state_dict(tensors, strict=strict)
+        self._read_input_columns(Path(path).with_suffix(".json"))
+
+    def _read_input_columns(self, sidecar: Path) -> None:
+        """The DataFrame columns the saved model was trained on, from its JSON sidecar (if any)."""
+        if not sidecar.is_file():
+            return
+        try:
+            meta = read_json(sidecar)
+        except CheckpointError:
+            return  # the weights loaded; the sidecar is optional
+        columns = meta.get("input_columns") if isinstance(meta, dict) else None
+        if isinstance(columns, list) and columns and all(isinstance(c, str) for c in columns):
+            self.input_columns = list(columns)
 
     def summary(self, input_size: Any = None, input_data: Any = None, **kwargs: Any) -> Any:
         """`torchhouse.summary` of the net (a layer table with output shapes and parameters)."""
         from torchhouse.summary import summary
 
         return summary(self.net, input_size=input_size, input_data=input_data, device=self.device, **kwargs)
+
+
+def in_dataset_order(loader: torch.utils.data.DataLoader[Any]) -> bool:
+    """Whether ``loader`` yields its dataset's rows in order, each once (a SequentialSampler)."""
+    from torch.utils.data import BatchSampler, IterableDataset, SequentialSampler
+
+    if isinstance(loader.dataset, IterableDataset):
+        return True  # a stream's own order
+    batches = loader.batch_sampler
+    return type(loader.sampler) is SequentialSampler and (batches is None or type(batches) is BatchSampler)
 
 
 def check_state_matches(
@@ -1165,6 +1200,32 @@ def _class_weight_table(
     for key, value in class_weight.items():
         table[int(key)] = float(value)
     return table
+
+
+def class_weights_of(table: torch.Tensor, target: Any) -> torch.Tensor:
+    """``class_weight`` per sample: ``table[class]``, 1 for a class the table does not name.
+
+    The class is the argmax of a row of class scores, and the rounded value of one column of
+    0/1 labels (Keras' rule); targets outside the table (another class, ``ignore_index``)
+    weigh 1.
+    """
+    if not isinstance(target, torch.Tensor):
+        raise DataError(f"class_weight needs the target as a tensor of classes, got {describe(target)}")
+    if target.is_floating_point():
+        classes = target.argmax(-1) if target.dim() >= 2 and target.shape[-1] > 1 else target.round()
+    else:
+        classes = target
+    if classes.dim() == 2 and classes.shape[1] == 1:
+        classes = classes[:, 0]
+    if classes.dim() != 1:
+        raise DataError(
+            f"class_weight weighs each sample by its one class, but the target has shape "
+            f"{tuple(target.shape)} (a class per position?); weigh the classes in the loss instead, "
+            "e.g. nn.CrossEntropyLoss(weight=...)"
+        )
+    classes = classes.long()
+    known = (classes >= 0) & (classes < table.shape[0])
+    return torch.where(known, table[classes.clamp(0, table.shape[0] - 1)], torch.ones_like(table[:1]))
 
 
 def _few(names: list[str]) -> str:

@@ -55,7 +55,9 @@ class NamedMetric:
 
     higher_is_better = True
 
-    def __init__(self, name: str, kind: str | None) -> None:
+    def __init__(
+        self, name: str, kind: str | None, ignore_index: int | None = None, class_dim: int = 1
+    ) -> None:
         if name not in NAMES:
             raise ConfigError(f"metric {name!r}: expected one of {list(NAMES)}")
         if kind is None:
@@ -64,6 +66,8 @@ class NamedMetric:
                 "CrossEntropyLoss or NLLLoss; pass a torchmetrics object yourself for another loss"
             )
         self.name, self.kind = name, kind
+        # targets equal to ignore_index are left out; class_dim: where (N, C, ...) or (N, T, C) keep C
+        self.ignore_index, self.class_dim = ignore_index, class_dim
         self.inner: Any = None
         self.device = torch.device("cpu")
         self.num_classes: int | None = None
@@ -73,13 +77,17 @@ class NamedMetric:
 
         binary, multiclass = _CLASSES[self.name]
         if self.kind == "multiclass":
-            if preds.dim() != 2 or preds.shape[1] < 2:
+            dim = self.class_dim if preds.dim() > 2 else 1
+            if preds.dim() < 2 or preds.shape[dim] < 2:
                 raise DataError(
-                    f"metric {self.name!r}: a classification loss needs preds of shape (N, C), got "
+                    f"metric {self.name!r}: a classification loss needs preds of shape (N, C) (or "
+                    f"(N, C, ...) for torch's losses, (N, T, C) for a net's own loss), got "
                     f"{tuple(preds.shape)}"
                 )
-            self.num_classes = int(preds.shape[1])
+            self.num_classes = int(preds.shape[dim])
             kwargs: dict[str, Any] = {"num_classes": self.num_classes}
+            if self.ignore_index is not None:
+                kwargs["ignore_index"] = self.ignore_index
             if self.name != "auc":
                 kwargs["average"] = "macro"
             self.inner = getattr(classification, multiclass)(**kwargs)
@@ -97,7 +105,9 @@ class NamedMetric:
         if self.inner is None:
             self._build(preds)
         if self.kind == "multiclass":
-            self.inner.update(preds.float().softmax(dim=1), target.long().reshape(-1))
+            dim = self.class_dim if preds.dim() > 2 else 1
+            scores = preds.float().movedim(dim, -1).reshape(-1, preds.shape[dim])
+            self.inner.update(scores.softmax(dim=1), target.long().reshape(-1))
             return
         scores = preds.float().reshape(-1)
         if self.kind == "binary-logits":

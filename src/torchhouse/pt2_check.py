@@ -12,9 +12,11 @@ subset of the format defines, and writes a new archive holding only the checked 
   file (``Model.export`` writes it empty). Anything else (``*.pt`` pickles,
   ``opaque_obj_*``, ``custom_obj_*``, ``extra/``, AOTInductor code, unknown files) is refused.
 - payload configs: no ``use_pickle``; every payload a raw tensor file that exists.
-- the program: every operator ``torch.ops.aten.*`` or a plain arithmetic / comparison
-  operator; shape expressions only ``Symbol('s0', ...)`` and integer arithmetic; guard
-  code only comparisons of input sizes; tree specs only tuples, lists and dicts.
+- the program: every operator one of the tensor-computing aten operators of
+  `torchhouse.pt2_operators` (an explicit allowlist by family: no file, storage, memory,
+  random-number, distributed or in-place operator) or a plain arithmetic / comparison
+  operator on sizes; shape expressions only ``Symbol('s0', ...)`` and integer arithmetic;
+  guard code only comparisons of input sizes; tree specs only tuples, lists and dicts.
 
 Anything outside that is refused with a `CheckpointError` before torch reads a byte.
 """
@@ -29,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from torchhouse.errors import CheckpointError
+from torchhouse.pt2_operators import operator_refusal
 
 __all__ = ["MAX_PROGRAM_JSON_BYTES", "admitted_archive"]
 
@@ -72,9 +75,14 @@ _SAFE_OPERATORS = frozenset(
 )
 _SAFE_MATH = frozenset({"ceil", "floor", "trunc", "sqrt"})
 _SAFE_SYM = frozenset({"sym_int", "sym_float", "sym_max", "sym_min", "sym_not", "sym_sqrt", "sym_ite"})
-_OP = re.compile(r"^torch\.ops\.aten\.[A-Za-z0-9_]+\.[A-Za-z0-9_]+$")
-_SYMBOL = re.compile(r"Symbol\('[A-Za-z_][A-Za-z0-9_]{0,30}'(, (positive|integer|nonnegative|real)=True)*\)")
-_EXPR_REST = re.compile(r"^[0-9\s+\-*/(),]*$")
+# A shape expression is sympy's own spelling of integer arithmetic on size symbols
+# (``Mul(Integer(5), Symbol('s0', positive=True, integer=True))`` or ``2*s0 + 1``): only
+# these tokens; no other name, string, attribute, subscript or power.
+_EXPRESSION_TOKEN = re.compile(
+    r"\s+|Symbol\('[A-Za-z_][A-Za-z0-9_]{0,30}'|(positive|integer|nonnegative|real|finite)=True"
+    r"|\b(Integer|Add|Mul|FloorDiv|CleanDiv|CeilDiv|Mod|PythonMod|Max|Min)\("
+    r"|\b[a-z][0-9]{1,9}\b(?!\s*[(.\[=])|\b\d+\b|[-+*/(),]"
+)
 _GUARD_TOKEN = re.compile(
     r"\s+|L\['[A-Za-z_][A-Za-z0-9_]*'\]|\.size\(\)|\.stride\(\)|\.storage_offset\(\)|\[\d+\]|\d+"
     r"|==|!=|<=|>=|<|>|\+|-|\*|//|%|\(|\)|\band\b|\bor\b|\bnot\b"
@@ -218,15 +226,20 @@ def _check_program(path: Path, raw: bytes) -> None:
     for symbol in program.get("range_constraints") or {}:
         if not re.match(r"^[A-Za-z_][A-Za-z0-9_]{0,30}$", str(symbol)):
             raise _refuse(path, f"the shape symbol {str(symbol)[:40]!r} is not a plain name")
+    refused: list[str] = []  # every refused operator is named, in graph order
     stack: list[Any] = [program["graph_module"]]
     while stack:
         node = stack.pop()
         if isinstance(node, list):
-            stack.extend(node)
+            stack.extend(reversed(node))
         elif isinstance(node, dict):
+            if isinstance(node.get("target"), str):
+                _check_operator(path, node["target"], node.get("inputs"), refused)
             for key, value in node.items():
-                if key in ("target", "as_operator") and isinstance(value, str):
-                    _check_operator(path, value)
+                if key == "target" and isinstance(value, str):
+                    continue
+                if key == "as_operator" and isinstance(value, str):
+                    _check_operator(path, value, None, refused)
                 elif key == "expr_str":
                     _check_expression(path, value)
                 elif key in ("in_spec", "out_spec"):
@@ -235,27 +248,40 @@ def _check_program(path: Path, raw: bytes) -> None:
                     raise _refuse(path, "it holds a custom (pickled) object")
                 else:
                     stack.append(value)
+    if refused:
+        more = f" (and {len(refused) - 3} more)" if len(refused) > 3 else ""
+        raise _refuse(path, "it calls " + "; ".join(refused[:3]) + more)
 
 
-def _check_operator(path: Path, target: str) -> None:
+def _check_operator(path: Path, target: str, inputs: Any, refused: list[str]) -> None:
+    """Add the reason ``target`` (called with ``inputs``) is refused to ``refused``, if it is."""
     module, _, name = target.partition(".")
-    if _OP.match(target):
-        return
     if module == "_operator" and name in _SAFE_OPERATORS:
         return
     if module == "math" and name in _SAFE_MATH:
         return
     if module == "torch" and name in _SAFE_SYM:
         return
-    raise _refuse(path, f"it calls {target[:80]!r}, which is not an aten or arithmetic operator")
+    if not target.startswith("torch.ops.aten."):
+        why = f"{target[:80]!r}, which is not an aten or arithmetic operator"
+        if why not in refused:
+            refused.append(why)
+        return
+    arguments = {
+        item["name"]: item.get("arg")
+        for item in (inputs if isinstance(inputs, list) else [])
+        if isinstance(item, dict) and isinstance(item.get("name"), str)
+    }
+    refusal = operator_refusal(target, arguments)
+    if refusal is not None and refusal not in refused:
+        refused.append(refusal)
 
 
 def _check_expression(path: Path, expression: Any) -> None:
     # torch parses these with sympy.sympify, which evaluates Python: admit only symbols and integers.
     if not isinstance(expression, str) or len(expression) > 2000:
         raise _refuse(path, "a shape expression is not a short string")
-    rest = _SYMBOL.sub("0", expression)
-    if not _EXPR_REST.match(rest) or "**" in rest:
+    if _EXPRESSION_TOKEN.sub("", expression) != "" or "**" in expression:
         raise _refuse(path, f"the shape expression {expression[:80]!r} is not plain integer arithmetic")
 
 

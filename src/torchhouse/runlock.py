@@ -5,6 +5,11 @@ when its process dies, however it dies, so a lock left by a killed process is ne
 stale. The file also records the holder's pid and host for the error message. Where
 ``fcntl`` is missing (Windows), the lock falls back to the recorded pid.
 
+The lock file is opened without following a symbolic link and without waiting
+(``O_NOFOLLOW | O_NONBLOCK``), and anything but a regular file is refused: a planted link
+must not make a fit truncate its target, and a planted FIFO must not hang ``runs``,
+``show`` or a resume.
+
 Example:
     >>> import tempfile, os
     >>> folder = tempfile.mkdtemp()
@@ -16,9 +21,11 @@ Example:
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import socket
+import stat
 import warnings
 from pathlib import Path
 from typing import Any
@@ -30,14 +37,41 @@ try:
 except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["LOCK_FILE", "acquire_lock", "is_locked", "pid_alive", "release_lock"]
+__all__ = ["LOCK_FILE", "acquire_lock", "is_locked", "open_lock_file", "pid_alive", "release_lock"]
 
 LOCK_FILE = ".lock"
 
 
-def _holder(path: Path) -> dict[str, Any]:
+_NO_WAIT = os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+
+
+def open_lock_file(path: str | os.PathLike[str], writable: bool) -> int:
+    """An fd of the lock file at ``path``: never through a link, never waiting, a regular file only.
+
+    ``writable`` opens it for writing and creates it when missing.
+    """
+    file = Path(path)
+    flags = (os.O_RDWR | os.O_CREAT if writable else os.O_RDONLY) | _NO_WAIT
     try:
-        data = json.loads(path.read_text() or "{}")
+        fd = os.open(file, flags, 0o644)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise CheckpointError(
+                f"{file}: the run folder's lock is a symbolic link; torchhouse does not write through "
+                "it. Remove the link"
+            ) from None
+        raise CheckpointError(f"cannot open the lock {file}: {exc.strerror}") from exc
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise CheckpointError(
+            f"{file}: the run folder's lock is not a regular file (a FIFO, a device or a folder?); remove it"
+        )
+    return fd
+
+
+def _holder(fd: int) -> dict[str, Any]:
+    try:
+        data = json.loads(os.pread(fd, 4096, 0).decode() or "{}")
     except (OSError, ValueError, RecursionError):
         return {}
     return data if isinstance(data, dict) else {}
@@ -55,17 +89,14 @@ def pid_alive(pid: Any) -> bool:
 def acquire_lock(path: str | os.PathLike[str]) -> Any:
     """Lock ``path`` for this process or raise a `CheckpointError` naming the holder."""
     file = Path(path)
-    previous = _holder(file)
-    try:
-        fd = os.open(file, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as exc:
-        raise CheckpointError(f"cannot create the lock {file}: {exc.strerror}") from exc
+    fd = open_lock_file(file, writable=True)
+    previous = _holder(fd)
     if fcntl is not None:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
+            holder = _holder(fd)
             os.close(fd)
-            holder = _holder(file)
             raise CheckpointError(
                 f"{file.parent}: another process is training into this run folder (pid "
                 f"{holder.get('pid', '?')} on {holder.get('host', '?')}); wait for it to finish, or "
@@ -95,16 +126,18 @@ def release_lock(fd: Any) -> None:
 
 
 def is_locked(path: str | os.PathLike[str]) -> bool:
-    """Whether a live process holds the lock at ``path``."""
+    """Whether a live process holds the lock at ``path`` (a lock that is not a regular file is no lock)."""
     file = Path(path)
-    if not file.exists():
+    if not os.path.lexists(file):
+        return False
+    try:
+        fd = open_lock_file(file, writable=False)
+    except CheckpointError:
         return False
     if fcntl is None:  # pragma: no cover - Windows
-        return pid_alive(_holder(file).get("pid"))
-    try:
-        fd = os.open(file, os.O_RDONLY)
-    except OSError:
-        return False
+        alive = pid_alive(_holder(fd).get("pid"))
+        os.close(fd)
+        return alive
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except OSError:

@@ -21,7 +21,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from torchhouse.checkpoint import atomic_write_bytes, atomic_write_json, load_state, read_json, save_state
+from torchhouse.checkpoint import (
+    atomic_write_bytes,
+    atomic_write_json,
+    load_state,
+    read_json,
+    read_regular_file,
+    save_state,
+)
 from torchhouse.errors import CheckpointError, ConfigError
 from torchhouse.runlock import LOCK_FILE, acquire_lock, is_locked, pid_alive, release_lock
 
@@ -57,8 +64,9 @@ def write_history_csv(path: str | os.PathLike[str], history: History) -> None:
 
 
 def read_history_csv(path: str | os.PathLike[str]) -> dict[str, list[float]]:
-    with open(path, newline="") as handle:
-        rows = list(csv.DictReader(handle))
+    """The columns of a ``history.csv`` (a FIFO or device in its place is refused, not waited on)."""
+    text = read_regular_file(path).decode()
+    rows = list(csv.DictReader(io.StringIO(text, newline="")))
     if not rows:
         return {}
     return {name: [float(r[name]) for r in rows] for name in rows[0]}
@@ -80,6 +88,7 @@ RUN_FILES = frozenset(
         "model.pt2",
         "serve.json",
         "params.json",
+        "test_split.safetensors",
         "checkpoints",
         "tensorboard",
         LOCK_FILE,
@@ -158,6 +167,8 @@ class RunDir:
             self._lock = None
 
     def _refuse_symlinks(self) -> None:
+        """Refuse a run folder whose subfolders, or whose entries in ``checkpoints/``, are links:
+        a link planted for a state that is yet to be written would take that write out of the folder."""
         root = self.path.resolve()
         for name in ("checkpoints", "tensorboard"):
             sub = self.path / name
@@ -165,6 +176,13 @@ class RunDir:
                 raise CheckpointError(
                     f"run_dir: {sub} is a symbolic link; torchhouse writes only inside the run folder. "
                     "Remove the link (or choose another folder)"
+                )
+        if self.checkpoints.is_dir():
+            links = sorted(p.name for p in self.checkpoints.iterdir() if p.is_symlink())
+            if links:
+                raise CheckpointError(
+                    f"run_dir: {self.checkpoints} holds symbolic links ({', '.join(links[:3])}); torchhouse "
+                    "writes only inside the run folder. Remove them (or choose another folder)"
                 )
 
     def _remove_run(self) -> None:
@@ -276,6 +294,8 @@ class RunDir:
         self._refuse_symlinks()
         folder = self.checkpoints / f"{name}{SHARDS_SUFFIX}"
         folder.mkdir(parents=True, exist_ok=True)
+        if folder.is_symlink() or not folder.is_dir():  # planted since the check above
+            raise CheckpointError(f"{folder}: not a folder of the run; no shard is written through it")
         atomic_save_tensors(
             folder / f"rank-{rank}.safetensors",
             tensors,
@@ -355,7 +375,7 @@ def run_status(info: dict[str, Any], folder: str | os.PathLike[str] | None = Non
     status = str(info.get("status", "unknown"))
     if status == "running":
         lock = Path(folder) / LOCK_FILE if folder is not None else None
-        alive = is_locked(lock) if lock is not None and lock.exists() else pid_alive(info.get("pid"))
+        alive = is_locked(lock) if lock is not None and os.path.lexists(lock) else pid_alive(info.get("pid"))
         if not alive:
             return "crashed"
     return status.replace("_", " ")

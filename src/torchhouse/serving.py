@@ -68,6 +68,8 @@ def _metric_names(model: Model) -> dict[str, str]:
 
     names = {}
     for key, metric in model.metrics.items():
+        if isinstance(metric, th_metrics.ClassAccuracy):
+            names[key] = "accuracy"
         for public in ("accuracy", "binary_accuracy_logits"):
             if metric is getattr(th_metrics, public):
                 names[key] = public
@@ -178,7 +180,7 @@ def _from_program(folder: Path, run_config: dict[str, Any] | None) -> tuple[dict
     loss_name = info.get("loss")
     loss = getattr(nn, loss_name)() if loss_name and allowed_name(loss_name, "loss") else None
     metrics = {
-        key: getattr(th_metrics, name)
+        key: th_metrics.resolve_metric(getattr(th_metrics, name), loss, key)
         for key, name in (info.get("metrics") or {}).items()
         if allowed_name(name, "metric")
     }

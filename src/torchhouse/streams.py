@@ -7,6 +7,13 @@ generator is read on where the last epoch stopped, not restarted (Keras' rule). 
 that runs out before N batches ends that epoch early (with a warning) and, when it can be
 iterated again, starts over in the next one.
 
+Exact resume of a stream read on across epochs: its `position` (the batches drawn from the
+current pass, and every RNG state just before that pass began) is saved in each training
+state; `seek` restores those RNG states, starts the pass again and draws the same number of
+batches, so the pass continues where it stopped (the loop then restores the RNG states of
+the moment of the save). This is exact for a loader over a map-style dataset, and for a
+stream whose items depend only on what it drew before and on the RNG (docs/callbacks.md).
+
 Example:
     >>> import torch
     >>> def forever():
@@ -24,8 +31,9 @@ from typing import Any
 
 import torch
 
+from torchhouse import rng
 from torchhouse.data import Batch, Batches, to_tensor_tree
-from torchhouse.errors import DataError, warn_user
+from torchhouse.errors import CheckpointError, DataError, warn_user
 
 __all__ = ["LimitedBatches", "StreamBatches", "is_stream", "limit_steps"]
 
@@ -47,23 +55,59 @@ def is_stream(x: Any) -> bool:
 
 
 class _Persistent:
-    """One iterator over ``source`` kept across epochs; restarted when it runs out (if it can be)."""
+    """One iterator over ``source`` kept across epochs; restarted when it runs out (if it can be).
 
-    def __init__(self, source: Any, name: str) -> None:
+    It counts the items drawn from the current pass and keeps the RNG states of the moment
+    the pass began, so a resumed run can draw its way back to the same place (`seek`).
+    """
+
+    def __init__(self, source: Any, name: str, generators: list[torch.Generator] | None = None) -> None:
         self.source = source
         self.name = name
         self.one_shot = isinstance(source, Iterator)
         self.iterator: Iterator[Any] | None = None
+        self.generators = generators or []
+        self.consumed = 0  # items drawn from the current pass
+        self.pass_rng: dict[str, Any] | None = None  # every RNG state as the pass began
+
+    def _begin_pass(self) -> Iterator[Any]:
+        self.pass_rng = rng.capture(self.generators)
+        self.consumed = 0
+        self.iterator = iter(self.source)
+        return self.iterator
+
+    def position(self) -> dict[str, Any]:
+        """Where the current pass stands: ``{"consumed": k, "rng": ...}`` (``rng`` None before any)."""
+        return {"consumed": self.consumed, "rng": self.pass_rng}
+
+    def seek(self, position: dict[str, Any]) -> None:
+        """Start the saved pass again and draw its ``consumed`` items (see the module docstring)."""
+        consumed, pass_rng = int(position["consumed"]), position.get("rng")
+        self.iterator, self.consumed, self.pass_rng = None, 0, None
+        if pass_rng is None:
+            return  # saved before the first pass began
+        rng.restore(pass_rng, self.generators)
+        iterator = self._begin_pass()
+        self.pass_rng = pass_rng
+        for drawn in range(consumed):
+            if next(iterator, _END) is _END:
+                raise CheckpointError(
+                    f"{self.name}: cannot resume the saved position: the data yields {drawn} batches "
+                    f"this time, the saved run had drawn {consumed} (is it the same data?)"
+                )
+        self.consumed = consumed
 
     def take(self, steps: int | None) -> Iterator[Any]:
         if self.iterator is None:
-            self.iterator = iter(self.source)
+            self._begin_pass()
+        assert self.iterator is not None
         count = 0
         while steps is None or count < steps:
             try:
                 item = next(self.iterator)
             except StopIteration:
-                self.iterator = None if not self.one_shot else self.iterator
+                if not self.one_shot:  # the pass is over: the next one begins when the loop asks
+                    self.iterator, self.consumed, self.pass_rng = None, 0, None
                 if steps is not None:
                     warn_user(
                         f"{self.name} ran out after {count} of steps={steps} batches in this epoch"
@@ -79,7 +123,11 @@ class _Persistent:
                     ) from None
                 return
             count += 1
+            self.consumed += 1
             yield item
+
+
+_END = object()
 
 
 class StreamBatches(Batches):
@@ -115,10 +163,15 @@ class StreamBatches(Batches):
     def fingerprint(self) -> dict[str, Any]:
         return {"kind": type(self).__name__, "steps": self.steps}
 
+    def position(self) -> dict[str, Any] | None:
+        return self.stream.position()
+
+    def seek(self, position: dict[str, Any]) -> None:
+        self.stream.seek(position)
+
     def iterate(self, generator: torch.Generator | None, start: int = 0) -> Iterator[Batch]:
-        if start:
-            raise DataError(f"{self.name}: a stream cannot be rewound to resume in the middle of an epoch")
-        for batch in self.stream.take(self.steps):
+        # a resumed run has already drawn its way to the saved place (seek): ``start`` is done
+        for batch in self.stream.take(self.steps - start if self.steps is not None else None):
             yield to_tensor_tree(batch, self.name)
 
 
@@ -131,7 +184,11 @@ class LimitedBatches(Batches):
         self.name = name
         self.num_samples = inner.num_samples
         self.on_device = inner.on_device
-        self.persistent = _Persistent(_Restartable(inner), name) if not _restarts_exactly(inner) else None
+        self.persistent = (
+            _Persistent(_Restartable(inner), name, inner.generators())
+            if not _restarts_exactly(inner)
+            else None
+        )
 
     def has_len(self) -> bool:
         return True
@@ -159,16 +216,22 @@ class LimitedBatches(Batches):
     def fingerprint(self) -> dict[str, Any]:
         return {**self.inner.fingerprint(), "steps_per_epoch": self.steps}
 
+    def position(self) -> dict[str, Any] | None:
+        return self.persistent.position() if self.persistent is not None else None
+
+    def seek(self, position: dict[str, Any]) -> None:
+        if self.persistent is not None:
+            self.persistent.seek(position)
+
+    def resume_refusal(self) -> str | None:
+        return self.inner.resume_refusal()
+
     def iterate(self, generator: torch.Generator | None, start: int = 0) -> Iterator[Batch]:
         if self.persistent is None:  # arrays: each epoch afresh, capped (resume stays exact)
             batches = self.inner.iterate(generator, start)
             return (batch for _, batch in zip(range(self.steps - start), batches))
-        if start:
-            raise DataError(
-                f"{self.name}: with steps_per_epoch a loader is read on across epochs, so a run cannot "
-                "resume in the middle of an epoch; checkpoint at epoch ends (checkpoint_every='epoch')"
-            )
-        return self.persistent.take(self.steps)
+        # read on across epochs; a resumed run has already drawn its way to the saved place (seek)
+        return self.persistent.take(self.steps - start)
 
 
 class _Restartable:
@@ -185,8 +248,18 @@ def _restarts_exactly(batches: Batches) -> bool:
     return isinstance(batches, ArrayBatches)
 
 
-def limit_steps(batches: Batches, steps: int | None, name: str) -> Batches:
-    """``batches`` capped at ``steps`` an epoch (``None``: as they are)."""
+def limit_steps(batches: Batches, steps: int | None, name: str, argument: str = "steps_per_epoch") -> Batches:
+    """``batches`` capped at ``steps`` an epoch (``None``: as they are).
+
+    Data without a length and without ``steps`` is refused: nothing tells when its epoch
+    ends, and an infinite stream would never end (``argument`` names the bound to give).
+    """
+    if steps is None and not batches.has_len():
+        raise DataError(
+            f"{name} has no length (an IterableDataset, a stream or an iterable without __len__), "
+            f"so nothing tells when an epoch ends, and an infinite one never ends: give {argument}=N, "
+            "the number of batches to draw per pass (Keras' rule), or give the data a __len__"
+        )
     if steps is None or isinstance(batches, StreamBatches):
         return batches
     return LimitedBatches(batches, steps, name)

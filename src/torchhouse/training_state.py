@@ -56,6 +56,7 @@ class TrainingState:
     rng: dict[str, Any] | None = None  # RNG states when saved
     rng_epoch_start: dict[str, Any] | None = None  # ... and at the start of the epoch (batch > 0)
     train_metrics: dict[str, Any] | None = None  # the epoch's partial sums (batch > 0)
+    data_position: dict[str, Any] | None = None  # streams read on across epochs: where each stands
     ranks: list[dict[str, Any]] | None = None  # per-rank rng/metric parts under several processes
     shards: list[str] | None = None  # strategy="fsdp": each rank's shard file digest, in rank order
     version: int = SCHEMA_VERSION
@@ -190,6 +191,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "rng": (dict, type(None)),
     "rng_epoch_start": (dict, type(None)),
     "train_metrics": (dict, type(None)),
+    "data_position": (dict, type(None)),
     "ranks": (list, type(None)),
     "shards": (list, type(None)),
 }
@@ -199,6 +201,6 @@ def _replace(state: TrainingState, own: Any) -> TrainingState:
     if not isinstance(own, dict):
         raise CheckpointError("a rank's part of the training state is not a mapping")
     values = state.state_dict()  # shallow: tensors are not copied
-    values.update({k: own.get(k) for k in ("rng", "rng_epoch_start", "train_metrics")})
+    values.update({k: own.get(k) for k in ("rng", "rng_epoch_start", "train_metrics", "data_position")})
     values["ranks"] = None
     return TrainingState.from_state_dict(values)

@@ -41,6 +41,7 @@ __all__ = [
     "best_of",
     "best_trials_table",
     "check_search",
+    "check_search_keys",
     "check_study_matches",
     "create_study",
     "fail_dead_trials",
@@ -300,9 +301,18 @@ def best_of(study: Any, build: Callable[[Any], Any] | None) -> tuple[Any, Path |
     weights = run_dir / "model.safetensors"
     if build is None or not weights.exists():
         return None, run_dir
-    built = build(optuna.trial.FixedTrial(best.params, best.number))
-    model = built[0] if isinstance(built, tuple) else built
-    model.load_weights(weights)
+    try:
+        built = build(optuna.trial.FixedTrial(best.params, best.number))
+        model = built[0] if isinstance(built, tuple) else built
+        model.load_weights(weights)
+    except Exception as exc:  # e.g. the search space gained a parameter the best trial did not have
+        warnings.warn(
+            f"tune: cannot rebuild the best trial ({best.number}) with build ({type(exc).__name__}: {exc}); "
+            "study.best_model is None. Its weights are in "
+            f"{weights}: rebuild the model for study.best_params and load them",
+            stacklevel=3,
+        )
+        return None, run_dir
     return model, run_dir
 
 
@@ -364,6 +374,25 @@ def check_search(search: dict[str, Any]) -> None:
                 raise ConfigError(f"{where}: log=true needs low > 0")
 
 
+def check_search_keys(config: dict[str, Any], search: dict[str, Any], trust_code: bool = False) -> None:
+    """Before any trial: the config with each searched key at one of its values must be valid,
+    so a misspelt key is a usage error now, not a failure of every trial."""
+    import copy
+
+    from torchhouse.config import apply_override, validate
+
+    for key, spec in search.items():
+        trial_config = copy.deepcopy(config)
+        value = spec["choices"][0] if spec["type"] == "categorical" else spec["low"]
+        if spec["type"] == "int":
+            value = int(value)
+        apply_override(trial_config, f"{key}={json.dumps(value)}")
+        try:
+            validate(trial_config, trust_code)
+        except ConfigError as exc:
+            raise ConfigError(f"search.{key}: the config with {key}={value!r} is not valid: {exc}") from exc
+
+
 def suggest(trial: Any, key: str, spec: dict[str, Any]) -> Any:
     kind = spec["type"]
     if kind == "float":
@@ -414,8 +443,14 @@ def tune_from_config(
 
     def build(trial: Any) -> Any:
         trial_config = copy.deepcopy(config)
+        rebuilding = isinstance(trial, import_optuna().trial.FixedTrial)  # the best trial, for best_model
         for key, spec in (search or {}).items():
-            value = suggest(trial, key, spec)
+            try:
+                value = suggest(trial, key, spec)
+            except ValueError:
+                if not rebuilding:
+                    raise
+                continue  # a key added to the search after that trial ran: it used the config's value
             apply_override(trial_config, f"{key}={json.dumps(value)}")
         trial_config = validate(trial_config, trust_code)
         if not isinstance(trial, import_optuna().trial.FixedTrial):
@@ -427,6 +462,7 @@ def tune_from_config(
         kwargs = {k: v for k, v in trial_config["fit"].items() if k not in fixed}
         return build_model(trial_config, trust_code=trust_code), kwargs
 
+    check_search_keys(config, search or {}, trust_code)
     fit.pop("batch_size", None)
     validation_split = fit.pop("validation_split", 0.2) or 0.2
     return tune(

@@ -39,6 +39,8 @@ class LearningRateScheduler(Callback):
         >>> # model.fit(x, y, epochs=10, callbacks=[warm_up])
     """
 
+    logs_lr = True  # fit logs "lr" (the learning rate the epoch's last step used)
+
     def __init__(self, schedule: Callable[..., float], verbose: bool = False) -> None:
         if not callable(schedule):
             raise ConfigError(f"LearningRateScheduler: schedule must be a function, got {schedule!r}")
@@ -73,6 +75,8 @@ class ReduceLROnPlateau(Callback):
         >>> plateau = ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=2)
         >>> # model.fit(x, y, validation_split=0.2, epochs=50, callbacks=[plateau])
     """
+
+    logs_lr = True  # fit logs "lr" (the learning rate the epoch's last step used)
 
     def __init__(
         self,

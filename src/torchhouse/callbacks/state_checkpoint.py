@@ -66,9 +66,10 @@ class StateCheckpoint(Callback):
             "rng": rng.capture(fit.generators),
             "rng_epoch_start": fit.epoch_rng if batch > 0 else None,
             "train_metrics": model.train_metrics.state_dict() if batch > 0 else None,
+            "data_position": fit.data_position(),
         }
         if fit.context is None:
-            state.rng, state.rng_epoch_start, state.train_metrics = own.values()
+            state.rng, state.rng_epoch_start, state.train_metrics, state.data_position = own.values()
         else:
             state.ranks = distributed.gather_objects(to_cpu(own))
         if fit.sharded:

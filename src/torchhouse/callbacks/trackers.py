@@ -3,25 +3,32 @@
 Both log the fit's parameters once, every epoch's values under the history's names
 (``loss``, ``acc``, ``val_loss``...) with the epoch as the step, and at the end the run
 folder's files (config, history, weights, the exported program) and how the fit ended.
-Under several processes only rank 0 logs. A tracker that is down, refuses a call or is
-not installed costs a warning, never the training run: the callback stops logging and
-the fit goes on.
+Under several processes only rank 0 logs. A tracker that is down, refuses a call, is not
+installed, or does not answer within ``timeout`` seconds costs a warning, never the
+training run: the callback stops logging and the fit goes on. Each call runs on a daemon
+thread the fit waits for at most ``timeout`` seconds (the final upload of the run
+folder's files: four times as long); a stalled call is left behind and dies with the
+process.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import queue
+import shutil
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from torchhouse.callbacks.base import Callback
-from torchhouse.errors import import_optional, warn_user
+from torchhouse.errors import ConfigError, import_optional, warn_user
 
-__all__ = ["MLflowLogger", "WandbLogger", "fit_params"]
+__all__ = ["BoundedCalls", "MLflowLogger", "WandbLogger", "fit_params"]
 
 
 def _kept_files() -> list[str]:
@@ -60,13 +67,60 @@ def fit_params(model: Any) -> dict[str, Any]:
     return {k: ("None" if v is None else v) for k, v in params.items()}
 
 
+class BoundedCalls:
+    """Runs calls one at a time on a daemon thread and waits for each at most ``timeout`` seconds.
+
+    A call that does not return in time raises `TimeoutError` here; it is left running (a
+    stalled network read) and dies with the process, so it never holds the fit.
+
+    >>> BoundedCalls().run(lambda: 2 + 2, timeout=5)
+    4
+    """
+
+    def __init__(self) -> None:
+        self._calls: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+
+    def run(self, action: Callable[[], Any], timeout: float) -> Any:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._serve, name="torchhouse-tracker", daemon=True)
+            self._thread.start()
+        done = threading.Event()
+        outcome: dict[str, Any] = {}
+
+        def call() -> None:
+            try:
+                outcome["result"] = action()
+            except BaseException as exc:
+                outcome["error"] = exc
+            finally:
+                done.set()
+
+        self._calls.put(call)
+        if not done.wait(timeout):
+            raise TimeoutError(f"no answer within {timeout:g} s")
+        if "error" in outcome:
+            raise outcome["error"]
+        return outcome.get("result")
+
+    def _serve(self) -> None:
+        while True:
+            self._calls.get()()
+
+
 class _Tracker(Callback):
     """Rank 0 only; the first failure of the tracker becomes a warning and ends the logging."""
 
     name = "tracker"
 
-    def __init__(self) -> None:
+    def __init__(self, timeout: float = 30.0) -> None:
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+            raise ConfigError(
+                f"{type(self).__name__}: timeout must be a number of seconds > 0, got {timeout!r}"
+            )
         self.active = False
+        self.timeout = float(timeout)
+        self._calls = BoundedCalls()
 
     def on_fit_start(self, logs: dict[str, Any]) -> None:
         self.active = _is_rank_zero()
@@ -80,7 +134,7 @@ class _Tracker(Callback):
 
     def on_fit_exit(self, status: str, logs: dict[str, Any]) -> None:
         if self.active:
-            self._guard(lambda: self.finish(status))
+            self._guard(lambda: self.finish(status), self.timeout * 4)  # uploads the run's files
         self.active = False
 
     def run_files(self) -> list[Path]:
@@ -89,9 +143,9 @@ class _Tracker(Callback):
             return []
         return [Path(folder) / name for name in _kept_files() if (Path(folder) / name).is_file()]
 
-    def _guard(self, action: Any) -> None:
+    def _guard(self, action: Callable[[], Any], timeout: float | None = None) -> None:
         try:
-            action()
+            self._calls.run(action, timeout or self.timeout)
         except Exception as exc:  # a tracker must never cost the training run
             self.active = False
             warn_user(
@@ -115,7 +169,8 @@ class MLflowLogger(_Tracker):
     ``tracking_uri`` defaults to MLflow's own (``MLFLOW_TRACKING_URI``; a local
     ``sqlite:///mlflow.db`` works without a server);
     an ``http(s)`` server is checked with a 3-second ``/health`` request first, so a server
-    that is down costs a warning, not MLflow's minutes of retries. Needs
+    that is down costs a warning, not MLflow's minutes of retries; a server that answers and
+    then stalls costs at most ``timeout`` seconds (each call is bounded). Needs
     ``pip install 'torchhouse[trackers]'``.
 
     Example::
@@ -127,9 +182,13 @@ class MLflowLogger(_Tracker):
     name = "MLflow"
 
     def __init__(
-        self, tracking_uri: str | None = None, experiment_name: str | None = None, run_name: str | None = None
+        self,
+        tracking_uri: str | None = None,
+        experiment_name: str | None = None,
+        run_name: str | None = None,
+        timeout: float = 30.0,
     ) -> None:
-        super().__init__()
+        super().__init__(timeout)
         self.tracking_uri = tracking_uri
         self.experiment_name = experiment_name or "torchhouse"
         self.run_name = run_name
@@ -143,7 +202,8 @@ class MLflowLogger(_Tracker):
         if self.tracking_uri and self.tracking_uri.startswith(("http://", "https://")):
             import urllib.request
 
-            with urllib.request.urlopen(self.tracking_uri.rstrip("/") + "/health", timeout=3) as reply:
+            health = self.tracking_uri.rstrip("/") + "/health"
+            with urllib.request.urlopen(health, timeout=min(3.0, self.timeout)) as reply:
                 reply.read()
         client = MlflowClient(tracking_uri=self.tracking_uri)
         experiment = client.get_experiment_by_name(self.experiment_name)
@@ -176,7 +236,8 @@ class WandbLogger(_Tracker):
 
     ``mode`` is W&B's: "online", "offline" (files only, ``wandb sync`` later) or
     "disabled"; the default is W&B's own (``WANDB_MODE``). W&B keeps its files in ``dir``
-    (default: W&B's ``./wandb``), never in the run folder. Needs ``pip install 'torchhouse[trackers]'``.
+    (default: W&B's ``./wandb``), never in the run folder, and holds copies of the run
+    folder's files, never links to them. Needs ``pip install 'torchhouse[trackers]'``.
 
     Example::
 
@@ -191,8 +252,9 @@ class WandbLogger(_Tracker):
         name: str | None = None,
         mode: str | None = None,
         dir: str | None = None,
+        timeout: float = 30.0,
     ) -> None:
-        super().__init__()
+        super().__init__(timeout)
         self.project = project or "torchhouse"
         self.run_name = name
         self.mode: Any = mode  # W&B checks it
@@ -216,9 +278,13 @@ class WandbLogger(_Tracker):
         self.run.log({**values, "epoch": epoch}, step=epoch)
 
     def finish(self, status: str) -> None:
-        folder = self.model.fit_params.get("run_dir")
+        # W&B links a saved file into its run; copies keep what this W&B run holds from
+        # changing when the run folder is written again (a later fit with overwrite=True)
+        files_dir = Path(self.run.dir)
         for file in self.run_files():
-            self.run.save(str(file), base_path=str(folder), policy="now")
+            kept = files_dir / file.name
+            shutil.copyfile(file, kept)
+            self.run.save(str(kept), base_path=str(files_dir), policy="now")
         self.run.summary["torchhouse.status"] = status
         self.run.finish(exit_code=0 if status in ("finished", "stopped_early") else 1)
         self.run = None
