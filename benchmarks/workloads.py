@@ -58,7 +58,7 @@ def _mlp() -> nn.Module:
 
 
 def _cnn() -> nn.Module:
-    from torchhouse.demo import digits_cnn
+    from torchhouse.frontends.demo import digits_cnn
 
     return digits_cnn()
 

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 import torchhouse as th
-from torchhouse.text import TrigramVocabulary
+from torchhouse.data.text import TrigramVocabulary
 
 EPOCHS = int(os.environ.get("EPOCHS", "40"))
 

@@ -99,7 +99,7 @@ def train(mode="fit", world=None):
         "params": {
             k: getattr(v, "full_tensor", lambda v=v: v)().tolist() for k, v in model.net.state_dict().items()
         },
-        "ddp_dropped": model._forward_net is model.net,
+        "ddp_dropped": model.fit_state.forward_net is model.net,
         "sharded": type(model.net.state_dict()["0.weight"]).__name__ == "DTensor",
     }
 

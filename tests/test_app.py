@@ -16,7 +16,7 @@ import pytest
 import torchhouse as th
 from torchhouse.app import APP_SCRIPT
 from torchhouse.app.logic import AppInputError, image_to_input, load_app_run, predict_rows, rows_from_csv
-from torchhouse.cli import main
+from torchhouse.frontends.cli import main
 
 pytest.importorskip("streamlit")
 
@@ -161,7 +161,7 @@ def _serve(run_dir):
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     process = subprocess.Popen(
-        [sys.executable, "-m", "torchhouse.cli", "app", str(run_dir), "--port", str(port)],
+        [sys.executable, "-m", "torchhouse", "app", str(run_dir), "--port", str(port)],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

@@ -99,7 +99,7 @@ def test_early_stopping_stops_and_restores_best_weights():
 def test_early_stopping_never_takes_nan_as_best():
     stop = EarlyStopping(monitor="val_loss", patience=2, verbose=False)
     model = model_for()
-    model.log_names = ["loss", "val_loss"]
+    model.fit_state.log_names = ["loss", "val_loss"]
     stop.set_model(model)
     stop.on_fit_start({})
     stop.on_epoch_end(0, {"val_loss": float("nan")})
@@ -114,7 +114,7 @@ def test_early_stopping_never_takes_nan_as_best():
 def test_early_stopping_mode_auto_for_accuracy_is_max():
     stop = EarlyStopping(monitor="val_acc", patience=1, verbose=False)
     model = model_for(metrics={"acc": th.metrics.accuracy})
-    model.log_names = ["loss", "acc", "val_loss", "val_acc"]
+    model.fit_state.log_names = ["loss", "acc", "val_loss", "val_acc"]
     stop.set_model(model)
     stop.on_fit_start({})
     stop.on_epoch_end(0, {"val_acc": 0.5})

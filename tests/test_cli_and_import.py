@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import torchhouse as th
-from torchhouse.cli import main
+from torchhouse.frontends.cli import main
 
 
 def test_demo_writes_a_run_folder_and_reaches_high_accuracy(tmp_path, capsys):
@@ -28,7 +28,7 @@ def test_demo_writes_a_run_folder_and_reaches_high_accuracy(tmp_path, capsys):
     assert header == "epoch,loss,acc,val_loss,val_acc"
     # the saved weights reproduce the reported accuracy
     from torchhouse.datasets import load_digits, train_test_split
-    from torchhouse.demo import digits_cnn
+    from torchhouse.frontends.demo import digits_cnn
 
     x, y = load_digits()
     _, x_test, _, y_test = train_test_split(x, y, 0.2, seed=0)
@@ -40,9 +40,9 @@ def test_demo_writes_a_run_folder_and_reaches_high_accuracy(tmp_path, capsys):
 
 
 def test_help_lists_commands():
-    done = subprocess.run([sys.executable, "-m", "torchhouse.cli", "--help"], capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-m", "torchhouse", "--help"], capture_output=True, text=True)
     assert done.returncode == 0 and "demo" in done.stdout
-    done = subprocess.run([sys.executable, "-m", "torchhouse.cli"], capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-m", "torchhouse"], capture_output=True, text=True)
     assert done.returncode == 2
 
 
@@ -67,7 +67,7 @@ def test_ctrl_c_prints_two_lines_exits_130_and_the_run_can_resume(tmp_path):
         [
             sys.executable,
             "-m",
-            "torchhouse.cli",
+            "torchhouse",
             "demo",
             "--epochs",
             "200",
@@ -154,7 +154,7 @@ def test_the_continue_command_printed_after_ctrl_c_continues_that_run_when_run_a
     run = tmp_path / "elsewhere" / "my-run"
     command = ["fit", str(config), "--run-dir", str(run), "--set", "fit.epochs=8"]
     process = subprocess.Popen(
-        [sys.executable, "-m", "torchhouse.cli", *command],
+        [sys.executable, "-m", "torchhouse", *command],
         cwd=tmp_path,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -171,7 +171,7 @@ def test_the_continue_command_printed_after_ctrl_c_continues_that_run_when_run_a
     continued = shlex.split(printed.removeprefix("Continue with: "))
     assert continued[:2] == ["torchhouse", "fit"] and "--resume" in continued
     done = subprocess.run(
-        [sys.executable, "-m", "torchhouse.cli", *continued[1:]],
+        [sys.executable, "-m", "torchhouse", *continued[1:]],
         cwd=tmp_path,
         capture_output=True,
         text=True,
@@ -184,7 +184,7 @@ def test_the_continue_command_printed_after_ctrl_c_continues_that_run_when_run_a
 
 
 def test_the_continue_command_drops_overwrite_and_keeps_everything_else():
-    from torchhouse.cli import continue_command
+    from torchhouse.frontends.cli import continue_command
 
     typed = [
         "fit",

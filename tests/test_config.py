@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 import torchhouse as th
-from torchhouse.cli import main
-from torchhouse.config import apply_override, load_config, validate
+from torchhouse.frontends.cli import main
+from torchhouse.frontends.config import apply_override, load_config, validate
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "configs"
 
@@ -208,3 +208,83 @@ def test_evaluate_of_a_run_trained_from_your_own_csv_needs_no_trust(tmp_path, ca
     assert evaluated == test_line.removeprefix("Test (held-out split): ")
     (tmp_path / "data" / "mine.csv").unlink()  # the data may even be gone
     assert main(["evaluate", "runs/mine"]) == 0
+
+
+def test_every_keyword_of_model_and_fit_is_a_config_key_or_listed_as_code_only():
+    import inspect
+
+    from torchhouse.frontends.config import CODE_ONLY, FIT_KEYS, TRAINER_KEYS
+
+    for function, keys, code_only in (
+        (th.Model.__init__, TRAINER_KEYS, CODE_ONLY["Model"]),
+        (th.Model.fit, FIT_KEYS, CODE_ONLY["fit"]),
+    ):
+        names = {
+            p.name
+            for p in inspect.signature(function).parameters.values()
+            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name != "self"
+        }
+        assert names == set(keys) | set(code_only), names ^ (set(keys) | set(code_only))
+        assert not set(keys) & set(code_only)
+        assert all(isinstance(reason, str) and reason for reason in code_only.values())
+
+
+def test_the_keys_that_could_not_be_set_before_reach_the_model_and_fit(tmp_path, capsys):
+    import yaml
+
+    config = base_config(
+        trainer={"strategy": "fsdp", "weighted_metrics": {"wacc": "accuracy"}},
+        fit={
+            "epochs": 3,
+            "batch_size": 32,
+            "seed": 0,
+            "progress": "none",
+            "initial_epoch": 1,
+            "validation_freq": 2,
+            "steps_per_epoch": 4,
+            "validation_split": 0.2,
+            "class_weight": {0: 2.0},
+        },
+    )
+    (tmp_path / "c.json").write_text(json.dumps(config))  # JSON: the class_weight key is "0"
+    run = tmp_path / "run"
+    assert main(["fit", str(tmp_path / "c.json"), "--run-dir", str(run)]) == 0
+    fit = json.loads((run / "config.json").read_text())["fit"]
+    assert fit["initial_epoch"] == 1 and fit["validation_freq"] == 2 and fit["steps_per_epoch"] == 4
+    assert fit["class_weight"] == {"0": 2.0}
+    history = list(csv.DictReader((run / "history.csv").open()))
+    assert [int(r["epoch"]) for r in history] == [1, 2]  # epochs 2 and 3 of 3 (initial_epoch=1)
+    assert "wacc" in history[0] and history[1]["val_loss"] == "nan"  # validation every 2nd epoch
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(base_config(fit={"epochs": 1, "steps_per_epochs": 2})))
+    assert main(["fit", str(tmp_path / "c.yaml"), "--run-dir", str(tmp_path / "r2")]) == 2
+    assert "unknown key(s) ['steps_per_epochs']" in capsys.readouterr().err
+
+
+def test_one_fit_writes_each_run_file_once_and_the_extras_while_the_lock_is_held(tmp_path, monkeypatch):
+    """A config-driven fit: config.json, model.safetensors, model.json, model.pt2, serve.json and
+    run_config.json are each written exactly once, every one while the run's lock is held."""
+    import os
+
+    import yaml
+
+    from torchhouse.runs.lock import is_locked
+
+    real_replace, written = os.replace, []
+    run = tmp_path / "run"
+
+    def recording_replace(source, target, *args, **kwargs):
+        target = Path(target)
+        written.append((target.name, is_locked(run / ".lock")))
+        return real_replace(source, target, *args, **kwargs)
+
+    monkeypatch.setattr(os, "replace", recording_replace)
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(base_config()))
+    assert main(["fit", str(tmp_path / "c.yaml"), "--run-dir", str(run), "--set", "fit.epochs=3"]) == 0
+    names = [name for name, _ in written]
+    for once in ("config.json", "model.safetensors", "model.json", "model.pt2", "serve.json", "run_config.json"):
+        assert names.count(once) == 1, (once, names)
+    assert names.count("history.csv") == 3  # one per epoch
+    outside = [name for name, locked in written if not locked]
+    assert outside == [], f"written after the lock was released: {outside}"
+    assert not is_locked(run / ".lock")
+    assert json.loads((run / "run.json").read_text())["status"] == "finished"

@@ -213,7 +213,7 @@ def _samples_seen_unseeded():
 
     from torch import nn
 
-    from torchhouse import distributed
+    from torchhouse.parallel import distributed
 
     seen = []
 

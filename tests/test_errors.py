@@ -1,5 +1,6 @@
 """Bad input everywhere: each gives a clear error naming what was wrong and what was expected."""
 
+import importlib
 import os
 import re
 import subprocess
@@ -326,9 +327,9 @@ CLI_CASES = [
 @pytest.mark.parametrize("args,code,message", CLI_CASES, ids=[" ".join(c[0]) for c in CLI_CASES])
 def test_cli_usage_errors_exit_2(args, code, message, tmp_path):
     done = subprocess.run(
-        [sys.executable, "-m", "torchhouse.cli", *args, "--run-dir", str(tmp_path / "r")]
+        [sys.executable, "-m", "torchhouse", *args, "--run-dir", str(tmp_path / "r")]
         if args[0] == "demo"
-        else [sys.executable, "-m", "torchhouse.cli", *args],
+        else [sys.executable, "-m", "torchhouse", *args],
         capture_output=True,
         text=True,
         timeout=120,
@@ -421,16 +422,24 @@ def test_data_conversions_name_the_real_problem():
 
 
 MISSING_EXTRAS = {
-    "optuna": ("optuna", lambda: __import__("torchhouse.tuning").tuning.import_optuna(), "torchhouse[tune]"),
+    "optuna": (
+        "optuna",
+        lambda: importlib.import_module("torchhouse.frontends.tuning").import_optuna(),
+        "torchhouse[tune]",
+    ),
     "lightning": (
         "lightning",
         lambda: th.LightModel(nn.Linear(2, 1), loss=nn.MSELoss()).to_lightning(),
         "torchhouse[lightning]",
     ),
-    "pyplot": ("matplotlib", lambda: __import__("torchhouse.plotting").plotting.pyplot(), "torchhouse[plot]"),
+    "pyplot": (
+        "matplotlib",
+        lambda: importlib.import_module("torchhouse.runs.plots").pyplot(),
+        "torchhouse[plot]",
+    ),
     "figure": (
         "matplotlib",
-        lambda: __import__("torchhouse.plotting").plotting.offscreen_figure(),
+        lambda: importlib.import_module("torchhouse.runs.plots").offscreen_figure(),
         "torchhouse[plot]",
     ),
     "wandb": (

@@ -11,8 +11,8 @@ from torch import nn
 
 import torchhouse as th
 from conftest import make_classification, make_net
-from torchhouse.demo import digits_cnn
-from torchhouse.export import ExportError
+from torchhouse.files.export import ExportError
+from torchhouse.frontends.demo import digits_cnn
 
 
 def test_export_and_load_give_the_same_predictions(tmp_path):

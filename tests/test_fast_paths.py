@@ -191,7 +191,7 @@ METRICS = {
 
 @pytest.mark.parametrize("name", METRICS)
 def test_metric_objects_updated_every_few_steps_equal_per_step_updates(name):
-    from torchhouse.metrics import PENDING_STEPS, EpochMetrics
+    from torchhouse.metrics.epoch import PENDING_STEPS, EpochMetrics
 
     metric = METRICS[name]()
     acc = EpochMetrics({"m": metric}, torch.device("cpu"), capacity=4)
@@ -276,7 +276,7 @@ def test_the_default_optimizer_is_fused_adamw_and_a_hand_loop_with_it_matches_bi
 
 
 def test_the_default_optimizer_falls_back_where_the_fused_kernel_refuses(monkeypatch):
-    from torchhouse.model import default_optimizer
+    from torchhouse.train.building import default_optimizer
 
     plain_adamw = torch.optim.AdamW
 

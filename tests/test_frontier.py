@@ -336,7 +336,7 @@ def test_unsupported_weighted_losses_and_loaders_are_refused_with_the_way_out():
 
 
 def test_class_weight_rounds_binary_labels_and_weighs_missing_classes_one():
-    from torchhouse.model import class_weights_of
+    from torchhouse.train.losses import class_weights_of
 
     table = torch.tensor([2.0])  # only class 0 named
     assert class_weights_of(table, torch.tensor([0, 1, 1, 0])).tolist() == [2.0, 1.0, 1.0, 2.0]

@@ -132,8 +132,8 @@ def test_overlapped_copies_equal_plain_copies(monkeypatch, tmp_path, pin_memory)
     to a plain .to(device) per batch: large batches (a missing stream wait would read
     half-copied memory), CPU noise drawn per sample, validation, predict, and a fit killed
     mid-epoch and resumed."""
-    from torchhouse import loop
     from torchhouse.data import move_to
+    from torchhouse.train import batch_loop
 
     def plain_transfer(batches, device):
         for batch in batches:
@@ -170,7 +170,7 @@ def test_overlapped_copies_equal_plain_copies(monkeypatch, tmp_path, pin_memory)
 
     overlapped, h1 = fit("overlapped")
     with monkeypatch.context() as patch:
-        patch.setattr(loop, "device_batches", plain_transfer)
+        patch.setattr(batch_loop, "device_batches", plain_transfer)
         plain, h2 = fit("plain")
     assert h1.history == h2.history
     for p, q in zip(overlapped.net.parameters(), plain.net.parameters()):

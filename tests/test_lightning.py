@@ -81,7 +81,7 @@ def test_torchhouse_callbacks_run_at_the_epoch_hooks_and_early_stopping_stops_th
 
 
 def test_a_light_model_run_folder_holds_safetensors_and_is_served_without_its_code(tmp_path):
-    from torchhouse.serving import load_run
+    from torchhouse.frontends.serving import load_run
 
     x, y = data()
     light = th.LightModel(make(), loss=nn.CrossEntropyLoss(), optimizer=sgd, metrics=["acc"])

@@ -9,10 +9,10 @@ from torch import nn
 
 import torchhouse as th
 from conftest import make_classification, make_net
-from torchhouse.checkpoint import seal_state_json
 from torchhouse.errors import CheckpointError
-from torchhouse.runs import RunDir
-from torchhouse.training_state import SCHEMA_VERSION, TrainingState
+from torchhouse.files.checkpoint import seal_state_json
+from torchhouse.runs import RunFolder
+from torchhouse.runs.state import SCHEMA_VERSION, TrainingState
 
 
 def model():
@@ -40,7 +40,7 @@ class Exits(th.callbacks.Callback):
 def test_a_saved_state_reads_back_as_a_training_state_with_its_version(tmp_path):
     m = model()
     fit(m, tmp_path / "r", checkpoint_every=3)
-    run = RunDir(tmp_path / "r")
+    run = RunFolder(tmp_path / "r")
     _, saved = run.load_latest_state()
     state = TrainingState.from_state_dict(saved)
     assert saved["version"] == SCHEMA_VERSION
@@ -71,7 +71,7 @@ def test_from_state_dict_refuses_a_newer_version_missing_fields_and_wrong_types(
 
 def test_a_state_from_a_newer_torchhouse_falls_back_to_an_older_one_with_a_warning(tmp_path):
     fit(model(), tmp_path / "r", epochs=2)
-    run = RunDir(tmp_path / "r")
+    run = RunFolder(tmp_path / "r")
     newest = run.checkpoints / run.state_names()[-1] / "state.json"
     meta = json.loads(newest.read_text())
     meta["state"]["version"] = SCHEMA_VERSION + 1
@@ -147,7 +147,7 @@ def test_built_in_callbacks_run_in_their_documented_order(tmp_path):
             rows = (tmp_path / "r" / "history.csv").read_text().splitlines()
             seen.setdefault("rows", []).append(len(rows) - 1)
             # ... and StateCheckpoint runs last: no state of this epoch exists yet.
-            seen.setdefault("states", []).append(len(RunDir(tmp_path / "r").state_names()))
+            seen.setdefault("states", []).append(len(RunFolder(tmp_path / "r").state_names()))
             self.state["epochs"] += 1
 
         def state_dict(self):
@@ -158,7 +158,7 @@ def test_built_in_callbacks_run_in_their_documented_order(tmp_path):
 
     fit(model(), tmp_path / "r", epochs=3, callbacks=[Look()])
     assert seen == {"rows": [1, 2, 3], "states": [0, 1, 2]}
-    _, saved = RunDir(tmp_path / "r").load_latest_state()
+    _, saved = RunFolder(tmp_path / "r").load_latest_state()
     assert saved["callbacks"] == [{"type": "Look", "state": {"epochs": 3}}]  # saved after Look ran
 
 
@@ -189,21 +189,21 @@ def test_the_progress_display_resumes_mid_epoch_at_the_saved_batch(tmp_path):
 def test_the_loop_module_reads_in_one_screen():
     import inspect
 
-    from torchhouse import loop
+    from torchhouse.train import loop
 
     for name in ("_run_epochs", "_begin_epoch", "_train_epoch", "_end_epoch"):
         lines = inspect.getsource(getattr(loop.FitLoop, name)).splitlines()
         assert len(lines) <= 45, f"{name} has {len(lines)} lines"
     import ast
 
-    from torchhouse import model as model_module
+    from torchhouse.train import model as model_module
 
-    allowed = {"torchhouse.callbacks.base", "torchhouse.callbacks.builtin"}
+    allowed = {"torchhouse.callbacks.base", "torchhouse.callbacks.dispatch"}
     for module in (loop, model_module):
         for node in ast.walk(ast.parse(inspect.getsource(module))):
             if isinstance(node, ast.ImportFrom) and node.module:
                 imported = node.module
-                assert not imported.startswith(("matplotlib", "optuna", "torchhouse.plotting")), imported
+                assert not imported.startswith(("matplotlib", "optuna", "torchhouse.runs.plots")), imported
                 if imported.startswith("torchhouse.callbacks"):
                     assert imported in allowed, f"{module.__name__} imports {imported}"
 
@@ -294,7 +294,7 @@ def test_in_a_terminal_one_bar_serves_the_fit_and_an_interrupted_epoch_keeps_its
 def test_the_first_step_checks_run_once_per_fit_not_once_per_epoch(monkeypatch):
     """The first-step checks read the device (a host sync on a GPU): a fit runs them on its
     first training step and its first validation step; a standalone evaluate on its first."""
-    from torchhouse import loop, step_checks
+    from torchhouse.train import batch_loop, step_checks
 
     seen = []
 
@@ -302,7 +302,7 @@ def test_the_first_step_checks_run_once_per_fit_not_once_per_epoch(monkeypatch):
         seen.append(what)
         return step_checks.first_step(model, step, batch, what, record)
 
-    monkeypatch.setattr(loop, "first_step", counting)
+    monkeypatch.setattr(batch_loop, "first_step", counting)
     x, y = make_classification(n=80)
     m = model()
     m.fit(x, y, epochs=3, batch_size=8, validation_split=0.25, progress="none")

@@ -17,7 +17,7 @@ import torch
 
 import torchhouse as th
 from conftest import make_net
-from torchhouse.pt2_operators import ATEN_FAMILIES, PURE_ONLY_WITH, operator_refusal
+from torchhouse.files.pt2_operators import ATEN_FAMILIES, PURE_ONLY_WITH, operator_refusal
 
 CPU = {"type": "cpu", "index": None}
 
@@ -189,8 +189,8 @@ def test_each_refused_family_is_refused_with_a_real_payload(family, genuine, tmp
 
 def test_the_file_payload_is_refused_on_every_route_that_runs_a_program(genuine, tmp_path):
     """th.load_exported, `torchhouse predict` of a downloaded run folder, and the app's model."""
-    from torchhouse.cli import main
-    from torchhouse.serving import load_run
+    from torchhouse.frontends.cli import main
+    from torchhouse.frontends.serving import load_run
 
     x = torch.randn(20, 6)
     y = torch.randint(0, 3, (20,))

@@ -200,7 +200,7 @@ def test_nan_loss_stops_with_epoch_and_step_and_keeps_the_last_good_state(tmp_pa
         model.fit(x, y, epochs=3, batch_size=16, run_dir=tmp_path / "r", progress="none")
     run = json.loads((tmp_path / "r" / "run.json").read_text())
     assert run["status"] == "crashed"
-    from torchhouse.checkpoint import load_state
+    from torchhouse.files.checkpoint import load_state
 
     states = sorted((tmp_path / "r" / "checkpoints").glob("ckpt-*"))
     assert [s.name for s in states] == ["ckpt-00001-0000000"]

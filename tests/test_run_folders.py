@@ -16,9 +16,9 @@ from torch.utils.data import DataLoader, TensorDataset, WeightedRandomSampler
 
 import torchhouse as th
 from conftest import make_classification, make_net
-from torchhouse.checkpoint import seal_state_json
-from torchhouse.cli import main
-from torchhouse.runs import RunDir, run_status
+from torchhouse.files.checkpoint import seal_state_json
+from torchhouse.frontends.cli import main
+from torchhouse.runs import RunFolder, run_status
 
 
 def model(**kwargs):
@@ -126,7 +126,7 @@ def test_two_writers_on_one_folder_one_clear_error_one_intact_run(tmp_path):
     run = tmp_path / "r"
     first = start(run, 5, 1.5)
     assert first.stdout.readline().strip() == "started"
-    assert run_status(RunDir(run).info(), run) == "running"
+    assert run_status(RunFolder(run).info(), run) == "running"
     second = start(run, 6, 0.0, "resume")
     out, err = second.communicate(timeout=120)
     assert second.returncode == 1 and "started" not in out
@@ -147,7 +147,7 @@ def test_a_killed_writer_leaves_a_crashed_run_whose_lock_is_taken_over(tmp_path)
     time.sleep(0.5)
     first.send_signal(signal.SIGKILL)
     first.wait(timeout=30)
-    assert run_status(RunDir(run).info(), run) == "crashed"
+    assert run_status(RunFolder(run).info(), run) == "crashed"
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         history = model().fit(
@@ -169,7 +169,7 @@ def test_ctrl_c_marks_the_run_interrupted(tmp_path):
 
     with pytest.raises(KeyboardInterrupt):
         fit(tmp_path / "r", epochs=3, callbacks=[Interrupt()])
-    assert run_status(RunDir(tmp_path / "r").info(), tmp_path / "r") == "interrupted"
+    assert run_status(RunFolder(tmp_path / "r").info(), tmp_path / "r") == "interrupted"
 
 
 # --------------------------------------------------------------------------- resume checks
@@ -274,7 +274,7 @@ def test_leftovers_of_a_killed_process_are_removed_at_the_next_start(tmp_path):
 def test_a_full_disk_names_the_file_and_keeps_the_saved_states(tmp_path, monkeypatch):
     from safetensors import SafetensorError
 
-    import torchhouse.checkpoint as checkpoint
+    import torchhouse.files.checkpoint as checkpoint
 
     run = tmp_path / "r"
     fit(run, epochs=1)
@@ -386,7 +386,7 @@ def test_a_dead_running_trial_is_failed_and_another_monitor_is_refused(tuning_da
 
 
 def test_shard_files_are_written_read_back_checked_and_never_followed_out_of_the_folder(tmp_path):
-    run = RunDir(tmp_path / "r")
+    run = RunFolder(tmp_path / "r")
     tensors = {"model/w": torch.arange(4.0)}
     digest = run.save_shard("ckpt-00001-0000000", 0, tensors)
     assert torch.equal(run.load_shard("ckpt-00001-0000000", 0, digest)["model/w"], tensors["model/w"])
@@ -434,7 +434,7 @@ def test_a_lock_that_is_a_fifo_never_blocks_runs_show_or_resume(tmp_path):
         import sys, torch
         from torch import nn
         import torchhouse as th
-        from torchhouse.cli import main
+        from torchhouse.frontends.cli import main
         sys.path.insert(0, {str(Path(__file__).parent)!r})
         from conftest import make_classification, make_net
         print("runs", main(["runs", {str(run.parent)!r}]), flush=True)
@@ -457,7 +457,7 @@ def test_a_lock_that_is_a_fifo_never_blocks_runs_show_or_resume(tmp_path):
 def test_a_fifo_or_link_planted_for_a_run_file_is_refused_not_waited_on(tmp_path):
     import os
 
-    from torchhouse.checkpoint import read_json
+    from torchhouse.files.checkpoint import read_json
     from torchhouse.runs import describe_run, read_history_csv
 
     run = tmp_path / "r"
@@ -474,7 +474,7 @@ def test_a_fifo_or_link_planted_for_a_run_file_is_refused_not_waited_on(tmp_path
 
 
 def test_shard_folders_planted_for_future_states_are_refused_before_writing(tmp_path):
-    run = RunDir(tmp_path / "r")
+    run = RunFolder(tmp_path / "r")
     run.checkpoints.mkdir(parents=True)
     outside = tmp_path / "outside"
     outside.mkdir()

@@ -10,7 +10,7 @@ from torch import nn
 
 import torchhouse as th
 from conftest import make_classification, make_net, params_equal
-from torchhouse.checkpoint import atomic_write_bytes, load_state, save_state
+from torchhouse.files.checkpoint import atomic_write_bytes, load_state, save_state
 
 
 def test_save_writes_safetensors_and_json_and_load_restores(tmp_path):

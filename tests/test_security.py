@@ -23,11 +23,11 @@ from torch import nn
 
 import torchhouse as th
 from conftest import make_classification, make_net
-from torchhouse.checkpoint import load_state, read_tensors, save_state
-from torchhouse.cli import main
-from torchhouse.config import load_config, read_run_config, train_from_config, write_run_config
 from torchhouse.errors import TorchhouseError, UntrustedCodeError
-from torchhouse.serving import load_run
+from torchhouse.files.checkpoint import load_state, read_tensors, save_state
+from torchhouse.frontends.cli import main
+from torchhouse.frontends.config import load_config, read_run_config, train_from_config, write_run_config
+from torchhouse.frontends.serving import load_run
 
 PAYLOAD_MODULE = "torchhouse_test_payload"
 
@@ -149,7 +149,7 @@ def test_a_tampered_folder_is_served_from_its_program_without_running_the_names(
 def run_cli(args, cwd, extra_path):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(extra_path), os.environ.get("PYTHONPATH", "")])}
     return subprocess.run(
-        [sys.executable, "-m", "torchhouse.cli", *args], cwd=cwd, env=env, capture_output=True, text=True
+        [sys.executable, "-m", "torchhouse", *args], cwd=cwd, env=env, capture_output=True, text=True
     )
 
 

@@ -12,7 +12,7 @@ from torch import nn
 import torchhouse as th
 from conftest import make_classification, make_net
 from torchhouse.callbacks import LivePlot, TensorBoard
-from torchhouse.cli import main
+from torchhouse.frontends.cli import main
 
 event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
 
@@ -174,7 +174,7 @@ def test_runs_lists_status_of_finished_stopped_crashed_and_running(tmp_path, cap
     live.mkdir()
     (live / "run.json").write_text(json.dumps({"status": "running", "pid": os.getpid(), "started": "y"}))
     # the lock decides when there is one: held by a live process (this one) whatever the pid says
-    from torchhouse.runlock import acquire_lock, release_lock
+    from torchhouse.runs.lock import acquire_lock, release_lock
 
     locked = tmp_path / "locked"
     locked.mkdir()
@@ -212,7 +212,7 @@ def test_tensorboard_command_serves_on_loopback(tmp_path):
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     process = subprocess.Popen(
-        [sys.executable, "-m", "torchhouse.cli", "tensorboard", str(tmp_path), "--port", str(port)],
+        [sys.executable, "-m", "torchhouse", "tensorboard", str(tmp_path), "--port", str(port)],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -252,7 +252,7 @@ def test_step_losses_are_flushed_during_the_epoch(tmp_path):
 
 
 def test_tensorboard_without_step_logging_adds_no_per_step_call(tmp_path):
-    from torchhouse.callbacks.base import CallbackList
+    from torchhouse.callbacks.dispatch import CallbackList
 
     model = model_for()
     assert not CallbackList([TensorBoard(tmp_path / "a")], model).wants("on_train_batch_end")

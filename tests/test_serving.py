@@ -10,8 +10,9 @@ import torch
 from torch import nn
 
 import torchhouse as th
-from torchhouse.cli import main
-from torchhouse.serving import load_run, read_serve_file
+from torchhouse.frontends.cli import main
+from torchhouse.frontends.serving import load_run
+from torchhouse.runs.serve_files import read_serve_file
 
 # The net class lives only in this script: the serving side never sees its code.
 TRAIN = textwrap.dedent(

@@ -3,7 +3,7 @@ import torch
 from torch import nn
 
 import torchhouse as th
-from torchhouse.demo import digits_cnn
+from torchhouse.frontends.demo import digits_cnn
 
 
 def test_summary_shapes_and_totals():

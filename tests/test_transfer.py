@@ -2,7 +2,7 @@
 
 import torch
 
-from torchhouse.transfer import device_batches
+from torchhouse.data.transfer import device_batches
 
 
 def test_batches_are_taken_from_the_source_only_when_the_loop_asks():

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 import torchhouse as th
-from torchhouse.cli import main
+from torchhouse.frontends.cli import main
 
 pytestmark = pytest.mark.slow
 
@@ -186,7 +186,7 @@ def run_tune_cli(config, tune_dir, trials, storage=None, study="bc"):
     args = [
         sys.executable,
         "-m",
-        "torchhouse.cli",
+        "torchhouse",
         "tune",
         str(config),
         "--trials",

@@ -11,8 +11,8 @@ Importing torchhouse imports torch, numpy, safetensors and nothing heavy: torchm
 pandas, matplotlib, tensorboard, optuna and streamlit are imported only when used.
 """
 
-from torchhouse import callbacks, datasets, metrics, models
-from torchhouse.distributed import launch
+from torchhouse import callbacks, config, datasets, metrics, models
+from torchhouse.data.rng import seed_everything
 from torchhouse.errors import (
     CheckpointError,
     ConfigError,
@@ -21,15 +21,15 @@ from torchhouse.errors import (
     TorchhouseError,
     UntrustedCodeError,
 )
-from torchhouse.export import ExportError, load_exported
-from torchhouse.history import History
-from torchhouse.lightning_model import LightModel
-from torchhouse.model import Model
-from torchhouse.rng import seed_everything
+from torchhouse.files.export import ExportError, load_exported
+from torchhouse.frontends import tuning  # th.tuning.TuneResult, as before the package had folders
+from torchhouse.frontends.tuning import TuneResult, tune
+from torchhouse.parallel.distributed import launch
 from torchhouse.summary import Summary, summary
-from torchhouse.tuning import tune
-
-__version__ = "0.1.0"
+from torchhouse.train.history import History
+from torchhouse.train.lightning import LightModel
+from torchhouse.train.model import Model
+from torchhouse.version import __version__
 
 __all__ = [
     "LightModel",
@@ -45,6 +45,7 @@ __all__ = [
     "UntrustedCodeError",
     "__version__",
     "callbacks",
+    "config",
     "datasets",
     "launch",
     "load_exported",
@@ -52,5 +53,7 @@ __all__ = [
     "models",
     "seed_everything",
     "summary",
+    "TuneResult",
     "tune",
+    "tuning",
 ]

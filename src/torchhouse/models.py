@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-__all__ = ["BagOfTrigrams", "bag_of_trigrams", "mlp"]
+__all__ = ["BagOfTrigrams", "bag_of_trigrams", "digits_cnn", "mlp"]
 
 
 def mlp(
@@ -68,3 +68,24 @@ def bag_of_trigrams(
 ) -> BagOfTrigrams:
     """`BagOfTrigrams` as a config factory (``torchhouse.models:bag_of_trigrams``)."""
     return BagOfTrigrams(vocabulary_size, dim, hidden, classes, dropout)
+
+
+def digits_cnn(channels: int = 32, hidden: int = 128, dropout: float = 0.25) -> nn.Module:
+    """A small CNN for 1x8x8 digit images (about 150k parameters).
+
+    Example:
+        >>> digits_cnn()(torch.zeros(2, 1, 8, 8)).shape
+        torch.Size([2, 10])
+    """
+    return nn.Sequential(
+        nn.Conv2d(1, channels, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(channels, 2 * channels, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(2 * channels * 4 * 4, hidden),
+        nn.ReLU(),
+        nn.Dropout(dropout),
+        nn.Linear(hidden, 10),
+    )

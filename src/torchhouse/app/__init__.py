@@ -1,36 +1,8 @@
-"""The Streamlit app for a run folder (`torchhouse app RUN_DIR`). Streamlit is imported only here."""
+"""The app for a run folder (`torchhouse app RUN_DIR`): the Streamlit page (`streamlit_app`) and
+what it does, as plain functions tested without a browser (`logic`). Streamlit is imported
+only by the page script.
+"""
 
-from __future__ import annotations
-
-from pathlib import Path
+from torchhouse.frontends.app_command import APP_SCRIPT, streamlit_command
 
 __all__ = ["APP_SCRIPT", "streamlit_command"]
-
-APP_SCRIPT = Path(__file__).with_name("streamlit_app.py")
-
-
-def streamlit_command(run_dir: str, port: int, max_upload_mb: float) -> list[str]:
-    """The command that serves the app for ``run_dir`` on 127.0.0.1:``port``."""
-    import sys
-
-    return [
-        sys.executable,
-        "-m",
-        "streamlit",
-        "run",
-        str(APP_SCRIPT),
-        "--server.address",
-        "127.0.0.1",
-        "--server.port",
-        str(port),
-        "--server.headless",
-        "true",
-        "--server.maxUploadSize",
-        str(max(1, int(max_upload_mb + 0.999))),
-        "--browser.gatherUsageStats",
-        "false",
-        "--client.toolbarMode",
-        "viewer",
-        "--",
-        run_dir,
-    ]

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from torchhouse.errors import TorchhouseError
-from torchhouse.safety import MAX_CSV_ROWS, MAX_IMAGE_PIXELS
+from torchhouse.files.safety import MAX_CSV_ROWS, MAX_IMAGE_PIXELS
 
 __all__ = [
     "AppInputError",
@@ -83,8 +83,8 @@ def load_app_run(path: str | os.PathLike[str], trust_code: bool | None = None) -
     The folder is data: it is served without importing code it names unless
     ``trust_code`` (default: what `torchhouse app --trust-code` said).
     """
-    from torchhouse.config import load_run
-    from torchhouse.runs import RunDir, read_history_csv
+    from torchhouse.frontends.serving import load_run
+    from torchhouse.runs import RunFolder, read_history_csv
 
     folder = Path(path)
     if not folder.is_dir():
@@ -98,7 +98,7 @@ def load_app_run(path: str | os.PathLike[str], trust_code: bool | None = None) -
         except (OSError, ValueError, KeyError, csv.Error):
             history = {}
     try:
-        info = RunDir(folder).info()
+        info = RunFolder(folder).info()
     except TorchhouseError:
         info = {}
     return AppRun(folder, config, model, config["data"], info, history)
@@ -198,7 +198,7 @@ def texts_from_box(app: AppRun, text: str) -> list[str]:
 
 def predict_rows(app: AppRun, rows: Any) -> tuple[list[str], list[list[Any]], np.ndarray | None]:
     """Predictions for feature rows: (columns, table rows, class probabilities or None)."""
-    from torchhouse.config import prepare_inputs
+    from torchhouse.frontends.config import prepare_inputs
 
     inputs = rows if app.kind == "image" else prepare_inputs(rows, app.info)
     outputs = app.model.predict(torch.as_tensor(inputs), batch_size=256)
@@ -224,7 +224,7 @@ def predict_rows(app: AppRun, rows: Any) -> tuple[list[str], list[list[Any]], np
 
 def example_csv(app: AppRun, rows: int = 3) -> str:
     """A small CSV of held-out rows, for the page's example (tabular runs)."""
-    from torchhouse.config import load_data
+    from torchhouse.frontends.config import load_data
 
     if not any(k in app.info for k in ("dataset", "csv")):
         return ",".join(app.feature_names) + "\n"

@@ -1,7 +1,8 @@
 """Callbacks: hooks into fit. Subclass `Callback` and override the hooks you need."""
 
-from torchhouse.callbacks.base import Callback, CallbackList
+from torchhouse.callbacks.base import Callback
 from torchhouse.callbacks.csv_logger import CSVLogger
+from torchhouse.callbacks.dispatch import CallbackList
 from torchhouse.callbacks.early_stopping import EarlyStopping
 from torchhouse.callbacks.lambda_callback import LambdaCallback
 from torchhouse.callbacks.learning_rate import LearningRateScheduler, ReduceLROnPlateau

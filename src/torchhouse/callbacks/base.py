@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from torchhouse.model import Model
+    from torchhouse.train.model import Model
 
-__all__ = ["HOOKS", "Callback", "CallbackList", "check_writable_parent", "overrides"]
+__all__ = ["HOOKS", "Callback", "overrides"]
 
 
 HOOKS = (
@@ -126,77 +125,8 @@ class Callback:
         """Restore what `state_dict` returned."""
 
 
-def check_writable_parent(owner: str, path: str) -> None:
-    """Before the first batch: the folder a callback will write ``path`` into must be usable."""
-    import os
-
-    from torchhouse.errors import ConfigError
-
-    folder = os.path.dirname(os.path.abspath(path)) or "."
-    try:
-        os.makedirs(folder, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError(f"{owner}: cannot create the folder {folder} for {path!r}: {exc.strerror}") from exc
-    if not os.access(folder, os.W_OK):
-        raise ConfigError(f"{owner}: the folder {folder} for {path!r} is not writable")
-
-
 def overrides(callback: Callback, hook: str) -> bool:
     """Whether ``callback`` does something in ``hook`` (a method of its class, or one it was given)."""
     if hook in vars(callback):
         return True
     return getattr(type(callback), hook) is not getattr(Callback, hook)
-
-
-class CallbackList:
-    """Calls a hook on every callback that implements it, in order: ``call("on_epoch_end", ...)``."""
-
-    def __init__(self, callbacks: Iterable[Callback], model: Model) -> None:
-        self.callbacks = list(callbacks)
-        for callback in self.callbacks:
-            callback.set_model(model)
-        # Only callbacks that implement a hook are called for it: per-step hooks cost time.
-        self.hooked = {
-            hook: [
-                getattr(c, hook)
-                for c in self.callbacks
-                if overrides(c, hook)
-                and (hook != "on_train_batch_end" or getattr(c, "needs_batch_end", True))
-            ]
-            for hook in HOOKS
-        }
-
-    def wants(self, hook: str) -> bool:
-        """Whether any callback implements ``hook`` (the loop skips the call otherwise)."""
-        return bool(self.hooked[hook])
-
-    def call(self, hook: str, *args: Any) -> None:
-        for method in self.hooked[hook]:
-            method(*args)
-
-    def _user(self) -> list[Callback]:
-        # Callbacks fit added by itself (TensorBoard for run_dir) hold no resumable state.
-        return [c for c in self.callbacks if not c.auto]
-
-    def state_dict(self) -> list[dict[str, Any]]:
-        """The state of each callback that carries one (stateless callbacks are left out)."""
-        states = ({"type": type(c).__name__, "state": c.state_dict()} for c in self._user())
-        return [s for s in states if s["state"]]
-
-    def load_state_dict(self, states: list[dict[str, Any]]) -> None:
-        """Give each stateful callback its saved state; stateless ones may be added or removed.
-
-        Raises a `CheckpointError` when the stateful callbacks differ from the saved run's
-        (by class, in order), since their state decides what happens next.
-        """
-        from torchhouse.errors import CheckpointError
-
-        stateful = [c for c in self._user() if c.state_dict()]
-        names = [type(c).__name__ for c in stateful]
-        saved = [str(s.get("type")) if isinstance(s, dict) else "?" for s in states]
-        if names != saved:
-            raise CheckpointError(
-                f"the callbacks that carry state do not match the saved run: saved {saved}, given {names}"
-            )
-        for callback, state in zip(stateful, states, strict=True):
-            callback.load_state_dict(state["state"])

@@ -7,8 +7,9 @@ import io
 import os
 from typing import Any
 
-from torchhouse.callbacks.base import Callback, check_writable_parent
+from torchhouse.callbacks.base import Callback
 from torchhouse.errors import ConfigError
+from torchhouse.files.checkpoint import check_writable_parent
 
 __all__ = ["CSVLogger"]
 
@@ -45,7 +46,7 @@ class CSVLogger(Callback):
                 self._header, self._kept = rows[0], rows[1:]
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any]) -> None:
-        from torchhouse.checkpoint import atomic_write_bytes
+        from torchhouse.files.checkpoint import atomic_write_bytes
 
         history = self.model.history
         names = self._header[1:] if self._header else list(history.history)

@@ -8,7 +8,7 @@ import torch
 
 from torchhouse.callbacks.base import Callback
 from torchhouse.errors import ConfigError
-from torchhouse.monitor import check_monitor, is_improvement, resolve_mode
+from torchhouse.metrics.monitor import check_monitor, is_improvement, resolve_mode
 
 __all__ = ["EarlyStopping"]
 

@@ -40,7 +40,7 @@ class LivePlot(Callback):
                 self._display = display
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any]) -> None:
-        from torchhouse.plotting import plot_history, pyplot
+        from torchhouse.runs.plots import plot_history, pyplot
 
         if self._figure is None:
             self._figure = pyplot().figure()

@@ -6,9 +6,10 @@ import math
 import os
 from typing import Any
 
-from torchhouse.callbacks.base import Callback, check_writable_parent
+from torchhouse.callbacks.base import Callback
 from torchhouse.errors import ConfigError
-from torchhouse.monitor import check_monitor, is_improvement, resolve_mode
+from torchhouse.files.checkpoint import check_writable_parent
+from torchhouse.metrics.monitor import check_monitor, is_improvement, resolve_mode
 
 __all__ = ["ModelCheckpoint"]
 

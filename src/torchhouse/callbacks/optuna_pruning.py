@@ -9,7 +9,7 @@ import torch
 
 from torchhouse.callbacks.base import Callback
 from torchhouse.errors import import_optional
-from torchhouse.monitor import check_monitor
+from torchhouse.metrics.monitor import check_monitor
 
 __all__ = ["INSTALL_HINT", "OptunaPruning", "import_optuna"]
 
@@ -45,7 +45,7 @@ class OptunaPruning(Callback):
         check_monitor("OptunaPruning", self.monitor, self.model.log_names)
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any]) -> None:
-        from torchhouse import distributed
+        from torchhouse.parallel import distributed
 
         optuna = import_optuna()
         value = logs.get(self.monitor, math.nan)

@@ -114,7 +114,7 @@ class TensorBoard(Callback):
         train = self._writer("train")
         for offset, loss in enumerate(acc.step_losses(start - first_in_buffer, acc.count)):
             step = start + offset
-            if step % self.log_every_n_steps == 0:  # type: ignore[operator]
+            if step % self.log_every_n_steps == 0:
                 train.add_scalar("step/loss", loss, step)
         train.flush()  # visible in TensorBoard now, not at the epoch's end
         self._written_step = model.global_step

@@ -34,8 +34,8 @@ __all__ = ["BoundedCalls", "MLflowLogger", "WandbLogger", "fit_params"]
 def _kept_files() -> list[str]:
     """The run folder's files a tracker keeps: every file of `runs.RUN_FILES` but the lock
     (the resumable states and TensorBoard's folder stay in the run folder)."""
-    from torchhouse.runlock import LOCK_FILE
     from torchhouse.runs import RUN_FILES
+    from torchhouse.runs.lock import LOCK_FILE
 
     return sorted(name for name in RUN_FILES if "." in name and name != LOCK_FILE)
 
