@@ -10,6 +10,9 @@ raw epoch times go next to the table (``<out>.<workload>.json``).
     python benchmarks/run.py                       # everything, 3 repeats
     python benchmarks/run.py --quick               # 1 repeat, fewer epochs
     python benchmarks/run.py --workloads digits --repeats 5
+
+Then what a run folder costs a short fit (`run_folder_cost.py`) and the Python calls of one
+training step (`step_calls.py`).
 """
 
 from __future__ import annotations
@@ -144,6 +147,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="1 repeat, 2 epochs (1 measured)")
     parser.add_argument("--out", default=str(HERE / "results" / "latest.md"))
+    parser.add_argument(
+        "--no-run-folder", action="store_true", help="skip the run folder's cost and the per-step call count"
+    )
     args = parser.parse_args()
     if args.worker:
         runner, workload, epochs = args.worker
@@ -189,6 +195,21 @@ def main() -> None:
     print("\n".join(lines))
     report += lines
     write(args.out, report)
+    if not args.no_run_folder:
+        import run_folder_cost
+        import step_calls
+
+        calls = step_calls.measure()
+        lines = [
+            "",
+            run_folder_cost.measure(3 if args.quick else 5),
+            "",
+            f"Python calls per training step (cProfile): {calls['none']:.1f} without a metric, "
+            f"{calls['accuracy']:.1f} with the accuracy function (`benchmarks/step_calls.py`).",
+        ]
+        print("\n".join(lines))
+        report += lines
+        write(args.out, report)
     print(f"\nwritten to {args.out}")
 
 

@@ -545,6 +545,29 @@ def test_a_named_metric_survives_a_mid_epoch_resume(tmp_path):
     assert resumed.history == reference.history
 
 
+def test_a_torchmetrics_object_with_list_states_survives_a_mid_epoch_resume(tmp_path):
+    """AUROC without thresholds keeps every batch's outputs in lists: they are restored through
+    torchmetrics' public load_state_dict, and the cached result of the crashed run is not reused."""
+    torchmetrics = pytest.importorskip("torchmetrics")
+    x, y = make_classification(n=40)
+
+    class Crash(th.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs):
+            if self.model.global_step == 3:
+                raise RuntimeError("crash")
+
+    def auroc():
+        return {"auroc": torchmetrics.classification.MulticlassAUROC(num_classes=3, average="macro")}
+
+    options = dict(epochs=2, batch_size=8, seed=0, checkpoint_every=2, progress="none")
+    reference = model(metrics=auroc()).fit(x, y, run_dir=tmp_path / "ref", **options)
+    with pytest.raises(RuntimeError):
+        model(metrics=auroc()).fit(x, y, run_dir=tmp_path / "run", callbacks=[Crash()], **options)
+    resumed = model(metrics=auroc()).fit(x, y, run_dir=tmp_path / "run", resume=True, **options)
+    assert resumed.history == reference.history
+    assert resumed.history["auroc"][0] == reference.history["auroc"][0]
+
+
 def test_weighted_metrics_follow_the_sample_weights_and_metrics_do_not():
     x, y = make_classification(n=40)
     w = torch.rand(40, generator=torch.Generator().manual_seed(3))

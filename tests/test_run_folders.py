@@ -487,3 +487,80 @@ def test_shard_folders_planted_for_future_states_are_refused_before_writing(tmp_
     with pytest.raises(th.CheckpointError, match="holds symbolic links"):
         run.prepare(resume=True, overwrite=False)
     assert list(outside.iterdir()) == []
+
+
+def test_every_file_of_a_run_folder_gets_the_usual_mode_not_a_private_one(tmp_path):
+    """Temporary files are created private (0600); the finished files take the umask's mode,
+    the weights too (safetensors replaces the file it writes with a private one)."""
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        fit(tmp_path / "r", epochs=2)
+    finally:
+        os.umask(old)
+    modes = {
+        str(p.relative_to(tmp_path / "r")): stat.S_IMODE(p.stat().st_mode)
+        for p in (tmp_path / "r").rglob("*")
+        if p.is_file() and p.name != ".lock"
+    }
+    assert "model.safetensors" in modes and any(name.endswith("state.safetensors") for name in modes)
+    assert {name: mode for name, mode in modes.items() if mode != 0o644} == {}
+
+
+class CrashAtStep(th.callbacks.Callback):
+    def __init__(self, step):
+        self.step = step
+
+    def on_train_batch_end(self, batch, logs):
+        if self.model.global_step == self.step:
+            raise RuntimeError("crash")
+
+
+def test_a_resume_inside_an_accumulation_window_keeps_its_pending_gradients(tmp_path):
+    """A state saved mid-window holds the gradients of the batches not yet stepped; the
+    resumed fit must not clear them (it used to, at the start of its epoch loop)."""
+    x, y = make_classification(n=64)
+
+    def accumulating():
+        torch.manual_seed(0)
+        return th.Model(make_net(), loss=nn.CrossEntropyLoss(), device="cpu", accumulate_grad_batches=3,
+                        optimizer=lambda p: torch.optim.SGD(p, lr=0.1))  # fmt: skip
+
+    options = dict(epochs=2, batch_size=8, seed=0, checkpoint_every=2, progress="none")
+    reference = accumulating()
+    expected = reference.fit(x, y, run_dir=tmp_path / "ref", **options)
+    with pytest.raises(RuntimeError, match="crash"):  # the last state: step 4, one batch pending
+        accumulating().fit(x, y, run_dir=tmp_path / "run", callbacks=[CrashAtStep(5)], **options)
+    resumed = accumulating()
+    assert resumed.fit(x, y, run_dir=tmp_path / "run", resume=True, **options).history == expected.history
+    for name, value in reference.net.state_dict().items():
+        assert torch.equal(resumed.net.state_dict()[name], value), name
+
+
+def test_a_mid_epoch_state_of_0_1_with_accuracy_falls_back_to_the_epoch_start(tmp_path):
+    """0.1 kept accuracy as per-batch fractions; this version keeps counts. Such a state's
+    partial epoch cannot be continued exactly: the resume warns and starts from the state at
+    the epoch's start, and ends where the run never stopped ends."""
+    x, y = make_classification(n=64)
+    options = dict(epochs=3, batch_size=8, seed=0, checkpoint_every=3, progress="none")
+
+    def with_accuracy():
+        return model(metrics=["acc"])
+
+    reference = with_accuracy().fit(x, y, run_dir=tmp_path / "ref", **options)
+    with pytest.raises(RuntimeError, match="crash"):
+        with_accuracy().fit(x, y, run_dir=tmp_path / "run", callbacks=[CrashAtStep(13)], **options)
+    newest = sorted((tmp_path / "run" / "checkpoints").glob("ckpt-*"))[-1]
+    assert newest.name == "ckpt-00001-0000004"  # mid-epoch: 8 steps an epoch
+
+    def as_0_1(state):  # what 0.1 wrote: no count column beside the accuracy column
+        columns = state["train_metrics"]["columns"]["__items__"]  # names with "__" are escaped
+        assert [name for name, _ in columns] == ["loss", "acc", "__count__acc"]
+        columns.pop()
+
+    reseal(newest, as_0_1)
+    with pytest.warns(UserWarning, match="ckpt-00001-0000004.*torchhouse 0.1"):
+        resumed = with_accuracy().fit(x, y, run_dir=tmp_path / "run", resume=True, **options)
+    assert resumed.history == reference.history and "acc" in resumed.history

@@ -95,12 +95,22 @@ def test_hparams_are_written_with_final_metrics(tmp_path):
     assert "hparam/loss" in acc.Tags()["scalars"]
 
 
-def test_run_dir_writes_tensorboard_history_csv_and_png(tmp_path):
+def test_run_dir_writes_tensorboard_history_csv_and_the_png_on_demand(tmp_path, capsys):
     x, y = make_classification(n=64)
     history = model_for().fit(x, y, validation_split=0.25, epochs=3, run_dir=tmp_path / "r", progress="none")
     run = tmp_path / "r"
-    assert (run / "history.csv").exists() and (run / "history.png").stat().st_size > 10_000
+    # a fit alone draws no figure (0.1-0.3 s each, every tuning trial would pay it) ...
+    assert (run / "history.csv").exists() and not (run / "history.png").exists()
+    # ... `torchhouse show RUN --plot` draws it from history.csv
+    assert main(["show", str(run), "--plot"]) == 0
+    assert f"wrote {run / 'history.png'}" in capsys.readouterr().out
+    assert (run / "history.png").stat().st_size > 10_000
     assert (run / "history.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert main(["show", str(run), "--plot", str(tmp_path / "elsewhere.png")]) == 0
+    assert (tmp_path / "elsewhere.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    figure = th.runs.plot_run(run)  # the best epoch comes from run.json's monitor (val_loss)
+    best = 1 + history.best("val_loss")[0]
+    assert any(f"(epoch {best})" in text.get_text() for ax in figure.axes for text in ax.get_legend().texts)
     events = read_events(run / "tensorboard" / "validation")
     assert [e.value for e in events.Scalars("epoch/loss")] == pytest.approx(history.history["val_loss"])
 
@@ -267,6 +277,7 @@ def test_training_and_plots_never_switch_the_users_matplotlib_backend(tmp_path):
         "import matplotlib; matplotlib.use('svg'); import torch, torchhouse as th; from torch import nn; "
         "m = th.Model(nn.Linear(3, 2), loss=nn.CrossEntropyLoss(), device='cpu'); "
         f"h = m.fit(torch.randn(16, 3), torch.randint(0, 2, (16,)), epochs=2, progress='none', run_dir={str(tmp_path / 'r')!r}); "
+        f"th.runs.plot_run({str(tmp_path / 'r')!r}, {str(tmp_path / 'r' / 'history.png')!r}); "
         "f = h.plot(); import matplotlib.pyplot as plt; "
         "from matplotlib.figure import Figure; "
         "print(matplotlib.get_backend(), len(plt.get_fignums()), isinstance(f, Figure), len(f._repr_png_()) > 1000)"

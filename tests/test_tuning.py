@@ -162,15 +162,32 @@ def write_config(folder, **changes):
     return path
 
 
-def test_tune_command_prints_best_trials_and_each_trial_is_a_run(tmp_path, capsys):
+def test_tune_command_prints_best_trials_and_each_trial_is_a_run(tmp_path, capsys, monkeypatch):
+    from torchhouse.runs.lock import is_locked
+
+    real_replace, unlocked = os.replace, []
+
+    def recording_replace(source, target, *args, **kwargs):
+        target = Path(target)
+        trial = next((p for p in target.parents if p.name.startswith("trial-")), None)
+        if trial is not None and not is_locked(trial / ".lock"):
+            unlocked.append(str(target.relative_to(trial)))
+        return real_replace(source, target, *args, **kwargs)
+
+    monkeypatch.setattr(os, "replace", recording_replace)
     config = write_config(tmp_path)
     assert main(["tune", str(config), "--trials", "3", "--tune-dir", str(tmp_path / "t")]) == 0
+    # run_config.json and params.json too are written while the trial's fit holds its folder
+    assert unlocked == []
     out = capsys.readouterr().out
     assert "trial" in out and "optuna-dashboard sqlite:///" in out
     folders = sorted((tmp_path / "t").glob("trial-*"))
     assert len(folders) == 3
     resolved = json.loads((folders[0] / "run_config.json").read_text())
     assert resolved["model"]["kwargs"]["hidden"] in ([8], [16, 8])
+    params = json.loads((folders[0] / "params.json").read_text())
+    assert params["number"] == 0 and "value" in params and "best_epoch" in params
+    assert not (folders[0] / "history.png").exists()  # trials draw no figure
     # a trial folder is a complete run: evaluate works from it alone
     assert main(["evaluate", str(folders[0])]) == 0
 

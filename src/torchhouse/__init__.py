@@ -8,10 +8,14 @@
     model.save("model.safetensors")
 
 Importing torchhouse imports torch, numpy, safetensors and nothing heavy: torchmetrics,
-pandas, matplotlib, tensorboard, optuna and streamlit are imported only when used.
+pandas, matplotlib, tensorboard, optuna and streamlit are imported only when used, and
+so are the front ends (`config`, `tuning`, `tune`), at their first use.
 """
 
-from torchhouse import callbacks, config, datasets, metrics, models
+import importlib
+from typing import Any
+
+from torchhouse import callbacks, datasets, metrics, models, runs
 from torchhouse.data.rng import seed_everything
 from torchhouse.errors import (
     CheckpointError,
@@ -22,11 +26,9 @@ from torchhouse.errors import (
     UntrustedCodeError,
 )
 from torchhouse.files.export import ExportError, load_exported
-from torchhouse.frontends import tuning  # th.tuning.TuneResult, as before the package had folders
-from torchhouse.frontends.tuning import TuneResult, tune
 from torchhouse.parallel.distributed import launch
+from torchhouse.runs.history import History
 from torchhouse.summary import Summary, summary
-from torchhouse.train.history import History
 from torchhouse.train.lightning import LightModel
 from torchhouse.train.model import Model
 from torchhouse.version import __version__
@@ -56,4 +58,27 @@ __all__ = [
     "TuneResult",
     "tune",
     "tuning",
+    "runs",
 ]
+
+# name -> (module, attribute or None for the module itself): loaded at first use
+_LAZY = {
+    "config": ("torchhouse.config", None),
+    "tuning": ("torchhouse.frontends.tuning", None),  # th.tuning.TuneResult, as before the folders
+    "tune": ("torchhouse.frontends.tuning", "tune"),
+    "TuneResult": ("torchhouse.frontends.tuning", "TuneResult"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'torchhouse' has no attribute {name!r}")
+    module_name, attribute = _LAZY[name]
+    module = importlib.import_module(module_name)
+    value = module if attribute is None else getattr(module, attribute)
+    globals()[name] = value  # found directly from now on
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -15,7 +15,6 @@ draws it: a forked process must not send messages to the kernel.
 
 from __future__ import annotations
 
-import html
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -89,6 +88,8 @@ class NotebookDisplay:
         return "\n".join([*self.lines, self.current] if self.current else self.lines)
 
     def _repr_html_(self) -> str:
+        import html
+
         return f"<pre style='margin: 0'>{html.escape(repr(self))}</pre>"
 
 

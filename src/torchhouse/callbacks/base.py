@@ -1,4 +1,4 @@
-"""The Callback protocol and the list that dispatches to callbacks."""
+"""The Callback protocol: the hooks fit, evaluate and predict call (the list that calls them: `dispatch`)."""
 
 from __future__ import annotations
 

@@ -119,7 +119,7 @@ class Batches:
         if real == per_rank:
             return None
         last = len(self) - 1
-        return last, real - last * self._batch_size()
+        return last, real - last * self.items_per_batch()
 
     def fingerprint(self) -> dict[str, Any]:
         """What identifies this data for a resume check (size and batching here)."""
@@ -127,11 +127,12 @@ class Batches:
             "kind": type(self).__name__,
             "num_samples": self.num_samples,
             "steps": len(self) if self.has_len() else None,
-            "batch_size": self._batch_size(),
+            "batch_size": self.items_per_batch(),
             "shuffle": bool(getattr(self, "shuffle", False)),
         }
 
-    def _batch_size(self) -> int:
+    def items_per_batch(self) -> int:
+        """How many items a full batch holds (the last one may hold fewer)."""
         raise NotImplementedError
 
 
@@ -183,7 +184,7 @@ class ArrayBatches(Batches):
             n = math.ceil(n / self.world)
         return n // b if self.drop_last else math.ceil(n / b)
 
-    def _batch_size(self) -> int:
+    def items_per_batch(self) -> int:
         return self.batch_size
 
     def fingerprint(self) -> dict[str, Any]:
@@ -330,7 +331,7 @@ class LoaderBatches(Batches):
     def __len__(self) -> int:
         return len(self.loader)
 
-    def _batch_size(self) -> int:
+    def items_per_batch(self) -> int:
         return int(self.loader.batch_size or 1)
 
     def shard(self, rank: int, world: int, seed: int) -> LoaderBatches:

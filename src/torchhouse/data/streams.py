@@ -152,7 +152,7 @@ class StreamBatches(Batches):
         assert self.steps is not None
         return self.steps
 
-    def _batch_size(self) -> int:
+    def items_per_batch(self) -> int:
         return 1
 
     def shard(self, rank: int, world: int, seed: int) -> Batches:
@@ -197,8 +197,8 @@ class LimitedBatches(Batches):
     def __len__(self) -> int:
         return self.steps
 
-    def _batch_size(self) -> int:
-        return self.inner._batch_size()
+    def items_per_batch(self) -> int:
+        return self.inner.items_per_batch()
 
     def shard(self, rank: int, world: int, seed: int) -> Batches:
         self.inner = self.inner.shard(rank, world, seed)

@@ -143,8 +143,8 @@ def _atomic_replace(target: Path, write: Callable[[str], None]) -> None:
         raise CheckpointError(f"cannot write {target}: {exc.strerror or exc}") from exc
     os.close(fd)
     try:
-        _make_readable(tmp)
         write(tmp)
+        _make_readable(tmp)  # after the write: safetensors replaces the file with a private one
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, target)

@@ -27,7 +27,6 @@ from torchhouse.data.batches import inputs_of, make_batches
 from torchhouse.data.trees import Tree, call_net, concat_outputs, describe, move_to, tree_leaves, tree_map
 from torchhouse.errors import CheckpointError, ConfigError, DataError, TorchhouseError
 from torchhouse.files.checkpoint import atomic_write_bytes, atomic_write_json, read_json
-from torchhouse.files.pt2_check import admitted_archive
 
 if TYPE_CHECKING:
     from torchhouse.train.model import Model
@@ -117,6 +116,8 @@ def export_program(
     finally:
         net.to(device).train(was_training)
     data = without_example_inputs(buffer.getvalue())
+    from torchhouse.files.pt2_check import admitted_archive  # the checker loads only when used
+
     try:
         admitted_archive(Path(where), data)
     except CheckpointError as exc:
@@ -314,6 +315,8 @@ def load_exported(path: str | os.PathLike[str], trust_code: bool = False) -> Exp
     if not file.is_file():
         raise CheckpointError(f"{file}: no such file")
     data = file.read_bytes()
+    from torchhouse.files.pt2_check import admitted_archive  # the checker loads only when used
+
     admitted = data if trust_code else admitted_archive(file, data)
     try:
         program = torch.export.load(io.BytesIO(admitted))

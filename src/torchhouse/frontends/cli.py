@@ -12,6 +12,7 @@ import shlex
 import signal
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from torchhouse.errors import TorchhouseError
@@ -338,9 +339,13 @@ def _runs(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
-    from torchhouse.runs import describe_run
+    from torchhouse.runs import describe_run, plot_run
 
     print(describe_run(args.run))
+    if args.plot is not None:
+        target = Path(args.plot or Path(args.run) / "history.png")
+        plot_run(args.run, target)
+        print(f"wrote {target}")
     return 0
 
 

@@ -160,6 +160,14 @@ def _show_arguments(commands: Any) -> None:
         description="Print a run folder's config, model summary and per-epoch history.",
     )
     show.add_argument("run", help="a run folder")
+    show.add_argument(
+        "--plot",
+        nargs="?",
+        const="",
+        metavar="PNG",
+        help="also draw the loss and metric curves from history.csv into PNG (default RUN/history.png; "
+        "needs matplotlib)",
+    )
 
 
 def _tensorboard_arguments(commands: Any) -> None:

@@ -728,7 +728,9 @@ def train_from_config(
     fit_kwargs = dict(config["fit"])
     if progress is not None:
         fit_kwargs["progress"] = progress
-    extras = RunExtras(config, data.info, data.x_test, data.y_test)  # written while the fit holds the folder
+    extras = RunExtras(
+        config, data.info, data.x_test, data.y_test, plot=True
+    )  # written while the fit holds the folder
     callbacks = [*build_callbacks(config, folder, trust_code), *(extra_callbacks or []), extras]
     history = model.fit(
         data.x_train,

@@ -46,7 +46,9 @@ def run_demo(
         metrics={"acc": accuracy},
         device=device,
     )
-    extras = RunExtras(_run_config(run_dir, epochs, batch_size, seed), x_test=x_test, y_test=y_test)
+    extras = RunExtras(
+        _run_config(run_dir, epochs, batch_size, seed), x_test=x_test, y_test=y_test, plot=True
+    )
     # The validation split (which picks the epoch) comes out of the training part; the
     # test split is used once, at the end, for the number the demo reports.
     history = model.fit(

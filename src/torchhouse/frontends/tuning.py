@@ -242,30 +242,51 @@ def _finished(study: Any) -> int:
 def _run_trial(
     trial: Any, model: Any, x: Any, y: Any, folder: Path, monitor: str, fit_kwargs: dict[str, Any]
 ) -> float:
-    from torchhouse.files.checkpoint import atomic_write_json
-
-    run_dir = _trial_folder(folder, trial.number)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(run_dir / "params.json", {"number": trial.number, "params": trial.params})
-    fit_kwargs["callbacks"] = [*fit_kwargs["callbacks"], OptunaPruning(trial, monitor)]
+    record = _TrialRecord(trial, monitor)
+    fit_kwargs["callbacks"] = [*fit_kwargs["callbacks"], OptunaPruning(trial, monitor), record]
     fit_kwargs.setdefault("tensorboard", False)
     try:
-        history = model.fit(x, y, run_dir=run_dir, monitor=monitor, **fit_kwargs)
+        model.fit(x, y, run_dir=_trial_folder(folder, trial.number), monitor=monitor, **fit_kwargs)
     except Exception as exc:
         if not isinstance(exc, import_optuna().TrialPruned):
             trial.set_user_attr("error", f"{type(exc).__name__}: {exc}")
         raise
-    try:
-        best_epoch, value = history.best(monitor)
-    except (KeyError, ValueError) as exc:
-        trial.set_user_attr("error", str(exc))
+    if record.error is not None:
+        trial.set_user_attr("error", record.error)
         return math.nan
-    trial.set_user_attr("best_epoch", best_epoch)
-    atomic_write_json(
-        run_dir / "params.json",
-        {"number": trial.number, "params": trial.params, "value": value, "best_epoch": best_epoch},
-    )
-    return float(value)
+    trial.set_user_attr("best_epoch", record.best_epoch)
+    return float(record.value)
+
+
+class _TrialRecord(Callback):
+    """A trial's ``params.json`` (its parameters; at a finished end its value and best epoch),
+    written while the fit holds the trial's folder."""
+
+    def __init__(self, trial: Any, monitor: str) -> None:
+        self.trial, self.monitor = trial, monitor
+        self.value: float = math.nan
+        self.best_epoch: int | None = None
+        self.error: str | None = None
+
+    def _write(self, **result: Any) -> None:
+        folder = self.model.fit_state.run_folder
+        if folder is not None and self.model.fit_state.is_main:
+            folder.write_extra_json(
+                "params.json", {"number": self.trial.number, "params": self.trial.params, **result}
+            )
+
+    def on_fit_start(self, logs: dict[str, Any]) -> None:
+        self._write()
+
+    def on_fit_exit(self, status: str, logs: dict[str, Any]) -> None:
+        if status not in ("finished", "stopped_early"):
+            return
+        try:
+            self.best_epoch, self.value = self.model.history.best(self.monitor)
+        except (KeyError, ValueError) as exc:
+            self.error = str(exc)
+            return
+        self._write(value=self.value, best_epoch=self.best_epoch)
 
 
 @dataclass
@@ -430,7 +451,8 @@ def tune_from_config(
     """
     import copy
 
-    from torchhouse.frontends.config import apply_override, build_model, load_data, validate, write_run_config
+    from torchhouse.frontends.config import apply_override, build_model, load_data, validate
+    from torchhouse.frontends.run_extras import RunExtras
 
     config = validate(config, trust_code)
     search = config.pop("search", None)
@@ -453,13 +475,11 @@ def tune_from_config(
                 continue  # a key added to the search after that trial ran: it used the config's value
             apply_override(trial_config, f"{key}={json.dumps(value)}")
         trial_config = validate(trial_config, trust_code)
-        if not isinstance(trial, import_optuna().trial.FixedTrial):
-            run_dir = _trial_folder(folder, trial.number)
-            trial_config["run_dir"] = str(run_dir)
-            run_dir.mkdir(parents=True, exist_ok=True)
-            write_run_config(run_dir, trial_config)
         fixed = ("epochs", "seed", "monitor", "validation_split")  # given to tune() for every trial
         kwargs = {k: v for k, v in trial_config["fit"].items() if k not in fixed}
+        if not rebuilding:  # run_config.json is written by the fit, while it holds the trial's folder
+            trial_config["run_dir"] = str(_trial_folder(folder, trial.number))
+            kwargs["callbacks"] = [RunExtras(trial_config)]
         return build_model(trial_config, trust_code=trust_code), kwargs
 
     check_search_keys(config, search or {}, trust_code)

@@ -50,6 +50,8 @@ class EpochMetrics:
         capacity: int,
         loss_reduction: str = "mean",
         weighted: Mapping[str, Callable[..., Any]] | None = None,
+        sum_over_ranks: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        ignore_nonfinite: bool = False,
     ) -> None:
         self.device = device
         # Weighted metrics (Keras' weighted_metrics): per-sample functions, averaged with
@@ -75,9 +77,9 @@ class EpochMetrics:
                 metric.to(device)
         self.has_metrics = bool(metrics) or bool(self.weighted)
         self.loss_reduction = loss_reduction
-        self.ignore_nonfinite = False  # on_nonfinite="skip": skipped batches are not counted
+        self.ignore_nonfinite = ignore_nonfinite  # on_nonfinite="skip": skipped batches are not counted
         # under several processes: adds up the epoch's sums over all ranks (the strategy's)
-        self.sum_over_ranks: Callable[[torch.Tensor], torch.Tensor] | None = None
+        self.sum_over_ranks = sum_over_ranks
         self.nonfinite = 0  # non-finite training losses in the epoch, set by compute()
         self.capacity = max(int(capacity), 1)
         self._flag_host: torch.Tensor | None = None  # pinned; nonfinite_seen's flag on the host
@@ -85,7 +87,10 @@ class EpochMetrics:
 
     # -- per step (no host sync) ----------------------------------------------------------
 
-    def reset(self) -> None:
+    def reset(self, capacity: int | None = None) -> None:
+        """Start a new epoch (``capacity``: the steps it will have, when known)."""
+        if capacity is not None:
+            self.capacity = max(int(capacity), 1)
         self.count = 0
         self._flag_ready: Any = None  # a CUDA event: the last nonfinite_seen copy is done
         self.sizes: list[int] = []
@@ -334,6 +339,13 @@ class EpochMetrics:
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.reset()
+        missing = sorted(set(self.columns) - set(state["columns"]))
+        if missing:  # a resume may then fall back to the epoch's start, which needs none of them
+            raise CheckpointError(
+                f"the state's partial-epoch values lack the columns {missing} this version keeps "
+                "(a state written by torchhouse 0.1, whose accuracy kept per-batch fractions, not "
+                "counts); a state saved at an epoch's start resumes exactly"
+            )
         k = int(state["count"])
         while self.capacity < k:
             self._grow()

@@ -13,10 +13,9 @@ __all__ = ["load_metric_state", "metric_state"]
 
 
 def metric_state(metric: Any, name: str) -> dict[str, Any]:
-    defaults = getattr(metric, "_defaults", None)
-    if isinstance(defaults, Mapping):  # torchmetrics.Metric
-        state = {key: getattr(metric, key) for key in defaults}
-        return {"states": state, "update_count": int(getattr(metric, "_update_count", 0))}
+    states = getattr(metric, "metric_state", None)
+    if isinstance(states, Mapping):  # torchmetrics.Metric: its public state and update count
+        return {"states": dict(states), "update_count": int(getattr(metric, "update_count", 0))}
     if callable(getattr(metric, "state_dict", None)):
         return {"state_dict": metric.state_dict()}
     raise ConfigError(
@@ -27,14 +26,15 @@ def metric_state(metric: Any, name: str) -> dict[str, Any]:
 
 def load_metric_state(metric: Any, state: Mapping[str, Any], device: torch.device) -> None:
     if "states" in state:
-        for key, value in state["states"].items():
-            if isinstance(value, list):
-                value = [v.to(device) for v in value]
-            elif isinstance(value, torch.Tensor):
-                value = value.to(device)
-            setattr(metric, key, value)
-        metric._update_count = state["update_count"]
-        if hasattr(metric, "_computed"):
-            metric._computed = None
+        states = {
+            key: [v.to(device) for v in value] if isinstance(value, list) else value.to(device)
+            for key, value in state["states"].items()
+        }
+        # through torchmetrics' public API: reset() clears its cached result, load_state_dict
+        # sets every state it names (persistent or not). The update count starts again from
+        # 0; torchmetrics reads it only to warn about compute() before update(), and a
+        # mid-epoch state always has a batch left to update with.
+        metric.reset()
+        metric.load_state_dict(states, strict=False)
     else:
         metric.load_state_dict(state["state_dict"])

@@ -3,10 +3,13 @@
 run_dir/
   config.json             what was trained and how
   run.json                status (running / finished / stopped_early / crashed), times, best
-  history.csv             one row per epoch (history.png: the curves, drawn at the end)
+  history.csv             one row per epoch
+  history.png             the curves: drawn by `torchhouse fit` / `demo` at the end, or on
+                          demand (`torchhouse show RUN --plot`, `torchhouse.runs.plot_run`)
   model.safetensors       the final weights, written once (+ model.json beside them)
   model.pt2, serve.json   the net as a program, and how to serve it, without its code
   run_config.json         a config front end's resolved config (checksummed)
+  params.json             a tuning trial's parameters and result
   test_split.safetensors  a config front end's held-out rows
   checkpoints/            full training states for exact resume (the last K, and the best)
 
@@ -49,7 +52,7 @@ from torchhouse.runs.lock import LOCK_FILE, acquire_lock, release_lock
 from torchhouse.runs.serve_files import PROGRAM_FILE, SERVE_FILE, sealed
 
 if TYPE_CHECKING:
-    from torchhouse.train.history import History
+    from torchhouse.runs.history import History
 
 __all__ = [
     "RUN_CONFIG",
@@ -283,6 +286,23 @@ class RunFolder:
         tensors = {"x": torch.as_tensor(np.asarray(x)), "y": torch.as_tensor(np.asarray(y))}
         meta = {"format": "torchhouse-test-split"}
         atomic_save_tensors(self.path / TEST_SPLIT, tensors, meta, content_digest=True)
+
+    def write_plot(self, history: History, monitor: str, mode: str = "auto") -> bool:
+        """``history.png`` (see `plots.plot_history`); False, writing nothing, without matplotlib."""
+        from importlib.util import find_spec
+
+        if find_spec("matplotlib") is None or not len(history):
+            return False
+        from torchhouse.runs.plots import plot_history
+
+        plot_history(history, monitor=monitor, mode=mode, path=self.path / "history.png")
+        return True
+
+    def write_extra_json(self, name: str, data: Mapping[str, Any]) -> None:
+        """A front end's own JSON file in the folder (a tuning trial's ``params.json``)."""
+        if name not in RUN_FILES or not name.endswith(".json") or Path(name).name != name:
+            raise ConfigError(f"{name!r} is not a run folder's JSON file; expected one of {sorted(RUN_FILES)}")
+        atomic_write_json(self.path / name, dict(data))
 
     # -- training states ------------------------------------------------------------------
 

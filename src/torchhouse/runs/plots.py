@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from torchhouse.errors import ConfigError, import_optional
 
 if TYPE_CHECKING:
-    from torchhouse.train.history import History
+    from torchhouse.runs.history import History
 
 __all__ = ["INSTALL_HINT", "offscreen_figure", "plot_history", "pyplot"]
 
@@ -103,3 +103,4 @@ def plot_history(
         figure.savefig(buffer, format="png", dpi=110)
         atomic_write_bytes(path, buffer.getvalue())
     return figure
+

@@ -117,9 +117,7 @@ def evaluate(
     net = model.net
     was_training = net.training
     net.eval()
-    if batches.has_len():
-        acc.capacity = max(len(batches), 1)
-    acc.reset()
+    acc.reset(len(batches) if batches.has_len() else None)
     hooks = callbacks if callbacks is not None and _wants_any(callbacks, "on_test") else None
     if hooks is not None:
         hooks.call("on_test_begin", {})

@@ -16,6 +16,7 @@ per-batch hooks are not called). Weights are saved as safetensors (Lightning's p
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections.abc import Iterable
@@ -31,7 +32,7 @@ from torchhouse.data.convert import to_tensor_tree
 from torchhouse.data.rng import seed_everything
 from torchhouse.errors import ConfigError, DataError
 from torchhouse.runs.folder import RunFolder
-from torchhouse.train.history import History
+from torchhouse.runs.history import History
 from torchhouse.train.lightning_module import lightning, lightning_module
 from torchhouse.train.model import Model
 from torchhouse.train.run_folder_writer import write_final_files
@@ -104,10 +105,12 @@ class LightModel:
         val = (
             _loader(*_pair(validation_data), batch_size, False, None) if validation_data is not None else None
         )
-        state = FitState.idle(model)
-        state.spec = spec
-        state.log_names = model.log_names_for(val is not None, logs_lr=None)
-        state.run_folder = RunFolder(run_dir) if run_dir is not None else None
+        state = dataclasses.replace(
+            FitState.idle(model),
+            spec=spec,
+            log_names=model.log_names_for(val is not None, logs_lr=None),
+            run_folder=RunFolder(run_dir) if run_dir is not None else None,
+        )
         model.history = History()
         model.stop_training = False
         model.use_fit_state(state)

@@ -38,12 +38,12 @@ from torchhouse.metrics.monitor import resolve_mode
 from torchhouse.parallel.strategies import Strategy
 from torchhouse.progress import resolve_mode as resolve_progress
 from torchhouse.runs.folder import RunFolder
+from torchhouse.runs.history import History
 from torchhouse.runs.resume import load_resume_state
 from torchhouse.runs.state import TrainingState
 from torchhouse.train import schedules
 from torchhouse.train.batch_loop import epoch_recorder, evaluate, run_batches
 from torchhouse.train.builtins import fit_callbacks
-from torchhouse.train.history import History
 from torchhouse.train.spec import FitSpec, fit_fingerprint
 from torchhouse.train.state import FitState
 from torchhouse.train.step_checks import check_step_contract
@@ -76,8 +76,10 @@ class FitLoop:
         self.state = state = FitState(
             spec=spec,
             strategy=strategy,
-            train_metrics=model.epoch_metrics(max(steps or 64, 1)),
-            eval_metrics=model.epoch_metrics(64),
+            train_metrics=model.epoch_metrics(
+                max(steps or 64, 1), strategy.sum_over_ranks, ignore_nonfinite=spec.on_nonfinite == "skip"
+            ),
+            eval_metrics=model.epoch_metrics(64, strategy.sum_over_ranks),
             forward_net=strategy.wrap(model),
             log_names=model.log_names_for(self.val is not None, logs_lr),
             on_nonfinite=spec.on_nonfinite,
@@ -88,8 +90,6 @@ class FitLoop:
             steps=steps,
             generators=[data.generator, *(g for g in self.train.generators() if g is not data.generator)],
         )
-        state.train_metrics.ignore_nonfinite = spec.on_nonfinite == "skip"
-        state.train_metrics.sum_over_ranks = state.eval_metrics.sum_over_ranks = strategy.sum_over_ranks
         state.fingerprint = fit_fingerprint(model, spec, self.train, strategy.world_size)  # before a resume
         progress_mode = resolve_progress(spec.progress) if strategy.is_main else "none"
         self.callbacks = CallbackList(fit_callbacks(self, list(spec.callbacks), progress_mode), model)
@@ -98,11 +98,18 @@ class FitLoop:
 
     def run(self) -> History:
         model, state = self.model, self.state
+        previous = model.history, model.stop_training
         model.history = History()
         model.history.params = {"epochs": self.spec.epochs, "steps": state.steps}
-        self._open_run_folder()
+        try:
+            self._open_run_folder()
+        except BaseException:
+            model.history, model.stop_training = previous
+            raise
         try:
             self._check_resumable()
+            state.monitor_mode = resolve_mode(state.monitor, "auto", model.metrics)
+            schedules.check_scheduler_monitor(model, state, self.val is not None)
             if state.run_folder is not None and self.spec.resume:
                 state.resumed = load_resume_state(
                     state.run_folder, state.fingerprint, state.strategy.rank, self._restore, self.say
@@ -114,10 +121,12 @@ class FitLoop:
                 and (resumed.stop_training or resumed.epoch >= self.spec.epochs)
             ):
                 return self._return_finished()
-            state.monitor_mode = resolve_mode(state.monitor, "auto", model.metrics)
-            schedules.check_scheduler_monitor(model, state, self.val is not None)
             start = (resumed.epoch, resumed.batch) if resumed else (self.spec.initial_epoch, 0)
             return self._run_epochs(*start)
+        except BaseException:
+            if not self.began:  # refused before the first epoch: the model keeps its history
+                model.history, model.stop_training = previous
+            raise
         finally:
             if state.run_folder is not None:
                 state.run_folder.release()
@@ -127,7 +136,8 @@ class FitLoop:
         model, callbacks, state = self.model, self.callbacks, self.state
         self.began = True
         model.stop_training = False
-        model.optimizer.zero_grad(set_to_none=True)
+        if state.resumed is None:  # a resumed fit has its pending gradients back (FitState.restore)
+            model.optimizer.zero_grad(set_to_none=True)
         logs: dict[str, Any] = {}
         status = "crashed"
         try:

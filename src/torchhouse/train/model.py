@@ -43,10 +43,10 @@ from torchhouse.metrics.functions import (
     resolve_weighted_metrics,
 )
 from torchhouse.parallel.strategies import strategy_for
+from torchhouse.runs.history import History
 from torchhouse.train import batch_loop
 from torchhouse.train.building import build_optimizer, build_scheduler, resolve_device
 from torchhouse.train.fit_data import fit_data, model_batches
-from torchhouse.train.history import History
 from torchhouse.train.loop import FitLoop
 from torchhouse.train.losses import check_loss_inputs, class_weights_of, own_loss, weighted_loss
 from torchhouse.train.spec import FitSpec, check_positive_int
@@ -70,6 +70,12 @@ class _FromFitState:
         if model is None:
             return self
         return getattr(model.fit_state, self.name)
+
+    def __set__(self, model: Any, value: Any) -> None:
+        raise AttributeError(
+            f"Model.{self.name} is read-only: it reads the fit's state (model.fit_state.{self.name}), "
+            "which the loop owns; pass the fit argument that sets it instead (docs/steps.md)"
+        )
 
 
 class Model:
@@ -199,11 +205,18 @@ class Model:
         """Whether this model's class overrides `optimizers` (a step that steps optimizers of its own)."""
         return type(self).optimizers is not Model.optimizers
 
-    def epoch_metrics(self, capacity: int) -> EpochMetrics:
-        """A fresh on-device accumulator of this model's loss and metrics."""
+    def epoch_metrics(
+        self,
+        capacity: int,
+        sum_over_ranks: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        ignore_nonfinite: bool = False,
+    ) -> EpochMetrics:
+        """A fresh on-device accumulator of this model's loss and metrics (``sum_over_ranks``:
+        the strategy's, under several processes; ``ignore_nonfinite``: skipped batches uncounted)."""
         reduction = str(getattr(self.loss, "reduction", "mean"))
+        metrics, weighted = copy_metrics(self.metrics), self.weighted_metrics
         return EpochMetrics(
-            copy_metrics(self.metrics), self.device, capacity, reduction, self.weighted_metrics
+            metrics, self.device, capacity, reduction, weighted, sum_over_ranks, ignore_nonfinite
         )
 
     def log_names_for(self, with_validation: bool, logs_lr: bool | None) -> list[str]:
@@ -567,8 +580,7 @@ class Model:
         strategy = strategy_for(self.device, self.strategy)
         batches = model_batches(self, x, y, batch_size, False, None, steps=steps, sample_weight=sample_weight)
         batches = strategy.shard(limit_steps(batches, steps, "x", "steps"), 0)
-        metrics = self.epoch_metrics(64)
-        metrics.sum_over_ranks = strategy.sum_over_ranks
+        metrics = self.epoch_metrics(64, strategy.sum_over_ranks)
         with self._stepping(FitState.idle(self, strategy)):
             return batch_loop.evaluate(self, batches, metrics, self._callback_list(callbacks))
 

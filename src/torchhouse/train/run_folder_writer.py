@@ -3,7 +3,12 @@
 It calls the `RunFolder`, the folder's one writer: ``config.json`` and ``run.json`` at the
 start, ``history.csv`` every epoch, and at the end the status (first, so a second Ctrl-C
 cannot lose it), then the finished fit's files, each written once: ``model.safetensors`` +
-``model.json``, ``model.pt2`` + ``serve.json``, ``history.png``.
+``model.json``, ``model.pt2`` + ``serve.json``.
+
+``history.png`` is not drawn here: matplotlib takes 0.1-0.3 s a figure, more than all the
+rest of a short fit's run folder, and every tuning trial would pay it. The command-line
+front ends draw it at the end of their run; anyone else asks for it
+(`torchhouse.runs.plot_run`, ``torchhouse show RUN --plot``).
 """
 
 from __future__ import annotations
@@ -75,8 +80,6 @@ class RunFolderWriter(Callback):
                 best_epoch=self._best_epoch(),
                 ended=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             )
-            if len(model.history):
-                _write_plot(model.history, state.monitor, self.folder.path / "history.png")
 
     def _best_epoch(self) -> int | None:
         history, state = self.model.history, self.fit.state
@@ -108,13 +111,3 @@ def write_final_files(model: Model, state: FitState, folder: RunFolder, weights:
         metadata["export"] = meta
     serving = serving_description(model, inputs, program is not None, reason, folder.serving_data)
     folder.write_final(weights, metadata, program, serving)
-
-
-def _write_plot(history: Any, monitor: str, path: Any) -> None:
-    from importlib.util import find_spec
-
-    if find_spec("matplotlib") is None:
-        return  # plots are an optional extra
-    from torchhouse.runs.plots import plot_history
-
-    plot_history(history, monitor=monitor, path=path)  # an off-screen figure: no pyplot state

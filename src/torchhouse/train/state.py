@@ -134,8 +134,9 @@ class FitState:
         unknown = sorted(set(saved.grads) - set(params))
         if unknown:
             raise CheckpointError(f"the state has gradients for unknown parameters: {unknown[:3]}")
-        for name, grad in saved.grads.items():
-            params[name].grad = grad.to(params[name].device)
+        for name, param in params.items():  # also clears what a state tried before left
+            grad = saved.grads.get(name)
+            param.grad = grad.to(param.device) if grad is not None else None
         model.history.load_state_dict(saved.history)
         model.stop_training = saved.stop_training
         self.micro_step, self.global_step, self.best = saved.micro_step, saved.global_step, saved.best

@@ -84,6 +84,6 @@ class History:
 
     def to_csv(self, path: Any) -> None:
         """Write one row per epoch to ``path`` (no pandas needed)."""
-        from torchhouse.runs import write_history_csv
+        from torchhouse.runs.history_csv import write_history_csv
 
         write_history_csv(path, self)
