@@ -90,3 +90,19 @@ def test_the_extras_resolve_to_todays_majors_and_never_to_a_compromised_release(
     for name, major in TODAYS_MAJORS.items():
         if name in resolved:
             assert Version(resolved[name]) >= Version(major), f"{name} resolved to {resolved[name]}"
+
+
+def test_no_source_file_is_left_out_of_git_by_gitignore():
+    # A pattern like "runs/" once matched src/torchhouse/runs/ too: its new modules were never
+    # committed, and a clean clone could not import the package.
+    if not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout (a source distribution): nothing for .gitignore to leave out")
+    listed = subprocess.run(
+        ["git", "ls-files", "--others", "--ignored", "--exclude-standard", "--", "src", "tests", "docs",
+         "examples", "scripts", "benchmarks", ".ci"],
+        cwd=ROOT, capture_output=True, text=True, check=True,
+    ).stdout.split()  # fmt: skip
+    built = ("__pycache__", ".egg-info/")  # what an install or an import writes beside the sources
+    ignored = [p for p in listed if not any(b in p for b in built) and not p.endswith((".pyc", ".tmp"))]
+    ignored = [p for p in ignored if not p.startswith("benchmarks/results/latest")]
+    assert not ignored, f".gitignore leaves these project files out of git: {ignored[:10]}"

@@ -19,8 +19,6 @@ through this object while it does, the front ends' extras included.
 
 from __future__ import annotations
 
-import csv
-import io
 import os
 import shutil
 import socket
@@ -266,7 +264,10 @@ class RunFolder:
         """The finished fit's files, each written once: the weights and their metadata, the
         exported program (when there is one) and ``serve.json``."""
         atomic_save_tensors(
-            self.path / "model.safetensors", weights, metadata={"format": "torchhouse-weights"}, content_digest=True
+            self.path / "model.safetensors",
+            weights,
+            metadata={"format": "torchhouse-weights"},
+            content_digest=True,
         )
         atomic_write_json(self.path / "model.json", dict(metadata))
         if program is not None:
@@ -301,7 +302,9 @@ class RunFolder:
     def write_extra_json(self, name: str, data: Mapping[str, Any]) -> None:
         """A front end's own JSON file in the folder (a tuning trial's ``params.json``)."""
         if name not in RUN_FILES or not name.endswith(".json") or Path(name).name != name:
-            raise ConfigError(f"{name!r} is not a run folder's JSON file; expected one of {sorted(RUN_FILES)}")
+            raise ConfigError(
+                f"{name!r} is not a run folder's JSON file; expected one of {sorted(RUN_FILES)}"
+            )
         atomic_write_json(self.path / name, dict(data))
 
     # -- training states ------------------------------------------------------------------

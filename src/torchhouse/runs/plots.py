@@ -103,4 +103,3 @@ def plot_history(
         figure.savefig(buffer, format="png", dpi=110)
         atomic_write_bytes(path, buffer.getvalue())
     return figure
-
