@@ -271,3 +271,31 @@ def test_torchrun_with_fsdp_matches_one_process(tmp_path):
     sharded = json.loads((tmp_path / "fsdp.json").read_text())
     assert sharded["sharded"]
     assert_close_results(sharded, single(tmp_path / "one.json", 2))
+
+
+def _ema_under_a_time_limit():
+    from torch import nn
+
+    from torchhouse.parallel import distributed
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(256, 4, generator=g)
+    y = (x[:, 0] > 0).long()
+    torch.manual_seed(0)
+    model = th.Model(
+        nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)), loss=nn.CrossEntropyLoss(), device="cpu"
+    )
+    ema, statuses = th.callbacks.EMA(decay=0.9), []
+    exits = th.callbacks.LambdaCallback(on_fit_exit=lambda status, logs: statuses.append(status))
+    model.fit(x, y, epochs=500, batch_size=4, seed=0, max_time=0.5, callbacks=[ema, exits], progress="none")
+    flat = torch.cat([p.detach().flatten() for p in model.net.parameters()]).tolist()
+    return distributed.gather_objects((statuses, model.global_step, ema.num_updates, flat))
+
+
+def test_ema_and_a_time_limit_under_two_processes_stop_every_rank_at_one_step_with_one_average():
+    ranks = th.launch(_ema_under_a_time_limit, nprocs=2, timeout=120)
+    (status0, step0, updates0, flat0), (status1, step1, updates1, flat1) = ranks
+    assert status0 == status1 == ["time_limit"]
+    assert step0 == step1 and step0 % 32 == 0 and step0 < 500 * 32  # the ranks agree every 32 steps
+    assert updates0 == updates1 == step0  # one average update per optimizer step
+    assert flat0 == flat1  # the same averaged weights on every rank

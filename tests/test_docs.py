@@ -72,3 +72,13 @@ def test_the_site_builds_in_strict_mode_and_a_broken_link_fails_it(tmp_path):
     page.write_text(page.read_text() + "\nSee [a page that is not there](missing.md).\n")
     broken = build(copy / "mkdocs.yml", tmp_path / "broken")
     assert broken.returncode != 0 and "missing.md" in broken.stderr
+
+
+def test_the_api_page_documents_every_public_callback_and_the_light_model():
+    import torchhouse as th
+
+    page = (DOCS / "api.md").read_text()
+    for name in th.callbacks.__all__:
+        assert f"`torchhouse.callbacks.{name}(" in page, name
+    for name in ("torchhouse.LightModel(", "Model.load_best(", "torchhouse.runs.plot_run("):
+        assert f"`{name}" in page, name

@@ -71,6 +71,7 @@ def test_api_reference_is_up_to_date():
     [
         ("hf_sentiment_words", ("transformers", "tokenizers")),
         ("hf_datasets_words", ("transformers", "datasets")),
+        ("hf_dynamic_padding", ("transformers", "datasets")),
     ],
 )
 def test_the_hugging_face_examples_beat_the_majority_class(name, needs, monkeypatch, capsys):
@@ -80,3 +81,12 @@ def test_the_hugging_face_examples_beat_the_majority_class(name, needs, monkeypa
     result = runpy.run_path(str(EXAMPLES / f"{name}.py"))["main"]()
     assert result["accuracy"] >= result["baseline"] + 0.15  # majority class is 0.55-0.57
     assert "test accuracy" in capsys.readouterr().out
+
+
+def test_a_lightning_datamodule_trains_unchanged_and_both_trainers_agree(monkeypatch, capsys):
+    pytest.importorskip("lightning")
+    monkeypatch.setenv("EPOCHS", "3")
+    result = runpy.run_path(str(EXAMPLES / "lightning_datamodule.py"))["main"]()
+    assert result["accuracy"] >= 0.8  # chance is 0.10
+    assert result["same_weights"] == 1.0
+    assert "identical weights: True" in capsys.readouterr().out

@@ -15,7 +15,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "src" / "torchhouse"
 # bottom to top: a module may import its own layer and the layers below
 LAYERS = [
     ["errors", "version"],
-    ["progress", "models", "datasets"],
+    ["progress", "models", "datasets", "finetune"],
     ["data"],
     ["metrics"],
     ["summary", "files"],

@@ -155,3 +155,128 @@ def test_without_lightning_the_error_says_what_to_install(monkeypatch):
     x, y = data()
     with pytest.raises(th.ConfigError, match="pip install 'torchhouse\\[lightning\\]'"):
         light.fit(x, y, epochs=1)
+
+
+# --------------------------------------------------------------------------- parity with th.Model
+
+
+def both(light_class=th.LightModel, model_class=th.Model, **kwargs):
+    options = dict(loss=nn.CrossEntropyLoss(), optimizer=sgd, metrics=["acc"], **kwargs)
+    return model_class(make(), device="cpu", **options), light_class(make(), **options)
+
+
+def same_weights(a, b):
+    return all(torch.equal(p, q) for p, q in zip(a.net.parameters(), b.net.parameters(), strict=True))
+
+
+FIT = dict(epochs=2, batch_size=16, shuffle=False)
+ON_CPU = dict(accelerator="cpu", devices=1)
+
+
+def test_validation_split_holds_out_what_model_holds_out():
+    x, y = data()
+    plain, light = both()
+    expected = plain.fit(x, y, validation_split=0.25, progress="none", **FIT)
+    history = light.fit(x, y, validation_split=0.25, **FIT, **ON_CPU)
+    assert same_weights(plain, light)
+    assert history.history["val_loss"] == pytest.approx(expected.history["val_loss"], rel=1e-6)
+    with pytest.raises(th.ConfigError, match="validation_split"):
+        light.fit(x, y, validation_split=1.5, **ON_CPU)
+
+
+class FirstColumnSquared(th.LightModel):
+    """Overrides written against Model's API: unpack_batch, and eval_step with an extra value."""
+
+    def unpack_batch(self, batch):
+        x, y = batch
+        return x * torch.tensor([2.0, 1.0, 1.0, 1.0]), y
+
+    def eval_step(self, batch):
+        out = th.Model.eval_step(self, batch)
+        return {**out, "mean_logit": out["preds"].mean()}
+
+
+class FirstColumnSquaredModel(th.Model):
+    def unpack_batch(self, batch):
+        x, y = batch
+        return x * torch.tensor([2.0, 1.0, 1.0, 1.0]), y
+
+    def eval_step(self, batch):
+        out = super().eval_step(batch)
+        return {**out, "mean_logit": out["preds"].mean()}
+
+
+def test_step_overrides_of_a_light_model_subclass_run_as_a_model_subclass_s_do():
+    x, y = data()
+    plain, light = both(FirstColumnSquared, FirstColumnSquaredModel)
+    expected = plain.fit(x, y, validation_data=(x[:32], y[:32]), progress="none", **FIT)
+    history = light.fit(x, y, validation_data=(x[:32], y[:32]), **FIT, **ON_CPU)
+    assert same_weights(plain, light)
+    assert history.history["val_mean_logit"] == pytest.approx(expected.history["val_mean_logit"], rel=1e-5)
+
+
+class ClippedStep(th.LightModel):
+    def train_step(self, batch):  # the README's custom step: backward and optimizer_step of Model
+        inputs, target = self.unpack_batch(batch)
+        preds = self.forward(inputs)
+        loss = self.compute_loss(preds, target)
+        self.backward(loss)
+        self.optimizer_step()
+        return {"loss": loss, "preds": preds, "target": target, "penalty": loss.detach() * 0 + 1}
+
+
+class ClippedStepModel(th.Model):
+    def train_step(self, batch):
+        inputs, target = self.unpack_batch(batch)
+        preds = self.forward(inputs)
+        loss = self.compute_loss(preds, target)
+        self.backward(loss)
+        self.optimizer_step()
+        return {"loss": loss, "preds": preds, "target": target, "penalty": loss.detach() * 0 + 1}
+
+
+def test_a_train_step_override_runs_under_manual_optimization_with_model_s_clipping():
+    x, y = data()
+    plain, light = both(ClippedStep, ClippedStepModel, gradient_clip_val=0.05)
+    expected = plain.fit(x, y, progress="none", **FIT)
+    history = light.fit(x, y, **FIT, **ON_CPU)
+    assert same_weights(plain, light)
+    assert history.history["penalty"] == [1.0, 1.0]
+    assert history.history["loss"] == pytest.approx(expected.history["loss"], rel=1e-6)
+    _, accumulating = both(ClippedStep, ClippedStepModel, accumulate_grad_batches=2)
+    with pytest.raises(th.ConfigError, match="manual optimization.*accumulate"):
+        accumulating.fit(x, y, **ON_CPU)
+
+
+def test_plateau_without_validation_weighted_metrics_and_lr_in_the_history():
+    x, y = data()
+
+    def plateau(optimizer):
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.5, patience=0)
+
+    options = dict(lr_scheduler=plateau, weighted_metrics={"wacc": "accuracy"})
+    plain, light = both(**options)
+    expected = plain.fit(x, y, progress="none", **FIT)
+    history = light.fit(x, y, **FIT, **ON_CPU)  # watches "loss": no validation
+    assert set(history.history) == set(expected.history) == {"loss", "acc", "wacc", "lr"}
+    assert history.history["lr"] == expected.history["lr"]
+    assert history.history["wacc"] == pytest.approx(expected.history["acc"], rel=1e-6)  # no weights: 1 each
+    assert same_weights(plain, light)
+
+
+def test_dict_inputs_with_labels():
+    class Keyed(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = make()
+
+        def forward(self, features, labels=None):
+            logits = self.inner(features)
+            loss = nn.functional.cross_entropy(logits, labels) if labels is not None else None
+            return {"loss": loss, "logits": logits}
+
+    x, y = data()
+    torch.manual_seed(0)
+    light = th.LightModel(Keyed(), loss=None, optimizer=sgd, metrics=["acc"])
+    history = light.fit({"features": x, "labels": y}, **FIT, **ON_CPU)
+    assert set(history.history) == {"loss", "acc"} and history.history["acc"][-1] > 0.5

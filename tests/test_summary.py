@@ -71,3 +71,31 @@ def test_summary_takes_input_shape_without_the_batch_dimension_and_a_model():
         th.summary(nn.Linear(64, 10), input_size=(64, 3))
     with pytest.raises(th.ConfigError, match="exactly one of input_size, input_shape or input_data"):
         th.summary(net)
+
+
+def test_the_net_s_own_error_keeps_its_type_and_message_and_gets_no_batch_hint():
+    import torchhouse as th
+
+    class Picky(nn.Module):
+        def forward(self, x):
+            return {"a": x}["b"]  # a KeyError of the net's own
+
+    with pytest.raises(KeyError, match="'b'") as caught:
+        th.summary(Picky(), input_size=(2, 3))
+    notes = " ".join(getattr(caught.value, "__notes__", []))
+    assert "batch dimension" not in notes
+    import sys
+
+    if sys.version_info >= (3, 11):  # exceptions take notes from 3.11 on
+        assert "summary: the net failed on an input of" in notes
+
+
+def test_an_embedding_given_float_zeros_names_dtype_long_and_works_with_it():
+    import torch
+
+    import torchhouse as th
+
+    net = nn.Sequential(nn.Embedding(50, 4), nn.Flatten(), nn.Linear(4 * 16, 2))
+    with pytest.raises(th.DataError, match=r"torch.float32 zeros.*dtype=torch.long"):
+        th.summary(net, input_size=(1, 16))
+    assert th.summary(net, input_size=(1, 16), dtype=torch.long).total_params == 50 * 4 + 64 * 2 + 2

@@ -26,6 +26,7 @@ from torchhouse.errors import (
     UntrustedCodeError,
 )
 from torchhouse.files.export import ExportError, load_exported
+from torchhouse.finetune import freeze, param_groups, unfreeze
 from torchhouse.parallel.distributed import launch
 from torchhouse.runs.history import History
 from torchhouse.summary import Summary, summary
@@ -49,16 +50,19 @@ __all__ = [
     "callbacks",
     "config",
     "datasets",
+    "freeze",
     "launch",
     "load_exported",
     "metrics",
     "models",
+    "param_groups",
     "seed_everything",
     "summary",
     "TuneResult",
     "tune",
     "tuning",
     "runs",
+    "unfreeze",
 ]
 
 # name -> (module, attribute or None for the module itself): loaded at first use

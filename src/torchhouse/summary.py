@@ -1,4 +1,4 @@
-"""summary(): a layer table with output shapes and parameter counts."""
+"""summary(): a layer table with output shapes, parameter counts and FLOPs."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ class LayerRow:
     output_shape: list[list[int]]
     params: int
     trainable: int
+    flops: int = 0  # floating-point operations of one forward pass on the given input
 
 
 @dataclass
@@ -39,23 +40,25 @@ class Summary:
     param_bytes: int = 0
     buffer_bytes: int = 0
     output_bytes: int = 0
+    total_flops: int = 0  # of one forward pass on the given input (FlopCounterMode's count)
 
     @property
     def non_trainable(self) -> int:
         return self.non_trainable_params
 
     def __str__(self) -> str:
-        header = ("Layer (type)", "Output shape", "Params")
+        header = ("Layer (type)", "Output shape", "Params", "FLOPs")
         lines = [
             (
                 "  " * row.depth + f"{row.name} ({row.kind})",
                 " ".join(str(tuple(s)) for s in row.output_shape) or "-",
                 f"{row.params:,}",
+                human_count(row.flops) if row.flops else "-",
             )
             for row in self.rows
         ]
-        widths = [max(len(r[i]) for r in [header, *lines]) for i in range(3)]
-        rule = "-" * (sum(widths) + 4)
+        widths = [max(len(r[i]) for r in [header, *lines]) for i in range(4)]
+        rule = "-" * (sum(widths) + 6)
         out = [f"{self.net_name}", rule, _fmt(header, widths), rule.replace("-", "=")]
         out += [_fmt(line, widths) for line in lines]
         out += [
@@ -63,6 +66,7 @@ class Summary:
             f"Total params: {self.total_params:,}",
             f"Trainable params: {self.trainable_params:,}",
             f"Non-trainable params: {self.non_trainable_params:,}",
+            f"FLOPs (one forward pass): {human_count(self.total_flops)} ({self.total_flops:,})",
             f"Params size: {self.param_bytes / 2**20:.2f} MB",
             f"Buffers size: {self.buffer_bytes / 2**20:.2f} MB",
             f"Forward outputs size (one pass): {self.output_bytes / 2**20:.2f} MB",
@@ -74,8 +78,22 @@ class Summary:
         return self.__str__()
 
 
-def _fmt(cells: tuple[str, str, str], widths: list[int]) -> str:
-    return f"{cells[0]:<{widths[0]}}  {cells[1]:<{widths[1]}}  {cells[2]:>{widths[2]}}"
+def _fmt(cells: tuple[str, str, str, str], widths: list[int]) -> str:
+    return (
+        f"{cells[0]:<{widths[0]}}  {cells[1]:<{widths[1]}}  {cells[2]:>{widths[2]}}  {cells[3]:>{widths[3]}}"
+    )
+
+
+def human_count(n: int) -> str:
+    """``1234567`` -> ``"1.23M"``.
+
+    >>> human_count(950), human_count(1_234_567), human_count(3_000_000_000)
+    ('950', '1.23M', '3G')
+    """
+    for size, unit in ((10**12, "T"), (10**9, "G"), (10**6, "M"), (10**3, "K")):
+        if n >= size:
+            return f"{n / size:.3g}{unit}"
+    return str(n)
 
 
 def summary(
@@ -158,22 +176,37 @@ def summary(
     was_training = net.training
     net.eval()
     try:
-        with torch.no_grad():
+        from torch.utils.flop_counter import FlopCounterMode
+
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
             call_net(net, input_data)
     except Exception as exc:
+        where = f"summary: the net failed on an input of {_describe_input(input_data)}"
+        if not (
+            _about_shapes(exc) or _about_dtype(exc)
+        ):  # the net's own error (a KeyError, say): its type and message kept
+            add_note = getattr(exc, "add_note", None)  # Python 3.11+
+            if add_note is not None:
+                add_note(where)
+            raise
         hint = (
             " (input_size includes the batch dimension; for a shape without it pass input_shape=...)"
             if input_size is not None and input_shape is None
             else ""
         )
-        raise DataError(
-            f"summary: the net failed on an input of {_describe_input(input_data)}: {exc}{hint}"
-        ) from exc
+        if _about_dtype(exc):
+            hint = f" (summary made {dtype} zeros; a net that takes indices needs dtype=torch.long)"
+        raise DataError(f"{where}: {exc}{hint}") from exc
     finally:
         for handle in hooks:
             handle.remove()
         net.train(was_training)
     result.rows = order
+    flops = {name: sum(ops.values()) for name, ops in counter.get_flop_counts().items()}
+    prefix = type(net).__name__
+    for row in order:
+        row.flops = int(flops.get(f"{prefix}.{row.name}", 0))
+    result.total_flops = int(counter.get_total_flops())
     unique = {id(p): p for p in net.parameters()}.values()
     result.total_params = sum(p.numel() for p in unique)
     result.trainable_params = sum(p.numel() for p in unique if p.requires_grad)
@@ -201,3 +234,19 @@ def _describe_input(data: Any) -> str:
     from torchhouse.data import describe
 
     return describe(data)
+
+
+_SHAPE_WORDS = ("shape", "size", "dimension", "dim ", "mat1", "expected input", "must match")
+
+
+def _about_dtype(exc: Exception) -> bool:
+    """Whether the net refused the input's dtype (an embedding given float zeros)."""
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and ("scalar type" in text or "expected tensor for argument" in text)
+
+
+def _about_shapes(exc: Exception) -> bool:
+    """Whether the net's error is about its input's shape (where the batch dimension may be
+    the cause), rather than something else in the net's code."""
+    text = str(exc).lower()
+    return isinstance(exc, (RuntimeError, ValueError, IndexError)) and any(w in text for w in _SHAPE_WORDS)

@@ -138,12 +138,15 @@ with model_tab:
     st.code(repr(app.model.net), language="text")
     shape = app.info.get("input_shape")
     if shape:
+        import torch
+
         from torchhouse.summary import summary
 
+        dtype = torch.long if app.kind == "text" else torch.float32  # a text net takes token indices
         try:
-            st.code(str(summary(app.model.net, input_size=(1, *shape))), language="text")
-        except TorchhouseError as exc:
-            st.warning(f"no layer table: {exc}")
+            st.code(str(summary(app.model.net, input_size=(1, *shape), dtype=dtype)), language="text")
+        except Exception as exc:  # the layer table is extra: the page works without it
+            st.warning(f"no layer table: {str(exc).splitlines()[0]}")
 
 with config_tab:
     st.json(app.config, expanded=False)

@@ -4,6 +4,8 @@ from torchhouse.callbacks.base import Callback
 from torchhouse.callbacks.csv_logger import CSVLogger
 from torchhouse.callbacks.dispatch import CallbackList
 from torchhouse.callbacks.early_stopping import EarlyStopping
+from torchhouse.callbacks.ema import EMA
+from torchhouse.callbacks.finetuning import BackboneFinetuning
 from torchhouse.callbacks.lambda_callback import LambdaCallback
 from torchhouse.callbacks.learning_rate import LearningRateScheduler, ReduceLROnPlateau
 from torchhouse.callbacks.live_plot import LivePlot
@@ -14,6 +16,8 @@ from torchhouse.callbacks.terminate_on_nan import TerminateOnNaN
 from torchhouse.callbacks.trackers import MLflowLogger, WandbLogger
 
 __all__ = [
+    "EMA",
+    "BackboneFinetuning",
     "CSVLogger",
     "Callback",
     "CallbackList",

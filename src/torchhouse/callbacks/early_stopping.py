@@ -7,7 +7,7 @@ from typing import Any
 import torch
 
 from torchhouse.callbacks.base import Callback
-from torchhouse.errors import ConfigError
+from torchhouse.errors import ConfigError, warn_user
 from torchhouse.metrics.monitor import check_monitor, is_improvement, resolve_mode
 
 __all__ = ["EarlyStopping"]
@@ -21,7 +21,8 @@ class EarlyStopping(Callback):
     ``baseline``: an epoch must also beat it to reset the patience count. Epochs before
     ``start_from_epoch`` are not watched. With ``restore_best_weights=True`` the weights of
     the best watched epoch are loaded back when fit ends, whether it stopped early or ran
-    all epochs, and also when no epoch beat the baseline.
+    all epochs, and also when no epoch beat the baseline; `restored_epoch` (0-based) then says
+    which, and a run folder records it in ``run.json`` (``weights``).
 
     Example:
         >>> stop = EarlyStopping(monitor="val_loss", patience=3)
@@ -69,11 +70,20 @@ class EarlyStopping(Callback):
         self.wait = 0
         self.stopped_epoch: int | None = None
         self.best_weights: dict[str, torch.Tensor] | None = None
+        self.restored_epoch: int | None = None  # the epoch whose weights fit ended with
 
     def on_fit_start(self, logs: dict[str, Any]) -> None:
         check_monitor("EarlyStopping", self.monitor, self.model.log_names)
         self._direction = resolve_mode(self.monitor, self.mode, self.model.metrics)
         self.reset()
+        state = self.model.fit_state
+        if self.restore_best_weights and state.run_folder is not None and state.monitor != self.monitor:
+            warn_user(
+                f"EarlyStopping watches {self.monitor} and ends the fit with its best epoch's weights, "
+                f"while fit's monitor={state.monitor!r} picks the run folder's best state: two different "
+                f"'best' epochs. Pass fit(monitor={self.monitor!r}) so both mean the same; run.json "
+                "records which monitor chose the final weights"
+            )
 
     def _snapshot(self) -> dict[str, torch.Tensor]:
         return {k: v.detach().to("cpu", copy=True) for k, v in self.model.net.state_dict().items()}
@@ -111,6 +121,7 @@ class EarlyStopping(Callback):
     def on_fit_end(self, logs: dict[str, Any]) -> None:
         if self.restore_best_weights and self.best_weights is not None:
             self.model.net.load_state_dict(self.best_weights)
+            self.restored_epoch = self.best_epoch
 
     def state_dict(self) -> dict[str, Any]:
         return {

@@ -42,6 +42,8 @@ __all__ = [
     "LoaderBatches",
     "as_pair",
     "batch_weights",
+    "check_collate_fn",
+    "explain_ragged",
     "inputs_of",
     "is_hf_dataset",
     "make_batches",
@@ -466,7 +468,9 @@ class LoaderBatches(Batches):
             return self._slices(start)
         # The loader's sampler draws its order when iteration starts; loading and dropping
         # the first ``start`` batches now (not lazily) reproduces an interrupted epoch.
-        iterator = iter(self.loader)
+        iterator: Iterator[Any] = iter(self.loader)
+        if self.loader.collate_fn is default_collate:
+            iterator = explain_ragged(iterator, self.name)
         for skipped in range(start):
             if next(iterator, None) is None:
                 raise DataError(
@@ -569,13 +573,17 @@ def make_batches(
     name: str = "x",
     require_target: bool = True,
     sample_weight: Any = None,
+    collate_fn: Any = None,
 ) -> Batches:
     """Turn user data into `Batches`.
 
     ``x`` may be a tensor, array, DataFrame, a tuple/dict of those, a `Dataset` or a
     `DataLoader`. With arrays, ``y`` holds the targets (``None`` is allowed only when
-    ``require_target`` is false, as in `predict`).
+    ``require_target`` is false, as in `predict`). ``collate_fn`` makes the batches of a
+    `Dataset` (a Hugging Face one too) from its rows, as a DataLoader's does (for example
+    ``transformers.DataCollatorWithPadding(tokenizer)`` for rows of different lengths).
     """
+    check_collate_fn(x, collate_fn, name)
     if sample_weight is not None and (isinstance(x, (DataLoader, Dataset)) or is_hf_dataset(x)):
         raise DataError(
             f"sample_weight is for arrays; {name} is a {type(x).__name__}, which would ignore it. Make its "
@@ -589,7 +597,11 @@ def make_batches(
         if y is not None:
             raise DataError(f"{name} is a Hugging Face Dataset, so y must be None (its 'labels' column is)")
         loader = DataLoader(
-            torch_columns(x), batch_size=batch_size, shuffle=shuffle, generator=generator
+            torch_columns(x),
+            batch_size=batch_size,
+            shuffle=shuffle,
+            generator=generator,
+            collate_fn=collate_fn or default_collate,
         )  # rows become dict batches: net(**batch), the "labels" column the target
         return LoaderBatches(loader, name)
     if isinstance(x, Dataset):
@@ -603,6 +615,7 @@ def make_batches(
             batch_size=batch_size,
             shuffle=shuffle and not isinstance(x, IterableDataset),
             generator=generator,
+            collate_fn=collate_fn or default_collate,
         )
         return LoaderBatches(loader, name)
     if x is None:
@@ -626,6 +639,47 @@ def make_batches(
         if not bool(torch.isfinite(weights).all()) or bool((weights < 0).any()):
             raise DataError("sample_weight: every weight must be a finite number >= 0")
     return ArrayBatches(inputs, target, batch_size, shuffle, weights=weights)
+
+
+def check_collate_fn(x: Any, collate_fn: Any, name: str) -> None:
+    """``collate_fn`` applies to a Dataset's rows; anything else is refused, never ignored."""
+    if collate_fn is None:
+        return
+    if not callable(collate_fn):
+        raise DataError(f"collate_fn: expected a function rows -> batch, got {describe(collate_fn)}")
+    if isinstance(x, DataLoader):
+        raise DataError(
+            f"collate_fn: {name} is a DataLoader, which collates its rows with its own collate_fn; "
+            "give the collate_fn to the DataLoader (DataLoader(dataset, collate_fn=...)) instead"
+        )
+    if not (isinstance(x, Dataset) or is_hf_dataset(x)):
+        raise DataError(
+            f"collate_fn: {name} is {describe(x)}, which is batched by slicing, not from rows; "
+            "collate_fn applies to a Dataset (a torch or Hugging Face one)"
+        )
+
+
+_RAGGED = (
+    "stack expects each tensor to be equal size",
+    "each element in list of batch should be of equal size",
+)
+
+
+def explain_ragged(iterator: Iterator[Any], name: str) -> Iterator[Any]:
+    """The batches of a default-collated loader, with its error for rows of different shapes
+    turned into one that names the cure (``collate_fn``)."""
+    try:
+        yield from iterator
+    except RuntimeError as exc:
+        if not any(text in str(exc) for text in _RAGGED):
+            raise
+        detail = next(line for line in str(exc).splitlines() if any(t in line for t in _RAGGED))
+        raise DataError(
+            f"{name}: the rows of a batch have different shapes, so the default collate cannot stack "
+            f"them ({detail.strip()}). Pad them into batches with a collate_fn: fit(..., "
+            "collate_fn=transformers.DataCollatorWithPadding(tokenizer)) for tokenized text, or "
+            "your own function rows -> batch (a DataLoader takes it as DataLoader(..., collate_fn=...))"
+        ) from exc
 
 
 def nonfinite_data(batches: Batches) -> str | None:
@@ -694,16 +748,21 @@ def split_validation(batches: Batches, fraction: float) -> tuple[Batches, Batche
     return LoaderBatches(train, batches.name), LoaderBatches(val, "validation_data")
 
 
-def validation_batches(validation_data: Any, batch_size: int) -> Batches:
+def validation_batches(validation_data: Any, batch_size: int, collate_fn: Any = None) -> Batches:
     """Turn ``validation_data`` (``(x_val, y_val)``, ``(x_val, y_val, sample_weight)``, a Dataset
-    or a DataLoader) into batches."""
-    if isinstance(validation_data, (DataLoader, Dataset, Mapping)) or is_hf_dataset(validation_data):
+    or a DataLoader) into batches; ``collate_fn`` applies to a Dataset, as for the training data."""
+    if isinstance(validation_data, (Dataset, Mapping)) or is_hf_dataset(validation_data):
         return make_batches(
             validation_data,
             batch_size=batch_size,
             shuffle=False,
             generator=None,
             name="validation_data",
+            collate_fn=collate_fn,
+        )
+    if isinstance(validation_data, DataLoader):  # its own collate_fn: fit's is for Datasets
+        return make_batches(
+            validation_data, batch_size=batch_size, shuffle=False, generator=None, name="validation_data"
         )
     if isinstance(validation_data, Sequence) and len(validation_data) in (2, 3):
         return make_batches(

@@ -34,10 +34,10 @@ import torch
 from torchhouse.data import rng
 from torchhouse.data.batches import ArrayBatches, Batches, is_hf_dataset
 from torchhouse.data.convert import to_tensor_tree
-from torchhouse.data.trees import Batch
+from torchhouse.data.trees import Batch, batch_size_of, describe, tree_leaves
 from torchhouse.errors import CheckpointError, DataError, warn_user
 
-__all__ = ["LimitedBatches", "StreamBatches", "is_stream", "limit_steps"]
+__all__ = ["BatchList", "LimitedBatches", "StreamBatches", "batch_list", "is_stream", "limit_steps"]
 
 
 def is_stream(x: Any) -> bool:
@@ -53,6 +53,63 @@ def is_stream(x: Any) -> bool:
     if is_hf_dataset(x):  # map-style: batched through a DataLoader
         return False
     return isinstance(x, Iterable)  # iterators and generators included
+
+
+def batch_list(x: Any, y: Any, name: str) -> BatchList | None:
+    """``x`` as a `BatchList` when it is a list and ``y`` is None (or explain), else None."""
+    if not isinstance(x, list) or y is not None:
+        return None
+    if not x:
+        raise DataError(f"{name} is an empty list; expected arrays, a Dataset, a DataLoader or batches")
+    for i, batch in enumerate(x):
+        if not (isinstance(batch, (tuple, list)) and len(batch) in (2, 3)):
+            raise DataError(
+                f"{name} is a list and y is None, so it is read as a list of (inputs, target) batches, "
+                f"but {name}[{i}] is {describe(batch)}. For several inputs pass a tuple (x1, x2) and y; "
+                "for one input of many samples, pass an array and y"
+            )
+    return BatchList(x, name)
+
+
+class BatchList(Batches):
+    """A list of ``(inputs, target)`` batches, read as ``for x, y in batches`` reads it: every
+    epoch in the list's order (fit's ``shuffle`` does not reorder given batches, as it does not
+    reorder a DataLoader's)."""
+
+    def __init__(self, batches: list[Any], name: str) -> None:
+        self.batches = [to_tensor_tree(batch, f"{name}[{i}]") for i, batch in enumerate(batches)]
+        self.name = name
+        self.num_samples = sum(batch_size_of(batch[1]) for batch in self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def items_per_batch(self) -> int:
+        return batch_size_of(self.batches[0][1])
+
+    def shard(self, rank: int, world: int, seed: int) -> Batches:
+        raise DataError(
+            f"{self.name}: a list of batches cannot be sharded over several processes; give each "
+            "process its own share, or pass arrays or a Dataset (torchhouse shards those)"
+        )
+
+    def fingerprint(self) -> dict[str, Any]:
+        import hashlib
+
+        digest = hashlib.sha256()
+        for batch in (self.batches[0], self.batches[-1]):
+            for leaf in tree_leaves(batch):
+                digest.update(
+                    leaf.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+                )
+        return {
+            **super().fingerprint(),
+            "first_batch": describe(self.batches[0]),
+            "sha256": digest.hexdigest(),
+        }
+
+    def iterate(self, generator: torch.Generator | None, start: int = 0) -> Iterator[Batch]:
+        return iter(self.batches[start:])
 
 
 class _Persistent:

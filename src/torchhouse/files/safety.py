@@ -54,7 +54,9 @@ TRUSTED_METRICS = frozenset({"accuracy", "binary_accuracy_logits"})
 # Callbacks a config may build by name; their path arguments must stay inside the run folder.
 TRUSTED_CALLBACKS = frozenset(
     {
+        "BackboneFinetuning",
         "CSVLogger",
+        "EMA",
         "EarlyStopping",
         "LivePlot",
         "ModelCheckpoint",

@@ -166,12 +166,48 @@ def _read_input_csv(path: str, info: dict[str, Any], target: str | None, where: 
     return prepare_inputs(rows, info), y
 
 
+def _read_ids(path: str, column: str) -> list[str]:
+    """The values of ``column`` of the CSV at ``path``, row by row, as written."""
+    import csv
+
+    from torchhouse.errors import ConfigError
+
+    with open(path, newline="", encoding="utf-8-sig") as handle:
+        rows = list(csv.reader(handle))
+    header = [h.strip() for h in rows[0]] if rows else []
+    if column not in header:
+        raise ConfigError(f"--id-column: {path} has no column {column!r}; columns: {header}")
+    index = header.index(column)
+    return [row[index] if index < len(row) else "" for row in rows[1:] if row]
+
+
+class _Prefixed:
+    """A csv writer that puts the header's ``names`` and each row's ID first."""
+
+    def __init__(self, writer: Any, names: list[str], ids: list[str]) -> None:
+        self.writer, self.names, self.ids, self.row = writer, names, ids, -1
+
+    def writerow(self, row: list[Any]) -> None:
+        self.writer.writerow([*(self.names if self.row < 0 else [self.ids[self.row]]), *row])
+        self.row += 1
+
+
 def _evaluate(args: argparse.Namespace) -> int:
     from torchhouse.frontends.config import load_data, read_test_split
     from torchhouse.frontends.serving import load_run
 
     config, model = load_run(args.run, trust_code=args.trust_code)
     info = config["data"]
+    if args.best:
+        if "served_from" in config:
+            print(
+                f"torchhouse evaluate: error: {args.run} is served from its exported program, which holds "
+                "the final weights only; --best rebuilds the net from its code: add --trust-code",
+                file=sys.stderr,
+            )
+            return 2
+        best = model.load_best(args.run)
+        print(f"the best state: epoch {best['epoch']} ({best['monitor']} {best['value']:.4f})")
     if args.csv:
         target = args.target or info.get("target") or "target"
         x, y = _read_input_csv(args.csv, info, target, "--csv")
@@ -208,9 +244,12 @@ def _predict(args: argparse.Namespace) -> int:
     config, model = load_run(args.run, trust_code=args.trust_code)
     info = config["data"]
     inputs, _ = _read_input_csv(args.input, info, None, "input")
+    ids = _read_ids(args.input, args.id_column) if args.id_column else None
     outputs = model.predict(inputs, batch_size=256)
     buffer = io.StringIO()
-    writer = csv.writer(buffer)
+    writer: Any = csv.writer(buffer)
+    if ids is not None:  # the ID first, on every row: Kaggle's submission layout
+        writer = _Prefixed(writer, [args.id_column], ids)
     task = info.get("task")
     if task == "classification":
         probabilities = outputs.softmax(dim=1)

@@ -87,6 +87,11 @@ def _evaluate_arguments(commands: Any) -> None:
     evaluate.add_argument(
         "--target", default=None, help="the target column of --csv (default: the run's, else 'target')"
     )
+    evaluate.add_argument(
+        "--best",
+        action="store_true",
+        help="evaluate the best state the run kept (by its monitor), not its final weights",
+    )
     evaluate.add_argument("--trust-code", action="store_true", help=TRUST_HELP)
 
 
@@ -101,6 +106,12 @@ def _predict_arguments(commands: Any) -> None:
     predict.add_argument("run", help="a run folder written by `torchhouse fit`")
     predict.add_argument("input", help="a CSV of feature rows")
     predict.add_argument("--output", default=None, help="write the predictions to this CSV")
+    predict.add_argument(
+        "--id-column",
+        default=None,
+        metavar="NAME",
+        help="carry this column of INPUT (such as Kaggle's PassengerId) into the output, first",
+    )
     predict.add_argument("--trust-code", action="store_true", help=TRUST_HELP)
 
 

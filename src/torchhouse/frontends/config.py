@@ -110,6 +110,8 @@ SECTIONS: dict[str, Any] = {
 }
 MODEL_KEYS = {"factory", "kwargs"}
 DATA_KEYS = {
+    "validation_csv",
+    "test_csv",
     "text",
     "vocabulary",
     "max_length",
@@ -149,6 +151,7 @@ CODE_ONLY = {
         "resume": "--resume",
         "overwrite": "--overwrite",
         "sample_weight": "one weight per sample: arrays, not a value a config holds",
+        "collate_fn": "a function (a tokenizer's padding collator): code, not a value",
     },
 }
 
@@ -303,6 +306,43 @@ def _check_kwargs(fn: Any, kwargs: dict[str, Any], where: str, skip: int = 0) ->
         raise ConfigError(f"{where}: {getattr(fn, '__name__', fn)} takes no argument(s) {unknown}")
 
 
+def _check_data(config: dict[str, Any], trust_code: bool, source: str, base: Path, check_paths: bool) -> None:
+    """The ``data`` section: one source, contained paths, the separate validation / test CSVs."""
+    data = config["data"]
+    _check_keys(data, DATA_KEYS, "data")
+    sources = [k for k in ("dataset", "csv", "factory") if k in data]
+    if len(sources) != 1:
+        raise ConfigError(f"data: give exactly one of dataset, csv or factory (got {sources or 'none'})")
+    if "dataset" in data and data["dataset"] not in BUNDLED:
+        raise ConfigError(f"data.dataset: {data['dataset']!r} is not bundled; choose from {list(BUNDLED)}")
+    if "csv" in data:
+        if "target" not in data:
+            raise ConfigError("data.target: a csv source needs the name of its target column")
+        if check_paths:
+            contained_path(data["csv"], base, "data.csv", trust_code)
+    for key in ("validation_csv", "test_csv"):
+        if key in data:
+            if "csv" not in data:
+                raise ConfigError(f"data.{key}: a separate CSV goes with data.csv (the same columns)")
+            if check_paths:
+                contained_path(data[key], base, f"data.{key}", trust_code)
+    if "test_csv" in data:
+        if data.get("test_fraction"):
+            raise ConfigError(
+                "data: give test_csv or test_fraction, not both (test_csv is the held-out split)"
+            )
+        data["test_fraction"] = 0
+    if "validation_csv" in data and config.get("fit", {}).get("validation_split"):
+        raise ConfigError("give data.validation_csv or fit.validation_split, not both")
+    if "factory" in data:
+        if not trust_code:
+            raise untrusted_name_error("data.factory", data["factory"], source)
+        import_object(data["factory"], "data.factory")
+    fraction = data.setdefault("test_fraction", 0.2)
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 <= fraction < 1:
+        raise ConfigError(f"data.test_fraction: expected a number in [0, 1), got {fraction!r}")
+
+
 def validate(
     config: dict[str, Any],
     trust_code: bool = False,
@@ -351,25 +391,7 @@ def validate(
     if not isinstance(model.setdefault("kwargs", {}), dict):
         raise ConfigError("model.kwargs: expected a mapping of keyword arguments")
     _check_kwargs(factory, model["kwargs"], "model.kwargs")
-    data = config["data"]
-    _check_keys(data, DATA_KEYS, "data")
-    sources = [k for k in ("dataset", "csv", "factory") if k in data]
-    if len(sources) != 1:
-        raise ConfigError(f"data: give exactly one of dataset, csv or factory (got {sources or 'none'})")
-    if "dataset" in data and data["dataset"] not in BUNDLED:
-        raise ConfigError(f"data.dataset: {data['dataset']!r} is not bundled; choose from {list(BUNDLED)}")
-    if "csv" in data:
-        if "target" not in data:
-            raise ConfigError("data.target: a csv source needs the name of its target column")
-        if check_paths:
-            contained_path(data["csv"], base, "data.csv", trust_code)
-    if "factory" in data:
-        if not trust_code:
-            raise untrusted_name_error("data.factory", data["factory"], source)
-        import_object(data["factory"], "data.factory")
-    fraction = data.setdefault("test_fraction", 0.2)
-    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 <= fraction < 1:
-        raise ConfigError(f"data.test_fraction: expected a number in [0, 1), got {fraction!r}")
+    _check_data(config, trust_code, source, base, check_paths)
     loss_name, loss_kwargs = _named(config["loss"], "loss")
     loss_cls = _resolve(loss_name, [nn], "loss", "loss", trust_code, source)
     _check_kwargs(loss_cls, loss_kwargs, "loss")
@@ -428,13 +450,15 @@ def _metric_factory(name: str, where: str, trust: bool = False, source: str = "t
 
 @dataclass
 class Data:
-    """The prepared splits of a config's data."""
+    """The prepared splits of a config's data (validation: from ``data.validation_csv``)."""
 
     x_train: Any
     y_train: Any
     x_test: Any = None
     y_test: Any = None
     info: dict[str, Any] = field(default_factory=dict)
+    x_val: Any = None
+    y_val: Any = None
 
 
 def task_of(config: dict[str, Any]) -> str:
@@ -544,14 +568,7 @@ def load_data(config: dict[str, Any], trust_code: bool = False, base: Any = None
             )
         x, y, names = _bundled(data["dataset"])
     elif "csv" in data:
-        path = contained_path(data["csv"], Path.cwd() if base is None else base, "data.csv", trust_code)
-        if not path.is_file():
-            raise ConfigError(f"data.csv: {path}: no such file")
-        with path.open(newline="") as handle:
-            if data.get("text"):
-                x, y = read_text_csv(handle, data["text"], data["target"], "data.csv")
-            else:
-                x, y, names = read_csv(handle, data["target"], data.get("features"), "data.csv")
+        x, y, names = _read_table(data, "csv", trust_code, base, None)
     else:
         if not trust_code:
             raise untrusted_name_error("data.factory", data.get("factory"), "the config")
@@ -576,6 +593,12 @@ def load_data(config: dict[str, Any], trust_code: bool = False, base: Any = None
     n_test = round(len(x) * float(data["test_fraction"]))
     test, train = order[:n_test], order[n_test:]
     x_train, y_train, x_test, y_test = x[train], y[train], x[test], y[test]
+    extra = {
+        key: _read_split(data, key, trust_code, base, names, task) for key in ("validation_csv", "test_csv")
+    }
+    if extra["test_csv"] is not None:
+        (x_test, y_test), n_test = extra["test_csv"], len(extra["test_csv"][0])
+    x_val, y_val = extra["validation_csv"] if extra["validation_csv"] is not None else (None, None)
     if is_text:
         from torchhouse.data.text import TrigramVocabulary
 
@@ -589,12 +612,52 @@ def load_data(config: dict[str, Any], trust_code: bool = False, base: Any = None
         )
         x_train = vocabulary.encode([str(t) for t in x_train], length).numpy()
         x_test = vocabulary.encode([str(t) for t in x_test], length).numpy()
-    if data.get("standardize"):
+        if x_val is not None:
+            x_val = vocabulary.encode([str(t) for t in x_val], length).numpy()
+    if data.get("standardize"):  # with the training split's statistics, for every split
         mean = x_train.mean(axis=0)
         std = x_train.std(axis=0) + 1e-8
         x_train, x_test = (x_train - mean) / std, (x_test - mean) / std
+        x_val = (x_val - mean) / std if x_val is not None else None
         info.update(mean=mean.tolist(), std=std.tolist())
-    return Data(x_train, y_train, x_test if n_test else None, y_test if n_test else None, info)
+    if not n_test:
+        x_test, y_test = None, None
+    return Data(x_train, y_train, x_test, y_test, info, x_val=x_val, y_val=y_val)
+
+
+def _read_table(
+    data: dict[str, Any], key: str, trust_code: bool, base: Any, features: list[str] | None
+) -> tuple[Any, Any, list[str] | None]:
+    """The rows of the CSV ``data[key]`` (its features, or ``features`` when given, and target)."""
+    path = contained_path(data[key], Path.cwd() if base is None else base, f"data.{key}", trust_code)
+    if not path.is_file():
+        raise ConfigError(f"data.{key}: {path}: no such file")
+    with path.open(newline="") as handle:
+        if data.get("text"):
+            x, y = read_text_csv(handle, data["text"], data["target"], f"data.{key}")
+            return x, y, None
+        return read_csv(handle, data["target"], features or data.get("features"), f"data.{key}")
+
+
+def _read_split(
+    data: dict[str, Any], key: str, trust_code: bool, base: Any, names: list[str] | None, task: str
+) -> tuple[Any, Any] | None:
+    """A separate validation or test CSV, read with the training CSV's columns, in their order."""
+    if key not in data:
+        return None
+    try:
+        x, y, _ = _read_table(data, key, trust_code, base, names)
+    except ConfigError as exc:
+        if key == "test_csv" and "no target column" in str(exc):
+            raise ConfigError(
+                f"{exc}. data.test_csv holds labelled rows to evaluate on; rows to predict (such as a "
+                "Kaggle test.csv) go to: torchhouse predict RUN FILE.csv --id-column ID"
+            ) from None
+        raise
+    y = np.asarray(y)
+    y = y.astype(np.int64) if task == "classification" else y.astype(np.float32).reshape(len(y), -1)
+    x = np.asarray(x)
+    return (x.astype(np.float32) if x.dtype.kind == "f" else x), y
 
 
 def read_text_csv(
@@ -711,8 +774,9 @@ def train_from_config(
     """
     config = validate(config, trust_code)
     data = load_data(config, trust_code)
-    if "csv" in config["data"]:  # recorded as an absolute path: the run folder may be opened elsewhere
-        config["data"]["csv"] = str(Path(config["data"]["csv"]).resolve())
+    for key in ("csv", "validation_csv", "test_csv"):  # absolute: the run folder may be opened elsewhere
+        if key in config["data"]:
+            config["data"][key] = str(Path(config["data"][key]).resolve())
     folder = Path(run_dir or config.get("run_dir") or Path("runs") / config["name"])
     config["data"].update(data.info)
     config["run_dir"] = str(folder)
@@ -732,6 +796,8 @@ def train_from_config(
         config, data.info, data.x_test, data.y_test, plot=True
     )  # written while the fit holds the folder
     callbacks = [*build_callbacks(config, folder, trust_code), *(extra_callbacks or []), extras]
+    if data.x_val is not None:
+        fit_kwargs["validation_data"] = (data.x_val, data.y_val)
     history = model.fit(
         data.x_train,
         data.y_train,

@@ -22,6 +22,7 @@ from torchhouse.metrics.functions import is_stateful_metric
 from torchhouse.metrics.states import load_metric_state, metric_state
 
 __all__ = [
+    "float32_rounded",
     "BATCHABLE_METRICS",
     "PENDING_BYTES",
     "PENDING_STEPS",
@@ -506,3 +507,14 @@ def _scalar(value: Any, name: str) -> torch.Tensor:
             "or 'micro' rather than None)"
         )
     return tensor.reshape(())
+
+
+def float32_rounded(values: Mapping[str, float]) -> dict[str, float]:
+    """``values`` with each one that a float32 holds exactly written as float32 prints it:
+    a torchmetrics result of 0.925 is the float32 0.925000011920929, and is given as 0.925.
+    Values computed in float64 (a count's ratio such as 1/3) are left as they are."""
+    rounded = {}
+    for name, value in values.items():
+        single = np.float32(value)
+        rounded[name] = float(str(single)) if math.isfinite(value) and float(single) == value else value
+    return rounded

@@ -25,6 +25,7 @@ epoch's batch order (skipping the batches already done), then restores the secon
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -46,6 +47,7 @@ from torchhouse.train.batch_loop import epoch_recorder, evaluate, run_batches
 from torchhouse.train.builtins import fit_callbacks
 from torchhouse.train.spec import FitSpec, fit_fingerprint
 from torchhouse.train.state import FitState
+from torchhouse.train.state_checkpoint import StateCheckpoint
 from torchhouse.train.step_checks import check_step_contract
 from torchhouse.version import __version__
 
@@ -144,15 +146,23 @@ class FitLoop:
             callbacks.call("on_fit_start", {})  # callbacks start afresh (Keras' rule)...
             if state.resumed is not None:
                 callbacks.load_state_dict(state.resumed.callbacks)  # ...unless the fit resumes
+            state.deadline = time.monotonic() + self.spec.max_time if self.spec.max_time else None
             for epoch in range(start_epoch, self.spec.epochs):
                 start = start_batch if epoch == start_epoch else 0
                 batches = self._begin_epoch(epoch, start)
-                self._train_epoch(batches, start)
+                done = self._train_epoch(batches, start)
+                if state.time_limited and done != state.steps:
+                    self._stop_inside_epoch(epoch, done)
+                    break
                 logs = self._end_epoch(epoch)
-                if model.stop_training:
+                state.time_limited = state.time_limited and epoch + 1 < self.spec.epochs  # the last one: done
+                if model.stop_training or state.time_limited:
                     break
             callbacks.call("on_fit_end", dict(logs))
             status = "stopped_early" if model.stop_training else "finished"
+            if state.time_limited and not model.stop_training:
+                status = "time_limit"
+                self.say(self._time_limit_message())
         except KeyboardInterrupt:
             status = "interrupted"
             raise
@@ -184,7 +194,8 @@ class FitLoop:
             if resumed is not None and resuming:
                 rng.restore(resumed.part("rng"), state.generators)
             self.callbacks.call("on_epoch_start", epoch, {})
-            state.epoch_rng = rng.capture(state.generators) if self.spec.checkpoint_every else None
+            mid_epoch_states = self.spec.checkpoint_every or self.spec.max_time
+            state.epoch_rng = rng.capture(state.generators) if mid_epoch_states else None
             state.train_metrics.reset()
             batches = train.iterate(self.generator, 0)
         state.last_step_lr = None  # set by each optimizer_step: the lr the step used
@@ -207,6 +218,9 @@ class FitLoop:
             state.is_last_batch = done == last
             if model.stop_training and (not state.strategy.stops_at_epoch_end or state.nonfinite is not None):
                 return True  # as Keras: stop after this batch (several processes: at the epoch's end)
+            if state.deadline is not None and self._past_deadline():
+                state.time_limited = True
+                return True
             return state.global_step % NONFINITE_CHECK_EVERY == 0 and self.check_nonfinite(wait=False)
 
         state.is_last_batch = start == last
@@ -251,6 +265,39 @@ class FitLoop:
         state.improved = schedules.track_best(state, logs)
         callbacks.call("on_epoch_end", epoch, logs)
         return logs
+
+    # ----------------------------------------------------------------------- the time limit
+
+    def _past_deadline(self) -> bool:
+        """Whether ``max_time`` has passed; several processes agree every 32 steps (a collective),
+        so every rank stops after the same step."""
+        state = self.state
+        if state.strategy.world_size == 1:
+            return time.monotonic() >= (state.deadline or 0.0)
+        if state.global_step % NONFINITE_CHECK_EVERY:
+            return False
+        return state.strategy.any_rank(time.monotonic() >= (state.deadline or 0.0))
+
+    def _stop_inside_epoch(self, epoch: int, done: int) -> None:
+        """The time limit inside an epoch: a resumable state of this very step (never one after
+        a NaN), no epoch row for the unfinished epoch."""
+        state = self.state
+        state.batch = done
+        if self.check_nonfinite():
+            return  # on_nonfinite="stop" stopped the fit at an earlier batch
+        for callback in self.callbacks.callbacks:
+            if isinstance(callback, StateCheckpoint):
+                callback.save(epoch, done)
+
+    def _time_limit_message(self) -> str:
+        state = self.state
+        where = f"epoch {state.epoch + 1}" + (f", batch {state.batch}" if state.batch else "")
+        again = (
+            f"; fit(..., run_dir={self.spec.run_dir!r}, resume=True) continues it exactly"
+            if self.spec.run_dir is not None
+            else " (no run_dir: nothing was saved to continue from)"
+        )
+        return f"fit: stopped at the time limit (max_time={self.spec.max_time:g} s) in {where}{again}"
 
     # ----------------------------------------------------------------------- non-finite losses
 
@@ -356,8 +403,20 @@ class FitLoop:
             "accumulate_grad_batches": model.accumulate_grad_batches,
             "gradient_clip_val": model.gradient_clip_val,
             "monitor": self.state.monitor,
-            "fit": {**self.spec.config(), "num_samples": self.train.num_samples},
+            "fit": {**self.spec.config(), **self._data_facts()},
+            # where TensorBoard events go: run_dir/tensorboard, or a TensorBoard callback's own log_dir
+            "tensorboard": [str(c.log_dir) for c in self.callbacks.callbacks if hasattr(c, "log_dir")],
         }
+
+    def _data_facts(self) -> dict[str, Any]:
+        """What the training data really does (a DataLoader's own order and batch size, not
+        fit's ``shuffle`` and ``batch_size``, which it does not read)."""
+        data = self.state.fingerprint.get("data", {})
+        facts = {"num_samples": self.train.num_samples, "data": data.get("kind")}
+        for key in ("shuffle", "batch_size"):
+            if key in data:
+                facts[key] = data[key]
+        return facts
 
     def _restore(self, saved: TrainingState, name: str = "") -> None:
         """Restore a saved state; raises on damage, so an older state can be tried instead."""

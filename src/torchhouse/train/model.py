@@ -22,9 +22,9 @@ import contextlib
 import inspect
 import os
 import warnings
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -35,7 +35,7 @@ from torchhouse.data.batches import as_pair, batch_weights, in_dataset_order, in
 from torchhouse.data.streams import limit_steps
 from torchhouse.data.trees import Batch, Tree, call_net, move_to
 from torchhouse.errors import ConfigError, DataError
-from torchhouse.metrics.epoch import EpochMetrics, num_samples
+from torchhouse.metrics.epoch import EpochMetrics, float32_rounded, num_samples
 from torchhouse.metrics.functions import (
     copy_metrics,
     metric_preds,
@@ -45,16 +45,21 @@ from torchhouse.metrics.functions import (
 from torchhouse.parallel.strategies import strategy_for
 from torchhouse.runs.history import History
 from torchhouse.train import batch_loop
+from torchhouse.train.activation_checkpointing import apply_activation_checkpointing
 from torchhouse.train.building import build_optimizer, build_scheduler, resolve_device
-from torchhouse.train.fit_data import fit_data, model_batches
+from torchhouse.train.determinism import deterministic_algorithms
+from torchhouse.train.fit_data import fit_data, loader_of, model_batches
 from torchhouse.train.loop import FitLoop
 from torchhouse.train.losses import check_loss_inputs, class_weights_of, own_loss, weighted_loss
 from torchhouse.train.spec import FitSpec, check_positive_int
 from torchhouse.train.state import FitState
 from torchhouse.train.suggest import refuse_unknown
-from torchhouse.train.weights import load_weights, save_weights
+from torchhouse.train.weights import load_best_weights, load_weights, save_weights
 
 __all__ = ["PRECISIONS", "Model"]
+
+if TYPE_CHECKING:
+    from torchhouse.train.lr_finder import LRFinder
 
 PRECISIONS = ("32", "bf16-mixed", "16-mixed")
 
@@ -105,6 +110,11 @@ class Model:
         gradient_clip_val: clip gradients to this norm (or value); no clipping by default.
         gradient_clip_algorithm: "norm" or "value".
         compile: run the net through ``torch.compile`` (eager is the default).
+        activation_checkpointing: True runs each top-level block of the net (its children, or
+            the items of a ModuleList child) under ``torch.utils.checkpoint``
+            (``use_reentrant=False``): activations are recomputed in backward instead of
+            kept, for less memory and the same gradients bit for bit; a list of module
+            classes and submodule names chooses the blocks.
 
     Example:
         >>> import torchhouse as th
@@ -134,6 +144,7 @@ class Model:
         lr_scheduler_monitor: str | None = None,
         weighted_metrics: Any = None,
         strategy: str = "ddp",
+        activation_checkpointing: bool | Sequence[Any] = False,
         **unexpected: Any,
     ) -> None:
         refuse_unknown("th.Model", unexpected, inspect.signature(Model.__init__).parameters)
@@ -146,6 +157,8 @@ class Model:
             raise ConfigError(f"strategy: expected 'ddp' or 'fsdp', got {strategy!r}")
         self.device = resolve_device(device)
         self.net = net.to(self.device)
+        # the names of the blocks that recompute their activations in backward (less memory)
+        self.activation_checkpointing = apply_activation_checkpointing(self.net, activation_checkpointing)
         self.loss = loss
         self.metrics = normalise_metrics(metrics, loss)
         self.weighted_metrics = resolve_weighted_metrics(weighted_metrics, loss, self.metrics)
@@ -476,6 +489,9 @@ class Model:
         validation_steps: int | None = None,
         sample_weight: Any = None,
         class_weight: Mapping[int, float] | None = None,
+        collate_fn: Callable[[list[Any]], Any] | None = None,
+        max_time: float | str | None = None,
+        deterministic: bool = False,
         **unexpected: Any,
     ) -> History:
         """Train the net and return its `History`.
@@ -524,6 +540,17 @@ class Model:
                 weights as a third element ``(x, y, w)``. Metrics stay unweighted.
             class_weight: ``{class index: weight}`` for training (missing classes weigh 1);
                 multiplied with ``sample_weight`` when both are given.
+            collate_fn: makes a batch from a Dataset's rows (for ``x`` and a Dataset given as
+                ``validation_data``), as a DataLoader's does: e.g.
+                ``transformers.DataCollatorWithPadding(tokenizer)`` pads rows of different
+                lengths. A DataLoader brings its own; arrays are sliced, not collated.
+            max_time: a time limit for this call, in seconds or ``"HH:MM:SS"``: the fit stops
+                after the first step that ends past it (``on_fit_exit`` status
+                ``"time_limit"``); with ``run_dir`` it writes a resumable state there, and
+                ``resume=True`` continues exactly as if it had never stopped.
+            deterministic: run the fit with ``torch.use_deterministic_algorithms(True)`` (and
+                ``CUBLAS_WORKSPACE_CONFIG`` on CUDA, cuDNN's deterministic mode), as it was
+                before the fit afterwards; an operation without a deterministic version raises.
 
         Example:
             >>> net = nn.Linear(3, 1)
@@ -544,7 +571,8 @@ class Model:
         fit_loop = FitLoop(self, spec, data, strategy)
         previous = self.use_fit_state(fit_loop.state)
         try:
-            history = fit_loop.run()
+            with deterministic_algorithms(spec.deterministic):
+                history = fit_loop.run()
         except BaseException:
             if not fit_loop.began:  # refused before the first epoch: the model is as it was
                 self.use_fit_state(previous)
@@ -566,8 +594,15 @@ class Model:
         callbacks: Iterable[Callback] | None = None,
         steps: int | None = None,
         sample_weight: Any = None,
+        collate_fn: Callable[[list[Any]], Any] | None = None,
+        weights: str | None = None,
     ) -> dict[str, float]:
         """Loss and metrics over a whole data set, as sample-weighted means.
+
+        ``weights="best"`` evaluates the best state the last fit's run folder kept (see
+        `load_best`) and leaves the model's own weights as they were; ``collate_fn`` as in `fit`.
+        A value a float32 holds exactly is given as float32 prints it (a torchmetrics 0.925,
+        not 0.925000011920929).
 
         Example:
             >>> model = Model(nn.Linear(2, 1), loss=nn.MSELoss(), device="cpu")
@@ -578,11 +613,37 @@ class Model:
         if steps is not None:
             check_positive_int("steps", steps)
         strategy = strategy_for(self.device, self.strategy)
-        batches = model_batches(self, x, y, batch_size, False, None, steps=steps, sample_weight=sample_weight)
+        batches = model_batches(
+            self,
+            loader_of(x, "test"),
+            y,
+            batch_size,
+            False,
+            None,
+            steps=steps,
+            sample_weight=sample_weight,
+            collate_fn=collate_fn,
+        )
         batches = strategy.shard(limit_steps(batches, steps, "x", "steps"), 0)
         metrics = self.epoch_metrics(64, strategy.sum_over_ranks)
-        with self._stepping(FitState.idle(self, strategy)):
-            return batch_loop.evaluate(self, batches, metrics, self._callback_list(callbacks))
+        with self._weights(weights), self._stepping(FitState.idle(self, strategy)):
+            values = batch_loop.evaluate(self, batches, metrics, self._callback_list(callbacks))
+        return float32_rounded(values)  # 0.925, not the float32 0.925000011920929
+
+    @contextlib.contextmanager
+    def _weights(self, which: str | None) -> Any:
+        """The weights to evaluate with: the model's (None) or the run folder's best, for a while."""
+        if which is None:
+            yield
+            return
+        if which != "best":
+            raise ConfigError(f"weights: expected None or 'best', got {which!r}")
+        kept = {k: v.detach().clone() for k, v in self.net.state_dict().items()}
+        try:
+            self.load_best()
+            yield
+        finally:
+            self.net.load_state_dict(kept)
 
     def predict(
         self,
@@ -591,8 +652,10 @@ class Model:
         batch_size: int = 32,
         steps: int | None = None,
         callbacks: Iterable[Callback] | None = None,
+        collate_fn: Callable[[list[Any]], Any] | None = None,
     ) -> Any:
-        """The net's outputs for ``x``, all batches concatenated, as CPU tensors.
+        """The net's outputs for ``x``, all batches concatenated, as CPU tensors (``collate_fn``
+        as in `fit`).
 
         ``x`` holds inputs only (arrays, a Dataset, or a DataLoader yielding inputs or
         ``(inputs, target)`` pairs, whose targets are ignored).
@@ -603,6 +666,7 @@ class Model:
             torch.Size([5, 3])
         """
         batch_size = check_positive_int("batch_size", batch_size)
+        x = loader_of(x, "predict")
         if isinstance(x, torch.utils.data.DataLoader) and not in_dataset_order(x):
             warnings.warn(
                 f"predict: the DataLoader's {type(x.sampler).__name__} shuffles (or picks) its rows, so the "
@@ -612,7 +676,9 @@ class Model:
             )
         if steps is not None:
             check_positive_int("steps", steps)
-        batches = model_batches(self, x, None, batch_size, False, None, require_target=False, steps=steps)
+        batches = model_batches(
+            self, x, None, batch_size, False, None, require_target=False, steps=steps, collate_fn=collate_fn
+        )
         batches = limit_steps(batches, steps, "x", "steps")
         with self._stepping(FitState.idle(self)):
             return batch_loop.predict(self, batches, self._callback_list(callbacks))
@@ -749,6 +815,54 @@ class Model:
         if columns is not None:
             self.input_columns = columns
 
+    def load_best(self, run_dir: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+        """Load the weights of the best state a run folder kept (Lightning's ``ckpt_path="best"``).
+
+        ``run_dir`` defaults to the last fit's. "Best" is by that fit's ``monitor``; returns
+        ``{"state", "epoch" (counted from 1), "monitor", "value"}``.
+
+        Example::
+
+            model.fit(x, y, validation_split=0.2, epochs=20, run_dir="runs/a")
+            model.load_best()          # the epoch with the lowest val_loss
+            model.evaluate(x_test, y_test)
+        """
+        folder = run_dir if run_dir is not None else self._fit_state.spec.run_dir
+        if folder is None:
+            raise ConfigError(
+                "load_best: give run_dir (the last fit had none); the best state lives in a run folder"
+            )
+        return load_best_weights(self, folder)
+
+    def find_lr(
+        self,
+        x: Any,
+        y: Any = None,
+        *,
+        start_lr: float = 1e-7,
+        end_lr: float = 10.0,
+        num_steps: int = 100,
+        batch_size: int = 32,
+        stop_factor: float = 4.0,
+        seed: int | None = None,
+    ) -> LRFinder:
+        """The learning-rate range test: train ``num_steps`` steps with the lr growing
+        geometrically from ``start_lr`` to ``end_lr`` (stopping early once the smoothed loss
+        exceeds ``stop_factor`` times its best), then put everything back: the net's weights
+        and gradients, the optimizer's state, the RNG are exactly as before the call.
+
+        Returns an `LRFinder`: ``lrs``, ``losses`` (smoothed), ``suggestion`` (where the loss
+        falls fastest) and ``plot()``. Data as for `fit` (shuffled, seeded by ``seed``).
+
+        Example::
+
+            finder = model.find_lr(x, y)
+            print(finder.suggestion); finder.plot()
+        """
+        from torchhouse.train.lr_finder import find_lr
+
+        return find_lr(self, x, y, start_lr, end_lr, num_steps, batch_size, stop_factor, seed)
+
     def to_lightning(self) -> Any:
         """This model as a ``lightning.LightningModule`` (its net, loss, optimizer, scheduler and
         metrics), to train with any ``lightning.Trainer``; see `torchhouse.LightModel`.
@@ -760,7 +874,7 @@ class Model:
         """
         from torchhouse.train.lightning_module import lightning_module
 
-        return lightning_module(self)
+        return lightning_module(self, custom_eval=type(self).eval_step is not Model.eval_step)
 
     def export(
         self,

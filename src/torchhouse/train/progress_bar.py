@@ -27,12 +27,19 @@ class ProgressBar(Callback):
         self.epoch = -1  # the epoch the bar shows
         self.done = 0
         self.needs_batch_end = self.progress.per_step  # epoch lines need no per-step call
+        self.epoch_first_step, self.epoch_done_before = 0, 0  # to count an epoch's steps at its end
 
     def on_fit_start(self, logs: dict[str, Any]) -> None:
         self.progress.started = time.perf_counter()  # times an epoch resumed mid-way, too
+        resumed = self.model.fit_state.resumed
+        self._mark(resumed.batch if resumed is not None else 0)
 
     def on_epoch_start(self, epoch: int, logs: dict[str, Any]) -> None:
         self._start(epoch, 0)
+        self._mark(0)
+
+    def _mark(self, done_before: int) -> None:
+        self.epoch_first_step, self.epoch_done_before = self.model.global_step, done_before
 
     def on_train_batch_end(self, batch: int, logs: dict[str, Any]) -> None:
         if self.epoch != self.model.epoch:  # an epoch resumed mid-way: no on_epoch_start
@@ -42,6 +49,8 @@ class ProgressBar(Callback):
             self.progress.refresh(self.done, self.model.train_metrics.partial_loss, self.epoch)
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any]) -> None:
+        if not self.needs_batch_end:  # no per-step call: the steps done, from the step counter
+            self.done = self.epoch_done_before + self.model.global_step - self.epoch_first_step
         self.progress.epoch_end(epoch, self.done, logs)
 
     def on_fit_exit(self, status: str, logs: dict[str, Any]) -> None:

@@ -78,8 +78,22 @@ class RunFolderWriter(Callback):
                 monitor=state.monitor,
                 best=state.best,
                 best_epoch=self._best_epoch(),
+                weights=self._weights_origin(),
                 ended=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             )
+
+    def _weights_origin(self) -> dict[str, Any]:
+        """Which epoch ``model.safetensors`` holds: the last, or one a callback restored (a
+        callback that does sets ``restored_epoch`` and has the ``monitor`` that chose it)."""
+        for callback in self.fit.callbacks.callbacks:
+            epoch = getattr(callback, "restored_epoch", None)
+            if isinstance(epoch, int):
+                monitor = getattr(callback, "monitor", None)
+                return {"epoch": epoch, "monitor": monitor, "restored_by": type(callback).__name__}
+        return {
+            "epoch": len(self.model.history) - 1 if len(self.model.history) else None,
+            "restored_by": None,
+        }
 
     def _best_epoch(self) -> int | None:
         history, state = self.model.history, self.fit.state

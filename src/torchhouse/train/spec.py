@@ -27,13 +27,13 @@ import numpy as np
 import torch
 
 from torchhouse.callbacks.base import Callback
-from torchhouse.errors import ConfigError
+from torchhouse.errors import ConfigError, warn_user
 
 if TYPE_CHECKING:
     from torchhouse.data.batches import Batches
     from torchhouse.train.model import Model
 
-__all__ = ["FitSpec", "check_positive_int", "fit_fingerprint"]
+__all__ = ["FitSpec", "check_positive_int", "checked_max_time", "fit_fingerprint"]
 
 NONFINITE_MODES = ("raise", "skip", "stop")
 
@@ -76,6 +76,9 @@ class FitSpec:
     has_validation_data: bool = False
     class_weight: tuple[tuple[int, float], ...] | None = None
     callbacks: tuple[Callback, ...] = field(default=(), repr=False)
+    collate_fn: Any = field(default=None, repr=False)  # makes a Dataset's batches from its rows
+    max_time: float | None = None  # seconds: stop at the first step boundary after it
+    deterministic: bool = False  # torch.use_deterministic_algorithms for the fit
 
     @classmethod
     def from_fit(cls, arguments: Mapping[str, Any]) -> FitSpec:
@@ -96,7 +99,7 @@ class FitSpec:
             overwrite=bool(given.get("overwrite", False)),
             checkpoint_every=_checked_every(given.get("checkpoint_every", "epoch")),
             keep_checkpoints=check_positive_int("keep_checkpoints", given.get("keep_checkpoints", 3)),
-            monitor=given.get("monitor"),
+            monitor=_checked_monitor(given.get("monitor"), given.get("run_dir")),
             on_nonfinite=_checked_nonfinite(given.get("on_nonfinite", "raise"), given.get("callbacks")),
             plot=_checked_plot(given.get("plot")),
             tensorboard=_checked_tensorboard(given.get("tensorboard"), given.get("run_dir")),
@@ -108,6 +111,9 @@ class FitSpec:
             has_validation_data=given.get("validation_data") is not None,
             class_weight=_checked_class_weight(given.get("class_weight")),
             callbacks=_checked_callbacks(given.get("callbacks")),
+            collate_fn=given.get("collate_fn"),
+            max_time=checked_max_time(given.get("max_time")),
+            deterministic=_checked_bool("deterministic", given.get("deterministic", False)),
         )
 
     def with_changes(self, **changes: Any) -> FitSpec:
@@ -138,6 +144,9 @@ class FitSpec:
             "sample_weight": self.has_sample_weight,
             "class_weight": {str(k): v for k, v in self.class_weight or ()},
             "checkpoint_every": "epoch" if self.checkpoint_every is None else self.checkpoint_every,
+            "collate_fn": _callable_name(self.collate_fn),
+            "max_time": self.max_time,
+            "deterministic": self.deterministic,
         }
 
     def fingerprint(self) -> dict[str, Any]:
@@ -220,6 +229,40 @@ def _checked_run_dir(run_dir: Any, resume: Any, overwrite: Any) -> str | None:
     return None if run_dir is None else os.fspath(run_dir)
 
 
+def checked_max_time(value: Any) -> float | None:
+    """``max_time`` as seconds: a number > 0, or ``"HH:MM:SS"`` (``"DD:HH:MM:SS"`` too).
+
+    >>> checked_max_time("01:30:00"), checked_max_time(90)
+    (5400.0, 90.0)
+    """
+    if value is None:
+        return None
+    if isinstance(value, str):
+        parts = value.strip().split(":")
+        try:
+            numbers = [float(p) for p in parts]
+        except ValueError:
+            numbers = []
+        if len(numbers) in (3, 4) and all(n >= 0 for n in numbers):
+            seconds = sum(n * f for n, f in zip(reversed(numbers), (1, 60, 3600, 86400), strict=False))
+            if seconds > 0:
+                return float(seconds)
+        raise ConfigError(f"max_time: expected seconds or 'HH:MM:SS', got {value!r}")
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float, np.integer, np.floating))
+        or not value > 0
+    ):
+        raise ConfigError(f"max_time: expected a number of seconds > 0 or 'HH:MM:SS', got {value!r}")
+    return float(value)
+
+
+def _checked_bool(name: str, value: Any) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise ConfigError(f"{name}: expected True or False, got {value!r}")
+    return bool(value)
+
+
 def _checked_every(every: Any) -> int | None:
     if every == "epoch":
         return None
@@ -278,3 +321,23 @@ def _checked_callbacks(callbacks: Any) -> tuple[Callback, ...]:
                 f"callbacks: expected th.callbacks.Callback objects, got {type(callback).__name__}"
             )
     return given
+
+
+def _checked_monitor(monitor: Any, run_dir: Any) -> str | None:
+    if monitor is not None and not isinstance(monitor, str):
+        raise ConfigError(f"monitor: expected the name of a logged value, got {monitor!r}")
+    if monitor is not None and run_dir is None:
+        warn_user(
+            f"fit(monitor={monitor!r}) picks which state run_dir keeps as the best; without run_dir "
+            "nothing reads it. To stop early or keep the best weights on it, give it to "
+            f"EarlyStopping(monitor={monitor!r}) or ModelCheckpoint(path, monitor={monitor!r})"
+        )
+    return str(monitor) if monitor is not None else None
+
+
+def _callable_name(function: Any) -> str | None:
+    """``module.qualname`` of a function or of a callable object's class (None for None)."""
+    if function is None:
+        return None
+    owner = function if hasattr(function, "__qualname__") else type(function)
+    return f"{getattr(owner, '__module__', '?')}.{owner.__qualname__}"

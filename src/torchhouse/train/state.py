@@ -79,6 +79,9 @@ class FitState:
     epoch_rng: dict[str, Any] | None = None  # the RNG states this epoch started from
     resumed: TrainingState | None = None  # the state this fit continues
     validated: bool = False  # whether a validation pass ran in this fit
+    deadline: float | None = None  # time.monotonic() at which max_time is reached
+    time_limited: bool = False  # max_time stopped the fit
+    batch: int = 0  # batches done in the epoch the time limit stopped (0: at an epoch's end)
 
     @classmethod
     def idle(cls, model: Model, strategy: Strategy | None = None) -> FitState:

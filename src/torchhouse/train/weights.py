@@ -24,7 +24,7 @@ from torchhouse.version import __version__
 if TYPE_CHECKING:
     from torchhouse.train.model import Model
 
-__all__ = ["load_weights", "save_weights", "weights_metadata"]
+__all__ = ["load_best_weights", "load_weights", "save_weights", "weights_metadata"]
 
 
 def save_weights(model: Model, path: str | os.PathLike[str], extra: Mapping[str, Any] | None = None) -> Path:
@@ -67,6 +67,7 @@ def weights_metadata(model: Model, state: Mapping[str, torch.Tensor]) -> dict[st
 
 def load_weights(model: Model, path: str | os.PathLike[str], strict: bool = True) -> list[str] | None:
     """Load ``path`` into ``model.net``; returns the DataFrame columns its sidecar records (or None)."""
+    _refuse_run_folder_parts(Path(path))
     tensors = read_tensors(path)
     from torchhouse.parallel.fsdp import is_sharded
 
@@ -92,3 +93,53 @@ def _recorded_columns(sidecar: Path) -> list[str] | None:
     if isinstance(columns, list) and columns and all(isinstance(c, str) for c in columns):
         return list(columns)
     return None
+
+
+def _refuse_run_folder_parts(path: Path) -> None:
+    """A run folder, or one of its training states, is not a weights file: say what to call."""
+    if path.is_dir() and (path / "run.json").is_file():
+        raise CheckpointError(
+            f"{path} is a run folder, not a weights file: load its final weights with "
+            f"model.load_weights('{path / 'model.safetensors'}'), or its best state's with "
+            f"model.load_best('{path}')"
+        )
+    if path.name == "state.safetensors" and path.parent.name.startswith("ckpt-"):
+        run = path.parent.parent.parent
+        raise CheckpointError(
+            f"{path} is a full training state of the run folder {run} (weights, optimizer, RNG...), "
+            f"not a weights file: model.load_best('{run}') loads the best state's weights, and "
+            f"fit(..., run_dir='{run}', resume=True) continues from the newest"
+        )
+
+
+def load_best_weights(model: Model, run_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """Load the weights of the best state ``run_dir`` kept (by its fit's ``monitor``) into
+    ``model.net``; returns which: ``{"state", "epoch" (counted from 1), "monitor", "value"}``."""
+    from torchhouse.files.checkpoint import load_state
+    from torchhouse.runs.folder import RunFolder
+
+    folder = RunFolder(run_dir)
+    if not (folder.path / "run.json").is_file():
+        raise CheckpointError(f"{folder.path}: not a run folder (no run.json)")
+    name = folder.best_state_name()
+    if name is None or not (folder.checkpoints / name).is_dir():
+        raise CheckpointError(
+            f"{folder.path}: keeps no best state (checkpoints/best.json names none, or it is gone); "
+            "its final weights are model.safetensors"
+        )
+    state = load_state(folder.checkpoints / name)  # checksums verified
+    if state.get("shards"):
+        raise CheckpointError(
+            f"{folder.path}: the best state {name} is sharded over processes (strategy='fsdp'); load "
+            "it with fit(..., resume=True) under the same processes"
+        )
+    weights = state["model"]
+    check_state_matches(model.net, weights, f"{folder.checkpoints / name}", True)
+    model.net.load_state_dict(weights)
+    info = folder.info()
+    return {
+        "state": name,
+        "epoch": int(state["epoch"]),
+        "monitor": info.get("monitor"),
+        "value": state.get("best"),
+    }
