@@ -12,7 +12,9 @@ raw epoch times go next to the table (``<out>.<workload>.json``).
     python benchmarks/run.py --workloads digits --repeats 5
 
 Then what a run folder costs a short fit (`run_folder_cost.py`) and the Python calls of one
-training step (`step_calls.py`).
+training step (`step_calls.py`), and what activation checkpointing keeps for backward
+(`activation_memory.py`), and the HTTP server's requests per second and latency
+(`serve_latency.py`).
 """
 
 from __future__ import annotations
@@ -196,7 +198,9 @@ def main() -> None:
     report += lines
     write(args.out, report)
     if not args.no_run_folder:
+        import activation_memory
         import run_folder_cost
+        import serve_latency
         import step_calls
 
         calls = step_calls.measure()
@@ -206,6 +210,10 @@ def main() -> None:
             "",
             f"Python calls per training step (cProfile): {calls['none']:.1f} without a metric, "
             f"{calls['accuracy']:.1f} with the accuracy function (`benchmarks/step_calls.py`).",
+            "",
+            activation_memory.measure(),
+            "",
+            serve_latency.measure(200 if args.quick else 400),
         ]
         print("\n".join(lines))
         report += lines

@@ -240,3 +240,20 @@ def test_a_second_fit_of_a_sharded_model_goes_on_where_the_first_stopped():
     assert result["second"] == pytest.approx(reference["second"], rel=1e-5)
     assert result["second"][0] < result["first"][-1]  # went on, not from the start
     torch.testing.assert_close(torch.tensor(result["predictions"]), torch.tensor(reference["predictions"]))
+
+
+def _averaging_refused():
+    messages = []
+    for callback in (th.callbacks.EMA(), th.callbacks.StochasticWeightAveraging(swa_lr=0.01, start_epoch=0)):
+        model = th.Model(Blocks(), loss=nn.CrossEntropyLoss(), device="cpu", strategy="fsdp")
+        x, y = data()
+        try:
+            model.fit(x, y, epochs=1, batch_size=16, progress="none", callbacks=[callback])
+        except th.ConfigError as exc:
+            messages.append(str(exc))
+    return messages
+
+
+def test_weight_averaging_is_refused_under_fsdp_with_the_reason():
+    messages = th.launch(_averaging_refused, nprocs=2, timeout=90)
+    assert len(messages) == 2 and all("not supported with strategy='fsdp'" in m for m in messages)

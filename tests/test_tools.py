@@ -335,3 +335,132 @@ def test_max_time_stops_a_custom_step_and_a_fit_within_the_limit_finishes():
     assert statuses == ["time_limit"]
     finished = model().fit(x, y, epochs=2, max_time=3600, callbacks=[exits], progress="none")
     assert statuses[-1] == "finished" and len(finished) == 2
+
+
+# --------------------------------------------------------------------------- mid-epoch validation, profiler
+
+
+def test_validation_every_n_steps_reaches_the_callbacks_and_tensorboard_under_the_step(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    x, y = make_classification(n=128)
+    seen = []
+    watch = th.callbacks.LambdaCallback(on_validation_end=lambda logs: seen.append(dict(logs)))
+    m = model()
+    history = m.fit(
+        x, y, validation_split=0.25, epochs=2, batch_size=16, validation_every_n_steps=2,
+        run_dir=tmp_path / "r", callbacks=[watch], progress="none",
+    )  # fmt: skip
+    # 6 steps per epoch: inside validations at steps 2, 4 and 8, 10; the epochs' ends at 6 and 12
+    assert [v.get("step") for v in seen] == [2, 4, None, 8, 10, None]
+    assert len(history) == 2 and history.history["val_loss"][0] == seen[2]["val_loss"]
+    inside = m.evaluate(x[96:], y[96:])  # the last inside validation was not the final weights'
+    assert seen[4]["val_loss"] != pytest.approx(inside["loss"], abs=0)
+    events = EventAccumulator(str(tmp_path / "r" / "tensorboard" / "validation"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("step/loss")] == [2, 4, 8, 10]
+    with pytest.raises(th.ConfigError, match="nothing to validate on"):
+        model().fit(x, y, validation_every_n_steps=2, progress="none")
+
+
+def test_validation_every_n_steps_keeps_a_fit_exact_and_resumable(tmp_path):
+    x, y = make_classification(n=96)
+    options = dict(validation_split=0.25, epochs=3, batch_size=8, seed=0, progress="none")
+    plain, checked = model(net=net(dropout=0.2)), model(net=net(dropout=0.2))
+    plain.fit(x, y, **options)
+    checked.fit(x, y, validation_every_n_steps=3, **options)
+    assert params_equal(plain.net, checked.net) and plain.history.history == checked.history.history
+    with pytest.raises(RuntimeError, match="killed"):
+        model(net=net(dropout=0.2)).fit(
+            x,
+            y,
+            run_dir=tmp_path / "r",
+            checkpoint_every=4,
+            validation_every_n_steps=3,
+            callbacks=[CrashAtStep(14)],
+            **options,
+        )
+    resumed = model(net=net(dropout=0.2))
+    resumed.fit(
+        x, y, run_dir=tmp_path / "r", resume=True, checkpoint_every=4, validation_every_n_steps=3, **options
+    )
+    assert params_equal(plain.net, resumed.net)
+
+
+def test_profiler_writes_a_trace_and_prints_the_top_operators(tmp_path, capsys):
+    x, y = make_classification(n=128)
+    profiler = th.callbacks.Profiler(wait=1, warmup=1, active=2)
+    model().fit(x, y, epochs=1, batch_size=16, run_dir=tmp_path / "r", callbacks=[profiler], progress="none")
+    traces = list((tmp_path / "r" / "profile").glob("*.pt.trace.json"))
+    assert len(traces) == 1 and json.loads(traces[0].read_text())["traceEvents"]
+    assert "aten::addmm" in profiler.table and "Profiler: 2 steps" in capsys.readouterr().out
+    short = th.callbacks.Profiler(wait=5, warmup=5, active=5)  # more steps than the fit has
+    model().fit(x[:32], y[:32], epochs=1, batch_size=16, callbacks=[short], progress="none")
+    assert short.trace_dir is None
+    with pytest.raises(th.ConfigError, match="active"):
+        th.callbacks.Profiler(active=0)
+
+
+def test_importing_torchhouse_loads_neither_the_flop_counter_nor_matplotlib():
+    import subprocess
+    import sys
+
+    # (torch itself imports torch.profiler; the profiler callback only starts it when used)
+    code = "import sys, torchhouse; print(sorted(m for m in ('torch.utils.flop_counter', 'matplotlib') if m in sys.modules))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == "[]", done.stderr
+
+
+# --------------------------------------------------------------------------- SWA
+
+
+class Normed(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(3)
+        self.body = nn.Sequential(nn.Linear(6, 16), nn.BatchNorm1d(16), nn.ReLU())
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, x):
+        return self.head(self.body(x))
+
+
+def test_swa_equals_pytorchs_swa_loop_bit_for_bit():
+    from torch.optim.swa_utils import SWALR, update_bn
+
+    x, y = make_classification(n=96)
+    swa = th.callbacks.StochasticWeightAveraging(swa_lr=0.05, start_epoch=2, anneal_epochs=2)
+    m = model(net=Normed())
+    m.fit(x, y, epochs=5, batch_size=16, shuffle=False, progress="none", callbacks=[swa])
+
+    hand = Normed()
+    opt = torch.optim.SGD(hand.parameters(), lr=0.1)
+    averaged = AveragedModel(hand)
+    scheduler = SWALR(opt, swa_lr=0.05, anneal_epochs=2, anneal_strategy="cos")
+    for epoch in range(5):
+        for i in range(0, 96, 16):
+            opt.zero_grad(set_to_none=True)
+            nn.functional.cross_entropy(hand(x[i : i + 16]), y[i : i + 16]).backward()
+            opt.step()
+        if epoch >= 2:
+            averaged.update_parameters(hand)
+            scheduler.step()
+    update_bn([x[i : i + 16] for i in range(0, 96, 16)], averaged)
+    assert swa.num_averaged == 3 == int(averaged.n_averaged)
+    assert params_equal(m.net, averaged.module)  # the averages, and BatchNorm statistics recomputed
+
+
+def test_swa_resumes_exactly_and_refuses_a_scheduler(tmp_path):
+    x, y = make_classification(n=96)
+    options = dict(epochs=5, batch_size=16, seed=0, progress="none", checkpoint_every=4)
+    make = lambda: th.callbacks.StochasticWeightAveraging(swa_lr=0.05, start_epoch=1, anneal_epochs=2)
+    whole = model(net=Normed())
+    whole.fit(x, y, callbacks=[make()], **options)
+    with pytest.raises(RuntimeError, match="killed"):
+        model(net=Normed()).fit(x, y, run_dir=tmp_path / "r", callbacks=[make(), CrashAtStep(20)], **options)
+    resumed = model(net=Normed())
+    resumed.fit(x, y, run_dir=tmp_path / "r", resume=True, callbacks=[make()], **options)
+    assert params_equal(whole.net, resumed.net) and whole.history.history == resumed.history.history
+    scheduled = model(lr_scheduler=lambda opt: torch.optim.lr_scheduler.StepLR(opt, 1))
+    with pytest.raises(th.ConfigError, match="lr_scheduler"):
+        scheduled.fit(x, y, callbacks=[make()], progress="none")

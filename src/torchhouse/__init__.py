@@ -49,6 +49,8 @@ __all__ = [
     "__version__",
     "callbacks",
     "config",
+    "cross_validate",
+    "CVResult",
     "datasets",
     "freeze",
     "launch",
@@ -70,6 +72,8 @@ _LAZY = {
     "config": ("torchhouse.config", None),
     "tuning": ("torchhouse.frontends.tuning", None),  # th.tuning.TuneResult, as before the folders
     "tune": ("torchhouse.frontends.tuning", "tune"),
+    "cross_validate": ("torchhouse.frontends.cross_validation", "cross_validate"),
+    "CVResult": ("torchhouse.frontends.cross_validation", "CVResult"),
     "TuneResult": ("torchhouse.frontends.tuning", "TuneResult"),
 }
 

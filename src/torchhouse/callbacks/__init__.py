@@ -11,6 +11,8 @@ from torchhouse.callbacks.learning_rate import LearningRateScheduler, ReduceLROn
 from torchhouse.callbacks.live_plot import LivePlot
 from torchhouse.callbacks.model_checkpoint import ModelCheckpoint
 from torchhouse.callbacks.optuna_pruning import OptunaPruning
+from torchhouse.callbacks.profiler import Profiler
+from torchhouse.callbacks.swa import StochasticWeightAveraging
 from torchhouse.callbacks.tensorboard import TensorBoard
 from torchhouse.callbacks.terminate_on_nan import TerminateOnNaN
 from torchhouse.callbacks.trackers import MLflowLogger, WandbLogger
@@ -28,7 +30,9 @@ __all__ = [
     "MLflowLogger",
     "ModelCheckpoint",
     "OptunaPruning",
+    "Profiler",
     "ReduceLROnPlateau",
+    "StochasticWeightAveraging",
     "TensorBoard",
     "TerminateOnNaN",
     "WandbLogger",

@@ -135,6 +135,15 @@ class TensorBoard(Callback):
 
             self._grad_hook = self.model.optimizer.register_step_pre_hook(snapshot)
 
+    def on_validation_end(self, logs: dict[str, Any]) -> None:
+        if "step" not in logs:
+            return  # the epoch's validation: written with the epoch's values
+        validation = self._writer("validation")
+        for name, value in logs.items():
+            if name.startswith("val_"):
+                validation.add_scalar(f"step/{name[4:]}", value, int(logs["step"]))
+        validation.flush()
+
     def on_epoch_end(self, epoch: int, logs: dict[str, Any]) -> None:
         model = self.model
         step = epoch + 1

@@ -112,6 +112,7 @@ class _Tracker(Callback):
     """Rank 0 only; the first failure of the tracker becomes a warning and ends the logging."""
 
     name = "tracker"
+    logs_steps = True  # values by global step (validation_every_n_steps) go to log() too
 
     def __init__(self, timeout: float = 30.0) -> None:
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
@@ -131,6 +132,11 @@ class _Tracker(Callback):
         if self.active:
             values = {k: float(v) for k, v in logs.items() if isinstance(v, (int, float))}
             self._guard(lambda: self.log(epoch, values))
+
+    def on_validation_end(self, logs: dict[str, Any]) -> None:
+        if self.active and "step" in logs and self.logs_steps:  # validation_every_n_steps
+            values = {f"step/{k}": float(v) for k, v in logs.items() if k.startswith("val_")}
+            self._guard(lambda: self.log(int(logs["step"]), values))
 
     def on_fit_exit(self, status: str, logs: dict[str, Any]) -> None:
         if self.active:
@@ -245,6 +251,10 @@ class WandbLogger(_Tracker):
     """
 
     name = "Weights & Biases"
+
+    # W&B's steps only go forward, and its epochs are its steps: values by global step
+    # (validation_every_n_steps) would be dropped, so they are not sent (TensorBoard has them)
+    logs_steps = False
 
     def __init__(
         self,

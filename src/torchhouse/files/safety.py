@@ -60,12 +60,14 @@ TRUSTED_CALLBACKS = frozenset(
         "EarlyStopping",
         "LivePlot",
         "ModelCheckpoint",
+        "Profiler",
         "ReduceLROnPlateau",
+        "StochasticWeightAveraging",
         "TensorBoard",
         "TerminateOnNaN",
     }
 )
-CALLBACK_PATH_ARGUMENTS = ("path", "filepath", "log_dir", "filename")
+CALLBACK_PATH_ARGUMENTS = ("path", "filepath", "log_dir", "filename", "dir")
 # Names that older run folders and configs hold for factories that have moved since.
 FACTORY_ALIASES = {"torchhouse.demo:digits_cnn": "torchhouse.models:digits_cnn"}
 

@@ -192,12 +192,73 @@ class _Prefixed:
         self.row += 1
 
 
-def _evaluate(args: argparse.Namespace) -> int:
+def _evaluation_data(
+    args: argparse.Namespace, config: dict[str, Any], command: str
+) -> tuple[Any, Any] | None:
+    """The rows ``torchhouse evaluate`` / ``report`` use: the CSV given, the held-out split the run
+    folder kept, or the config's data; None (with the reason printed) when there are none."""
     from torchhouse.frontends.config import load_data, read_test_split
+
+    info = config["data"]
+    if args.csv:
+        target = args.target or info.get("target") or "target"
+        x, y = _read_input_csv(args.csv, info, target, "--csv")
+        y = y.astype("int64") if info["task"] == "classification" else y.astype("float32").reshape(len(y), -1)
+    elif (kept := read_test_split(args.run)) is not None:
+        x, y = kept  # the held-out rows the run folder kept: no data path, no code
+    else:
+        if "served_from" in config and not any(k in info for k in ("dataset", "csv")):
+            print(
+                f"torchhouse {command}: error: {args.run} records no data to evaluate on; give --csv "
+                "(with --target when the target column is not named 'target')",
+                file=sys.stderr,
+            )
+            return None
+        data = load_data(config, trust_code=args.trust_code, base=args.run)
+        if data.x_test is None:
+            print(
+                f"torchhouse {command}: error: the run has no held-out split (test_fraction 0); give a CSV",
+                file=sys.stderr,
+            )
+            return None
+        x, y = data.x_test, data.y_test
+    return x, y
+
+
+def _report(args: argparse.Namespace) -> int:
     from torchhouse.frontends.serving import load_run
 
     config, model = load_run(args.run, trust_code=args.trust_code)
-    info = config["data"]
+    found = _evaluation_data(args, config, "report")
+    if found is None:
+        return 2
+    report = model.report(*found, batch_size=256)
+    text = report.to_markdown()
+    if args.worst != 5 and report.losses is not None:
+        cases = report.worst(max(1, args.worst))
+        text += "\n" + "\n".join(str(case) for case in cases) + "\n"
+    print(text, end="")
+    if args.plot:
+        figure = report.plot()
+        figure.savefig(args.plot, dpi=110)
+        print(f"wrote {args.plot}")
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from torchhouse.frontends.server import serve
+
+    print(f"serving {args.run} on http://{args.host}:{args.port} (docs at /docs; Ctrl-C stops)")
+    serve(
+        args.run, args.host, args.port, args.max_batch_size, args.max_wait_ms, int(args.max_body_mb * 2**20)
+    )
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from torchhouse.frontends.serving import load_run
+
+    config, model = load_run(args.run, trust_code=args.trust_code)
     if args.best:
         if "served_from" in config:
             print(
@@ -208,28 +269,10 @@ def _evaluate(args: argparse.Namespace) -> int:
             return 2
         best = model.load_best(args.run)
         print(f"the best state: epoch {best['epoch']} ({best['monitor']} {best['value']:.4f})")
-    if args.csv:
-        target = args.target or info.get("target") or "target"
-        x, y = _read_input_csv(args.csv, info, target, "--csv")
-        y = y.astype("int64") if info["task"] == "classification" else y.astype("float32").reshape(len(y), -1)
-    elif (kept := read_test_split(args.run)) is not None:
-        x, y = kept  # the held-out rows the run folder kept: no data path, no code
-    else:
-        if "served_from" in config and not any(k in info for k in ("dataset", "csv")):
-            print(
-                f"torchhouse evaluate: error: {args.run} records no data to evaluate on; give --csv "
-                "(with --target when the target column is not named 'target')",
-                file=sys.stderr,
-            )
-            return 2
-        data = load_data(config, trust_code=args.trust_code, base=args.run)
-        if data.x_test is None:
-            print(
-                "torchhouse evaluate: error: the run has no held-out split (test_fraction 0); give --csv",
-                file=sys.stderr,
-            )
-            return 2
-        x, y = data.x_test, data.y_test
+    found = _evaluation_data(args, config, "evaluate")
+    if found is None:
+        return 2
+    x, y = found
     result = model.evaluate(x, y, batch_size=256)
     print(", ".join(f"{k} {v:.4f}" for k, v in result.items()))
     return 0
@@ -392,6 +435,8 @@ COMMANDS = {
     "demo": _demo,
     "fit": _fit,
     "evaluate": _evaluate,
+    "report": _report,
+    "serve": _serve,
     "predict": _predict,
     "tune": _tune,
     "app": _app,

@@ -28,6 +28,49 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _report_arguments(commands: Any) -> None:
+    report = commands.add_parser(
+        "report",
+        help="a trained run's report: per-class results, confusion matrix, worst cases",
+        description="Rebuild a run's model from its folder and print its report (Markdown) on the "
+        "run's held-out test split, or on a CSV with the same columns: precision, recall, F1 and "
+        "support per class and the confusion matrix (classification) or MAE, RMSE and R2 "
+        "(regression), and the samples with the highest loss.",
+    )
+    report.add_argument("run", help="a run folder written by `torchhouse fit`")
+    report.add_argument("csv", nargs="?", default=None, help="a CSV with the feature and target columns")
+    report.add_argument("--target", default=None, help="the target column of the CSV (default: the run's)")
+    report.add_argument("--worst", type=int, default=5, help="how many of the highest-loss samples to list")
+    report.add_argument(
+        "--plot", default=None, help="also draw the confusion matrix (or predicted vs true) here"
+    )
+    report.add_argument("--trust-code", action="store_true", help=TRUST_HELP)
+
+
+def _serve_arguments(commands: Any) -> None:
+    serve = commands.add_parser(
+        "serve",
+        help="an HTTP server for a run folder (its exported program; FastAPI on uvicorn)",
+        description="Serve a run folder's exported program (model.pt2, never its code) over HTTP: "
+        'GET /health, GET /info, POST /predict {"inputs": [...]}, OpenAPI docs at /docs. Requests '
+        "that arrive together are batched. Needs pip install 'torchhouse[serve]'.",
+    )
+    serve.add_argument("run", help="a run folder written by a fit with run_dir")
+    serve.add_argument(
+        "--host", default="127.0.0.1", help="the address to bind (default 127.0.0.1: this machine only)"
+    )
+    serve.add_argument("--port", type=int, default=8000, help="the port (default 8000)")
+    serve.add_argument(
+        "--max-batch-size", type=int, default=64, help="rows per batch of gathered requests (default 64)"
+    )
+    serve.add_argument(
+        "--max-wait-ms", type=float, default=5.0, help="how long a batch waits for more requests (5)"
+    )
+    serve.add_argument(
+        "--max-body-mb", type=float, default=8.0, help="the largest request body accepted (8 MB)"
+    )
+
+
 def _demo_arguments(commands: Any) -> None:
     demo = commands.add_parser(
         "demo",
@@ -196,6 +239,8 @@ COMMAND_ARGUMENTS = [
     _demo_arguments,
     _fit_arguments,
     _evaluate_arguments,
+    _report_arguments,
+    _serve_arguments,
     _predict_arguments,
     _tune_arguments,
     _app_arguments,

@@ -19,10 +19,11 @@ __all__ = ["RunExtras"]
 class RunExtras(Callback):
     """Writes a front end's extras into the fit's run folder (see the module docstring).
 
-    At the start: ``run_config``, ``serving_data`` (kept for ``serve.json``) and the
-    held-out rows ``x_test`` / ``y_test``. At a finished end: their results, as ``test`` in
-    ``run.json`` (and in `test`). Every process evaluates (it is one collective under
-    several processes); the main one writes. ``plot`` draws ``history.png`` at any end.
+        At the start: ``run_config``, ``serving_data`` (kept for ``serve.json``) and the
+        held-out rows ``x_test`` / ``y_test``. At a finished end: their results, as ``test`` in
+        ``run.json`` (and in `test`). Every process evaluates (it is one collective under
+        several processes); the main one writes. ``plot`` draws ``history.png`` at any end, and
+    ``confusion_matrix.png`` from the validation report (``report.md``) of a finished fit.
     """
 
     def __init__(
@@ -59,3 +60,5 @@ class RunExtras(Callback):
                 folder.update(test=self.test)
         if self.plot and folder is not None:
             folder.write_plot(self.model.history, state.monitor, state.monitor_mode)
+            if state.report is not None and state.report.confusion_matrix is not None:
+                folder.write_figure("confusion_matrix.png", state.report.plot())

@@ -28,7 +28,7 @@ from torchhouse.files.safety import allowed_name
 from torchhouse.runs.serve_files import PROGRAM_FILE, SERVE_FILE, read_serve_file
 from torchhouse.train.model import Model
 
-__all__ = ["load_run"]
+__all__ = ["load_program", "load_run"]
 
 
 def load_run(run_dir: str | os.PathLike[str], trust_code: bool = False) -> tuple[dict[str, Any], Model]:
@@ -64,6 +64,20 @@ def load_run(run_dir: str | os.PathLike[str], trust_code: bool = False) -> tuple
         f"{folder}: cannot be served: it has neither {RUN_CONFIG} nor {SERVE_FILE} + {PROGRAM_FILE} "
         "(these are written when a fit with run_dir finishes)"
     )
+
+
+def load_program(run_dir: str | os.PathLike[str]) -> tuple[dict[str, Any], Model]:
+    """A run folder's exported program as a `Model`, and what ``serve.json`` says of its inputs:
+    never the run's code (`torchhouse serve`). A `ConfigError` when the folder has no program."""
+    folder = Path(run_dir)
+    if not folder.is_dir():
+        raise ConfigError(f"{folder}: no such run folder")
+    if not (folder / SERVE_FILE).is_file() or not (folder / PROGRAM_FILE).is_file():
+        raise ConfigError(
+            f"{folder}: has no {PROGRAM_FILE} + {SERVE_FILE} to serve (they are written when a fit with "
+            "run_dir finishes and its net can be exported)"
+        )
+    return _from_program(folder, None)
 
 
 def _from_program(folder: Path, run_config: dict[str, Any] | None) -> tuple[dict[str, Any], Model]:

@@ -19,6 +19,7 @@ through this object while it does, the front ends' extras included.
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import socket
@@ -83,6 +84,8 @@ RUN_FILES = frozenset(
         "run_config.json",
         "history.csv",
         "history.png",
+        "report.md",
+        "confusion_matrix.png",
         "model.safetensors",
         "model.json",
         "model.pt2",
@@ -91,6 +94,7 @@ RUN_FILES = frozenset(
         "test_split.safetensors",
         "checkpoints",
         "tensorboard",
+        "profile",
         LOCK_FILE,
     }
 )
@@ -171,7 +175,7 @@ class RunFolder:
         """Refuse a run folder whose subfolders, or whose entries in ``checkpoints/``, are links:
         a link planted for a state that is yet to be written would take that write out of the folder."""
         root = self.path.resolve()
-        for name in ("checkpoints", "tensorboard"):
+        for name in ("checkpoints", "tensorboard", "profile"):
             sub = self.path / name
             if sub.is_symlink() or (sub.exists() and root not in sub.resolve().parents):
                 raise CheckpointError(
@@ -287,6 +291,20 @@ class RunFolder:
         tensors = {"x": torch.as_tensor(np.asarray(x)), "y": torch.as_tensor(np.asarray(y))}
         meta = {"format": "torchhouse-test-split"}
         atomic_save_tensors(self.path / TEST_SPLIT, tensors, meta, content_digest=True)
+
+    def write_text(self, name: str, text: str) -> None:
+        """A front end's or the fit's own text file in the folder (``report.md``)."""
+        if name not in RUN_FILES or Path(name).name != name:
+            raise ConfigError(f"{name!r} is not a run folder's file; expected one of {sorted(RUN_FILES)}")
+        atomic_write_bytes(self.path / name, text.encode())
+
+    def write_figure(self, name: str, figure: Any) -> None:
+        """A matplotlib figure as a PNG in the folder (``confusion_matrix.png``)."""
+        if name not in RUN_FILES or not name.endswith(".png"):
+            raise ConfigError(f"{name!r} is not a run folder's figure; expected one of {sorted(RUN_FILES)}")
+        buffer = io.BytesIO()
+        figure.savefig(buffer, format="png", dpi=110)
+        atomic_write_bytes(self.path / name, buffer.getvalue())
 
     def write_plot(self, history: History, monitor: str, mode: str = "auto") -> bool:
         """``history.png`` (see `plots.plot_history`); False, writing nothing, without matplotlib."""

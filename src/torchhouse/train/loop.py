@@ -34,7 +34,14 @@ import torch
 from torchhouse.callbacks.dispatch import CallbackList
 from torchhouse.data import rng
 from torchhouse.data.batches import nonfinite_data
-from torchhouse.errors import CheckpointError, DataError, NonFiniteLossError, TorchhouseError, warn_user
+from torchhouse.errors import (
+    CheckpointError,
+    ConfigError,
+    DataError,
+    NonFiniteLossError,
+    TorchhouseError,
+    warn_user,
+)
 from torchhouse.metrics.monitor import resolve_mode
 from torchhouse.parallel.strategies import Strategy
 from torchhouse.progress import resolve_mode as resolve_progress
@@ -72,6 +79,11 @@ class FitLoop:
     def __init__(self, model: Model, spec: FitSpec, data: FitData, strategy: Strategy) -> None:
         self.model, self.spec, self.train, self.val = model, spec, data.train, data.val
         self.generator = data.generator
+        if spec.validation_every_n_steps and self.val is None:
+            raise ConfigError(
+                "validation_every_n_steps: there is nothing to validate on; "
+                "give validation_data or validation_split"
+            )
         self.began = False  # whether the first epoch began (before it, a refused fit changes nothing)
         steps = len(self.train) if self.train.has_len() else None
         logs_lr = model.lr_scheduler is not None or any(getattr(c, "logs_lr", False) for c in spec.callbacks)
@@ -91,6 +103,7 @@ class FitLoop:
             monitor=spec.monitor or ("val_loss" if self.val is not None else "loss"),
             steps=steps,
             generators=[data.generator, *(g for g in self.train.generators() if g is not data.generator)],
+            train_batches=self.train,
         )
         state.fingerprint = fit_fingerprint(model, spec, self.train, strategy.world_size)  # before a resume
         progress_mode = resolve_progress(spec.progress) if strategy.is_main else "none"
@@ -221,8 +234,11 @@ class FitLoop:
             if state.deadline is not None and self._past_deadline():
                 state.time_limited = True
                 return True
+            if every and state.global_step % every == 0 and done != state.steps:
+                self._validate_inside_epoch()
             return state.global_step % NONFINITE_CHECK_EVERY == 0 and self.check_nonfinite(wait=False)
 
+        every = self.spec.validation_every_n_steps if self.val is not None else None
         state.is_last_batch = start == last
         done = run_batches(
             model,
@@ -265,6 +281,18 @@ class FitLoop:
         state.improved = schedules.track_best(state, logs)
         callbacks.call("on_epoch_end", epoch, logs)
         return logs
+
+    def _validate_inside_epoch(self) -> None:
+        """``validation_every_n_steps``: a validation pass between two training steps; its values
+        reach ``on_validation_end`` with the global step, not the history."""
+        state, val = self.state, self.val
+        assert val is not None  # checked when the loop was made
+        results = evaluate(
+            self.model, val, state.eval_metrics, self.callbacks, check_first=not state.validated
+        )
+        state.validated = True
+        logs: dict[str, Any] = {f"val_{k}": v for k, v in results.items()}
+        self.callbacks.call("on_validation_end", {**logs, "step": state.global_step})
 
     # ----------------------------------------------------------------------- the time limit
 

@@ -60,6 +60,7 @@ __all__ = ["PRECISIONS", "Model"]
 
 if TYPE_CHECKING:
     from torchhouse.train.lr_finder import LRFinder
+    from torchhouse.train.report import Report
 
 PRECISIONS = ("32", "bf16-mixed", "16-mixed")
 
@@ -492,6 +493,7 @@ class Model:
         collate_fn: Callable[[list[Any]], Any] | None = None,
         max_time: float | str | None = None,
         deterministic: bool = False,
+        validation_every_n_steps: int | None = None,
         **unexpected: Any,
     ) -> History:
         """Train the net and return its `History`.
@@ -551,6 +553,13 @@ class Model:
             deterministic: run the fit with ``torch.use_deterministic_algorithms(True)`` (and
                 ``CUBLAS_WORKSPACE_CONFIG`` on CUDA, cuDNN's deterministic mode), as it was
                 before the fit afterwards; an operation without a deterministic version raises.
+            validation_every_n_steps: also validate every N training steps inside an epoch
+                (Lightning's ``val_check_interval``, Hugging Face's ``eval_steps``): the callbacks
+                get ``on_validation_end`` with the values and ``"step"`` (the global step),
+                TensorBoard and MLflow record them under the step (``step/val_loss``...). The
+                history keeps one row per epoch, from the epoch-end validation, and what
+                watches the history (EarlyStopping, ModelCheckpoint, the best state) watches
+                those epoch values.
 
         Example:
             >>> net = nn.Linear(3, 1)
@@ -682,6 +691,27 @@ class Model:
         batches = limit_steps(batches, steps, "x", "steps")
         with self._stepping(FitState.idle(self)):
             return batch_loop.predict(self, batches, self._callback_list(callbacks))
+
+    def report(
+        self, x: Any, y: Any = None, *, batch_size: int = 32, labels: Sequence[Any] | None = None
+    ) -> Report:
+        """What the model gets right and wrong on ``x`` (and ``y``): a `Report` with the
+        confusion matrix, per-class precision / recall / F1 / support and their means
+        (classification, as scikit-learn computes them), or MAE / RMSE / R² (regression),
+        ``worst(k)`` (the samples with the highest loss), ``to_markdown()`` and ``plot()``.
+        ``labels`` names the classes.
+
+        Example::
+
+            report = model.report(x_test, y_test, labels=["malignant", "benign"])
+            print(report.summary["macro_f1"]); report.worst(5)
+        """
+        from torchhouse.train.reporting import collect_report
+
+        batch_size = check_positive_int("batch_size", batch_size)
+        batches = model_batches(self, loader_of(x, "test"), y, batch_size, False, None)
+        with self._stepping(FitState.idle(self)):
+            return collect_report(self, batches, labels)
 
     def use_fit_state(self, state: FitState) -> FitState:
         """Make ``state`` the current `FitState` (the one the step methods and the properties

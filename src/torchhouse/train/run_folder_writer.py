@@ -71,6 +71,7 @@ class RunFolderWriter(Callback):
             weights = state.strategy.full_weights(model.net)  # every rank: a collective under FSDP
             if self.is_main:
                 write_final_files(model, state, self.folder, weights)
+                self._write_report()
         if self.is_main:
             self.folder.update(
                 status=status,
@@ -81,6 +82,21 @@ class RunFolderWriter(Callback):
                 weights=self._weights_origin(),
                 ended=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             )
+
+    def _write_report(self) -> None:
+        """``report.md``: the final weights' `Report` on the validation split (one more pass over
+        it; one process only, since under several each holds a share of the split)."""
+        state = self.fit.state
+        if self.fit.val is None or state.strategy.world_size > 1:
+            return
+        from torchhouse.train.reporting import collect_report
+
+        try:
+            state.report = collect_report(self.model, self.fit.val, None)
+        except TorchhouseError as exc:  # a net whose outputs a report cannot read: the run is still fine
+            self.folder.write_text("report.md", f"# Report\n\nno report: {exc}\n")
+            return
+        self.folder.write_text("report.md", state.report.to_markdown())
 
     def _weights_origin(self) -> dict[str, Any]:
         """Which epoch ``model.safetensors`` holds: the last, or one a callback restored (a

@@ -79,6 +79,7 @@ class FitSpec:
     collate_fn: Any = field(default=None, repr=False)  # makes a Dataset's batches from its rows
     max_time: float | None = None  # seconds: stop at the first step boundary after it
     deterministic: bool = False  # torch.use_deterministic_algorithms for the fit
+    validation_every_n_steps: int | None = None  # also validate inside epochs, every N steps
 
     @classmethod
     def from_fit(cls, arguments: Mapping[str, Any]) -> FitSpec:
@@ -114,6 +115,9 @@ class FitSpec:
             collate_fn=given.get("collate_fn"),
             max_time=checked_max_time(given.get("max_time")),
             deterministic=_checked_bool("deterministic", given.get("deterministic", False)),
+            validation_every_n_steps=_optional_int(
+                "validation_every_n_steps", given.get("validation_every_n_steps")
+            ),
         )
 
     def with_changes(self, **changes: Any) -> FitSpec:
@@ -147,6 +151,7 @@ class FitSpec:
             "collate_fn": _callable_name(self.collate_fn),
             "max_time": self.max_time,
             "deterministic": self.deterministic,
+            "validation_every_n_steps": self.validation_every_n_steps,
         }
 
     def fingerprint(self) -> dict[str, Any]:

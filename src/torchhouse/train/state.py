@@ -59,6 +59,8 @@ class FitState:
     steps: int | None = None  # batches per epoch, None when unknown
     generators: list[torch.Generator] = field(default_factory=list)
     fingerprint: dict[str, Any] = field(default_factory=dict)
+    report: Any = None  # the validation split's Report, written as report.md when a run folder's fit ends
+    train_batches: Any = None  # the fit's training Batches (SWA recomputes BatchNorm statistics on them)
     # counters, and what the step contract shares
     epoch: int = 0
     global_step: int = 0
