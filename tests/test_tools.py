@@ -464,3 +464,17 @@ def test_swa_resumes_exactly_and_refuses_a_scheduler(tmp_path):
     scheduled = model(lr_scheduler=lambda opt: torch.optim.lr_scheduler.StepLR(opt, 1))
     with pytest.raises(th.ConfigError, match="lr_scheduler"):
         scheduled.fit(x, y, callbacks=[make()], progress="none")
+
+
+def test_a_config_profiler_dir_must_stay_inside_the_run_folder_and_the_trainer_takes_checkpointing():
+    from torchhouse.frontends.config import build_model, validate
+
+    base = {
+        "model": {"factory": "torchhouse.models:mlp", "kwargs": {"in_features": 30, "out_features": 2}},
+        "data": {"dataset": "breast_cancer"},
+        "loss": "CrossEntropyLoss",
+    }
+    with pytest.raises(th.UntrustedCodeError, match=r"callbacks\[0\].dir"):
+        validate({**base, "callbacks": [{"name": "Profiler", "dir": "/tmp/elsewhere"}]})
+    checked = validate({**base, "trainer": {"activation_checkpointing": True}})
+    assert build_model(checked).activation_checkpointing == ["0", "1", "2", "3", "4"]

@@ -28,7 +28,7 @@ def _keep_eval(module: nn.Module, args: Any) -> None:
 
 def freeze(module: nn.Module) -> nn.Module:
     """Stop training ``module``: its parameters get ``requires_grad=False``, and its BatchNorm
-    layers stay in eval mode (running statistics kept, as fastai does) even when the net is
+    layers stay in eval mode (their running statistics kept) even when the net is
     put in training mode. Returns ``module``.
 
     >>> net = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))

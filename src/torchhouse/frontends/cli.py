@@ -246,8 +246,11 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from torchhouse.frontends.server import serve
+    from torchhouse.errors import import_optional
+    from torchhouse.frontends.server import INSTALL_HINT, serve
 
+    for package in ("fastapi", "uvicorn"):
+        import_optional(package, INSTALL_HINT)  # the install hint before anything is printed
     print(f"serving {args.run} on http://{args.host}:{args.port} (docs at /docs; Ctrl-C stops)")
     serve(
         args.run, args.host, args.port, args.max_batch_size, args.max_wait_ms, int(args.max_body_mb * 2**20)

@@ -59,6 +59,8 @@ class RunExtras(Callback):
             if folder is not None:
                 folder.update(test=self.test)
         if self.plot and folder is not None:
-            folder.write_plot(self.model.history, state.monitor, state.monitor_mode)
-            if state.report is not None and state.report.confusion_matrix is not None:
+            drawn = folder.write_plot(
+                self.model.history, state.monitor, state.monitor_mode
+            )  # False: no matplotlib
+            if drawn and state.report is not None and state.report.confusion_matrix is not None:
                 folder.write_figure("confusion_matrix.png", state.report.plot())
