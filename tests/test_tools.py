@@ -478,3 +478,15 @@ def test_a_config_profiler_dir_must_stay_inside_the_run_folder_and_the_trainer_t
         validate({**base, "callbacks": [{"name": "Profiler", "dir": "/tmp/elsewhere"}]})
     checked = validate({**base, "trainer": {"activation_checkpointing": True}})
     assert build_model(checked).activation_checkpointing == ["0", "1", "2", "3", "4"]
+
+
+def test_averaging_and_early_stopping_that_restores_weights_are_refused_together():
+    x, y = make_classification(n=64)
+    restore = th.callbacks.EarlyStopping(monitor="val_loss", patience=1, restore_best_weights=True)
+    for averaging in (th.callbacks.EMA(), th.callbacks.StochasticWeightAveraging(swa_lr=0.01, start_epoch=1)):
+        with pytest.raises(th.ConfigError, match="would both choose the weights"):
+            model().fit(
+                x, y, validation_split=0.25, epochs=2, callbacks=[averaging, restore], progress="none"
+            )
+    keep = th.callbacks.EarlyStopping(monitor="val_loss", patience=1, restore_best_weights=False)
+    model().fit(x, y, validation_split=0.25, epochs=2, callbacks=[th.callbacks.EMA(), keep], progress="none")

@@ -68,6 +68,7 @@ class EMA(Callback):
                 "EMA: not supported with strategy='fsdp' (each process holds only shards of the "
                 "weights); use strategy='ddp', or average after the fit"
             )
+        refuse_two_final_weights("EMA", self.model)
         self.averages, self.num_updates, self.steps, self._held = None, 0, 0, None
         self._remove_hooks()
         for optimizer in self.model.optimizers():
@@ -154,3 +155,18 @@ class EMA(Callback):
         if len(saved) != len(params):
             raise CheckpointError(f"EMA: the saved averages hold {len(saved)} tensors, the net {len(params)}")
         self.averages = [saved[str(i)].to(p.device, p.dtype).clone() for i, p in enumerate(params)]
+
+
+def refuse_two_final_weights(owner: str, model: Any) -> None:
+    """EMA / SWA put their averages in the net at the end of fit, and EarlyStopping with
+    ``restore_best_weights`` its best epoch's weights: with both, the order of the callbacks
+    would decide silently which the fit ends with. Refused, with the two ways out."""
+    from torchhouse.callbacks.early_stopping import EarlyStopping
+
+    for callback in model.fit_state.spec.callbacks:
+        if isinstance(callback, EarlyStopping) and callback.restore_best_weights:
+            raise ConfigError(
+                f"{owner} and EarlyStopping(restore_best_weights=True) would both choose the weights the fit "
+                f"ends with; pass EarlyStopping(restore_best_weights=False) to end with {owner}'s averages, "
+                f"or leave {owner} out"
+            )

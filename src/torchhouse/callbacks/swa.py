@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from torchhouse.callbacks.base import Callback
+from torchhouse.callbacks.ema import refuse_two_final_weights
 from torchhouse.data.transfer import device_batches
 from torchhouse.data.trees import call_net
 from torchhouse.errors import CheckpointError, ConfigError
@@ -64,6 +65,7 @@ class StochasticWeightAveraging(Callback):
             )
         if model.fit_state.strategy.writes_own_shards:
             raise ConfigError("StochasticWeightAveraging: not supported with strategy='fsdp'; use 'ddp'")
+        refuse_two_final_weights("StochasticWeightAveraging", model)
         self.average = None
         self.scheduler = SWALR(
             model.optimizer,
