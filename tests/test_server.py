@@ -127,3 +127,50 @@ def test_a_folder_without_a_program_is_refused_and_import_torchhouse_loads_no_se
     code = "import sys, torchhouse; print(sorted(m for m in ('fastapi', 'uvicorn', 'sklearn', 'gradio') if m in sys.modules))"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.stdout.strip() == "[]", done.stderr
+
+
+def test_a_config_trained_text_run_is_served_from_texts_and_a_scaled_tabular_run_from_raw_rows(tmp_path):
+    from pathlib import Path
+
+    import numpy as np
+
+    from torchhouse.frontends.cli import main
+    from torchhouse.frontends.config import prepare_inputs
+    from torchhouse.runs.serve_files import read_serve_file
+
+    configs = Path(__file__).resolve().parent.parent / "examples" / "configs"
+    text = tmp_path / "text"
+    assert (
+        main(
+            [
+                "fit",
+                str(configs / "sentiment_words.yaml"),
+                "--run-dir",
+                str(text),
+                "--set",
+                "fit.epochs=6",
+                "--progress",
+                "none",
+            ]
+        )
+        == 0
+    )
+    with Server(build_app(text)) as server:
+        status, out = server.call("/predict", {"inputs": ["marvelous", "horrible"]})
+        assert status == 200 and out["predictions"] == [1, 0]  # as `torchhouse predict` answers
+        assert server.call("/info")[1]["inputs"] == "texts"
+        assert server.call("/predict", {"inputs": [[1.0, 2.0]]})[0] == 422
+    x, _, _ = th.datasets.load_breast_cancer()
+    tabular = tmp_path / "bc"
+    config = {
+        "model": {"factory": "torchhouse.models:mlp", "kwargs": {"in_features": 30, "hidden": [8], "out_features": 2}},
+        "data": {"dataset": "breast_cancer", "standardize": True}, "loss": "CrossEntropyLoss",
+        "fit": {"epochs": 2, "progress": "none"},
+    }  # fmt: skip
+    (tmp_path / "bc.json").write_text(json.dumps(config))
+    assert main(["fit", str(tmp_path / "bc.json"), "--run-dir", str(tabular)]) == 0
+    info = read_serve_file(tabular)["data"]
+    program = th.load_exported(tabular / "model.pt2")
+    expected = program.predict(torch.as_tensor(prepare_inputs(np.asarray(x[:4]), info))).argmax(1).tolist()
+    with Server(build_app(tabular)) as server:  # raw feature values in, scaled as training scaled them
+        assert server.call("/predict", {"inputs": x[:4].tolist()})[1]["predictions"] == expected
