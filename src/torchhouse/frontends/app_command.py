@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["APP_SCRIPT", "streamlit_command"]
+__all__ = ["APP_SCRIPT", "gradio_command", "streamlit_command"]
 
 APP_SCRIPT = Path(__file__).resolve().parent.parent / "app" / "streamlit_app.py"
 
@@ -38,3 +38,13 @@ def streamlit_command(run_dir: str, port: int, max_upload_mb: float) -> list[str
         "--",
         run_dir,
     ]
+
+
+def gradio_command(run_dir: str, port: int, max_upload_mb: float) -> list[str]:
+    """The command that serves the Gradio page for ``run_dir`` on 127.0.0.1:``port``."""
+    import sys
+
+    return [
+        sys.executable, "-m", "torchhouse.app.gradio_app", run_dir,
+        "--port", str(port), "--max-upload-mb", str(max_upload_mb),
+    ]  # fmt: skip

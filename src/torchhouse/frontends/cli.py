@@ -360,15 +360,19 @@ def _app(args: argparse.Namespace) -> int:
     import os
     from importlib.util import find_spec
 
-    from torchhouse.frontends.app_command import streamlit_command
+    from torchhouse.frontends.app_command import gradio_command, streamlit_command
     from torchhouse.frontends.serving import load_run
 
-    if find_spec("streamlit") is None:
+    toolkit, extra = ("gradio", "gradio") if args.ui == "gradio" else ("streamlit", "app")
+    if find_spec(toolkit) is None:
         print(
-            "torchhouse app: error: Streamlit is not installed: pip install 'torchhouse[app]'",
+            f"torchhouse app: error: {toolkit.capitalize()} is not installed: "
+            f"pip install 'torchhouse[{extra}]'",
             file=sys.stderr,
         )
         return 2
+    if args.port is None:
+        args.port = 7860 if args.ui == "gradio" else 8501
     load_run(args.run, trust_code=args.trust_code)  # a run that cannot be served fails here, clearly
     if not (math.isfinite(args.max_upload_mb) and args.max_upload_mb > 0):
         print(
@@ -382,7 +386,8 @@ def _app(args: argparse.Namespace) -> int:
     os.environ["TORCHHOUSE_APP_MAX_UPLOAD_MB"] = str(args.max_upload_mb)
     os.environ["TORCHHOUSE_RUN_DIR"] = os.path.abspath(args.run)
     os.environ["TORCHHOUSE_TRUST_CODE"] = "1" if args.trust_code else "0"
-    command = streamlit_command(os.path.abspath(args.run), args.port, args.max_upload_mb)
+    make = gradio_command if args.ui == "gradio" else streamlit_command
+    command = make(os.path.abspath(args.run), args.port, args.max_upload_mb)
     print(f"torchhouse app for {args.run} on http://127.0.0.1:{args.port}/ (Ctrl-C to stop)", flush=True)
     os.execv(sys.executable, command)
 

@@ -190,10 +190,14 @@ def _app_arguments(commands: Any) -> None:
         "models). Needs the app extra: pip install 'torchhouse[app]'.",
     )
     app.add_argument("run", help="a run folder written by `torchhouse fit` or `torchhouse demo`")
-    app.add_argument("--port", type=int, default=8501, help="port (default 8501)")
+    app.add_argument("--port", type=int, default=None, help="port (default 8501; Gradio's 7860)")
     app.add_argument(
         "--max-upload-mb", type=float, default=5.0, help="largest upload accepted (default 5 MB)"
     )
+    app.add_argument(
+        "--ui", choices=["streamlit", "gradio"], default="streamlit",
+        help="the page's toolkit: streamlit (the app extra) or gradio (the gradio extra)",
+    )  # fmt: skip
     app.add_argument("--trust-code", action="store_true", help=TRUST_HELP)
 
 
