@@ -156,6 +156,66 @@ def hand_loop(workload: Workload, epochs: int) -> tuple[list[float], float]:
     return times, last
 
 
+def _hand_loop_compiled(workload: Workload, epochs: int, cuda_graphs: bool) -> tuple[list[float], float]:
+    """The hand loop with PyTorch's recipes: ``torch.compile`` over the net and loss (its
+    backward compiled with it) and over ``opt.step()`` with the lr in a tensor; with
+    ``cuda_graphs``, inductor's CUDA graphs as well (what ``mode="reduce-overhead"`` turns on)."""
+    x, y, net, _ = _setup(workload)
+    opt = torch.optim.Adam(
+        net.parameters(), lr=torch.tensor(1e-3, dtype=torch.float64), capturable=cuda_graphs
+    )
+    x, y = x.to(DEVICE), y.to(DEVICE)
+    loss_fn = workload.loss()
+    options = {"triton.cudagraphs": True} if cuda_graphs else None
+
+    def forward_and_loss(xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        preds = net(xb)
+        return preds, loss_fn(preds, yb)
+
+    def step() -> None:
+        opt.step()
+
+    compiled = torch.compile(forward_and_loss, fullgraph=True, dynamic=False, options=options)
+    compiled_step = torch.compile(step, dynamic=False, options=options)
+    gen = torch.Generator().manual_seed(SEED)
+    n, b = len(x), workload.batch_size
+    times, last = [], 0.0
+    torch.manual_seed(SEED)
+    for _ in range(epochs):
+        start = time.perf_counter()
+        net.train()
+        order = torch.randperm(n, generator=gen).to(DEVICE)
+        loss_sum = torch.zeros((), device=DEVICE)
+        correct = torch.zeros((), dtype=torch.long, device=DEVICE)
+        for lo in range(0, n, b):
+            rows = order[lo : lo + b]
+            xb, yb = x.index_select(0, rows), y.index_select(0, rows)
+            if cuda_graphs:
+                torch.compiler.cudagraph_mark_step_begin()
+            preds, loss = compiled(xb, yb)
+            loss.backward()
+            compiled_step()
+            opt.zero_grad(set_to_none=True)
+            loss_sum += loss.detach() * len(rows)
+            if workload.classification:
+                correct += (preds.detach().argmax(1) == yb).sum()
+        last = loss_sum.item() / n
+        if workload.classification:
+            _ = correct.item() / n
+        times.append(time.perf_counter() - start)
+    return times, last
+
+
+def hand_loop_compiled(workload: Workload, epochs: int) -> tuple[list[float], float]:
+    """The hand loop, torch.compile'd as PyTorch's recipes show (net + loss, and the optimizer)."""
+    return _hand_loop_compiled(workload, epochs, cuda_graphs=False)
+
+
+def hand_loop_cuda_graphs(workload: Workload, epochs: int) -> tuple[list[float], float]:
+    """The compiled hand loop with inductor's CUDA graphs (CUDA only)."""
+    return _hand_loop_compiled(workload, epochs, cuda_graphs=True)
+
+
 def textbook_loader(workload: Workload, epochs: int) -> tuple[list[float], float]:
     """The textbook loop: TensorDataset + DataLoader(shuffle=True) and loss.item() per step."""
     x, y, net, opt = _setup(workload)
@@ -260,6 +320,16 @@ def torchhouse_metric_object(workload: Workload, epochs: int) -> tuple[list[floa
 def torchhouse_default_optimizer(workload: Workload, epochs: int) -> tuple[list[float], float]:
     """torchhouse with optimizer=None: AdamW(lr=1e-3), fused where the device has the kernel."""
     return _torchhouse(workload, epochs, loader=False, default_optimizer=True)
+
+
+def torchhouse_compile_step(workload: Workload, epochs: int) -> tuple[list[float], float]:
+    """torchhouse arrays with Model(compile="step"): forward, loss, backward and the optimizer compiled."""
+    return _torchhouse(workload, epochs, loader=False, compile="step")
+
+
+def torchhouse_cuda_graph(workload: Workload, epochs: int) -> tuple[list[float], float]:
+    """torchhouse arrays with Model(cuda_graph=True): the compiled step replayed as CUDA graphs."""
+    return _torchhouse(workload, epochs, loader=False, cuda_graph=True)
 
 
 def torchhouse_fused(workload: Workload, epochs: int) -> tuple[list[float], float]:
@@ -420,6 +490,10 @@ RUNNERS = {
     "textbook DataLoader": textbook_loader,
     "torchhouse (arrays)": torchhouse_arrays,
     "torchhouse (DataLoader)": torchhouse_loader,
+    "hand loop + torch.compile": hand_loop_compiled,
+    "torchhouse compile=step": torchhouse_compile_step,
+    "hand loop + CUDA graphs": hand_loop_cuda_graphs,
+    "torchhouse cuda_graph=True": torchhouse_cuda_graph,
     "torchhouse + fused Adam": torchhouse_fused,
     "torchhouse (optimizer=None)": torchhouse_default_optimizer,
     "hand loop (torchmetrics imported)": hand_loop_torchmetrics_imported,
@@ -429,3 +503,4 @@ RUNNERS = {
     "Keras 3 (torch)": keras3,
 }
 OPTIONAL = {"Lightning": "lightning", "torchkeras": "torchkeras", "Keras 3 (torch)": "keras"}
+CUDA_ONLY = {"hand loop + CUDA graphs", "torchhouse cuda_graph=True"}

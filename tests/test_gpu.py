@@ -217,3 +217,58 @@ def test_a_nan_on_the_gpu_is_found_without_draining_the_queue(on_nonfinite):
     else:
         model.fit(x, y, on_nonfinite="stop", **kwargs)
     assert 41 <= len(steps) <= 40 + 2 * 32 < 300
+
+
+# --------------------------------------------------------------------------- issue 29: the compiled step
+
+
+@pytest.mark.parametrize("mode", [{"compile": "step"}, {"cuda_graph": True}])
+def test_the_compiled_step_on_cuda_tracks_eager_and_captures_the_short_batch(mode):
+    x, y = make_classification(n=72)  # 4 batches of 16 and a short one of 8
+    options = dict(epochs=3, batch_size=16, seed=0, progress="none", validation_split=0.25)
+    eager, compiled = cuda_model(), cuda_model(**mode)
+    he = eager.fit(x, y, **options).history
+    hc = compiled.fit(x, y, **options).history
+    for p, q in zip(eager.net.parameters(), compiled.net.parameters()):
+        torch.testing.assert_close(p, q, atol=1e-4, rtol=1e-4)
+    assert all(abs(a - b) < 1e-4 for a, b in zip(he["val_loss"], hc["val_loss"], strict=True))
+    shapes = {key[2] for key in compiled.compiled_step.shapes}
+    assert len(shapes) >= 2  # the full batch and the short last one each have a graph
+
+
+def test_cuda_graph_resume_is_bit_identical(tmp_path):
+    x, y = make_classification(n=72)
+    options = dict(epochs=3, batch_size=16, seed=0, progress="none")
+    whole = cuda_model(cuda_graph=True)
+    whole.fit(x, y, **options)
+
+    class Interrupt(th.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs):
+            if self.model.global_step == 7:
+                raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        cuda_model(cuda_graph=True).fit(
+            x, y, run_dir=tmp_path / "r", checkpoint_every=1, callbacks=[Interrupt()], **options
+        )
+    resumed = cuda_model(cuda_graph=True)
+    resumed.fit(x, y, run_dir=tmp_path / "r", resume=True, **options)
+    for p, q in zip(whole.net.state_dict().values(), resumed.net.state_dict().values()):
+        assert torch.equal(p, q)
+    assert whole.history.history == resumed.history.history
+
+
+def test_cuda_graph_keeps_the_nan_guard_and_the_step_scheduler():
+    x, y = make_classification(n=64)
+    bad = x.clone()
+    bad[20] = float("nan")
+    with pytest.raises(th.NonFiniteLossError):
+        cuda_model(cuda_graph=True).fit(bad, y, batch_size=16, shuffle=False, progress="none")
+    model = cuda_model(
+        cuda_graph=True,
+        optimizer=lambda p: torch.optim.Adam(p, lr=1e-2),
+        lr_scheduler=lambda o: torch.optim.lr_scheduler.StepLR(o, step_size=1, gamma=0.5),
+        lr_scheduler_interval="step",
+    )
+    history = model.fit(x, y, epochs=2, batch_size=16, progress="none").history
+    assert history["lr"] == pytest.approx([1e-2 * 0.5**3, 1e-2 * 0.5**7])

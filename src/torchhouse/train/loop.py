@@ -84,6 +84,11 @@ class FitLoop:
                 "validation_every_n_steps: there is nothing to validate on; "
                 "give validation_data or validation_split"
             )
+        if model.compiled_step is not None and strategy.world_size > 1:
+            raise ConfigError(
+                "compile='step' / cuda_graph=True train in one process for now; under several "
+                "processes use compile=True (the net compiled inside DDP / FSDP) or compile=False"
+            )
         self.began = False  # whether the first epoch began (before it, a refused fit changes nothing)
         steps = len(self.train) if self.train.has_len() else None
         logs_lr = model.lr_scheduler is not None or any(getattr(c, "logs_lr", False) for c in spec.callbacks)
@@ -428,6 +433,8 @@ class FitLoop:
             "metrics": list(model.metrics),
             "device": str(model.device),
             "precision": model.precision,
+            "compile": "step" if model.compiled_step is not None else model.compiled,
+            "cuda_graph": model.cuda_graph,
             "accumulate_grad_batches": model.accumulate_grad_batches,
             "gradient_clip_val": model.gradient_clip_val,
             "monitor": self.state.monitor,

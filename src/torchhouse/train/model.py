@@ -1,11 +1,10 @@
 """Model: fit / evaluate / predict / save / load over a plain `nn.Module`.
 
-One training step is `Model.train_step`, five readable lines::
+One training step is `Model.train_step`, four readable lines (sample weights aside)::
 
     inputs, target = self.unpack_batch(batch)
     with self.autocast():
-        preds = self.forward(inputs)
-        loss = self.compute_loss(preds, target)
+        preds, loss = self.forward_and_loss(inputs, target)  # forward, then compute_loss
     self.backward(loss)
     self.optimizer_step()
 
@@ -47,6 +46,7 @@ from torchhouse.runs.history import History
 from torchhouse.train import batch_loop
 from torchhouse.train.activation_checkpointing import apply_activation_checkpointing
 from torchhouse.train.building import build_optimizer, build_scheduler, resolve_device
+from torchhouse.train.compiled_step import CompiledStep, check_compile_settings
 from torchhouse.train.determinism import deterministic_algorithms
 from torchhouse.train.fit_data import fit_data, loader_of, model_batches
 from torchhouse.train.loop import FitLoop
@@ -110,7 +110,12 @@ class Model:
         accumulate_grad_batches: sum gradients over N batches before each optimizer step.
         gradient_clip_val: clip gradients to this norm (or value); no clipping by default.
         gradient_clip_algorithm: "norm" or "value".
-        compile: run the net through ``torch.compile`` (eager is the default).
+        compile: ``True`` runs the net through ``torch.compile``; ``"step"`` compiles the whole
+            training step: forward, loss and their backward as one graph, and the optimizer's
+            step (its learning rates kept in tensors, so a scheduler does not recompile). Eager
+            (``False``) is the default; see docs/compile.md for what each mode costs and refuses.
+        cuda_graph: ``True`` (CUDA only) captures the compiled step in CUDA graphs, once per
+            batch shape (the last, shorter batch of an epoch gets its own), and replays it.
         activation_checkpointing: True runs each top-level block of the net (its children, or
             the items of a ModuleList child) under ``torch.utils.checkpoint``
             (``use_reentrant=False``): activations are recomputed in backward instead of
@@ -140,12 +145,13 @@ class Model:
         accumulate_grad_batches: int = 1,
         gradient_clip_val: float | None = None,
         gradient_clip_algorithm: str = "norm",
-        compile: bool = False,
+        compile: bool | str = False,
         lr_scheduler_interval: str = "epoch",
         lr_scheduler_monitor: str | None = None,
         weighted_metrics: Any = None,
         strategy: str = "ddp",
         activation_checkpointing: bool | Sequence[Any] = False,
+        cuda_graph: bool = False,
         **unexpected: Any,
     ) -> None:
         refuse_unknown("th.Model", unexpected, inspect.signature(Model.__init__).parameters)
@@ -157,6 +163,7 @@ class Model:
         if strategy not in ("ddp", "fsdp"):
             raise ConfigError(f"strategy: expected 'ddp' or 'fsdp', got {strategy!r}")
         self.device = resolve_device(device)
+        check_compile_settings(compile, cuda_graph, precision, self.device)
         self.net = net.to(self.device)
         # the names of the blocks that recompute their activations in backward (less memory)
         self.activation_checkpointing = apply_activation_checkpointing(self.net, activation_checkpointing)
@@ -171,10 +178,23 @@ class Model:
         self.lr_scheduler = build_scheduler(self.optimizer, lr_scheduler)
         self.lr_scheduler_interval = lr_scheduler_interval
         self.lr_scheduler_monitor = lr_scheduler_monitor
-        self.compiled = compile
+        self.compiled = compile is True  # the net alone through torch.compile
+        self.cuda_graph = cuda_graph
         self.strategy = strategy
         # the net as the steps call it outside a fit's strategy (compiled when compile=True)
-        self.compiled_net: Callable[..., Any] = torch.compile(self.net) if compile else self.net
+        self.compiled_net: Callable[..., Any] = torch.compile(self.net) if self.compiled else self.net
+        # compile="step" / cuda_graph=True: the compiled forward-and-loss and optimizer step
+        self.compiled_step = (
+            CompiledStep(
+                self,
+                cuda_graph,
+                own_forward=type(self).forward is not Model.forward,
+                own_loss=type(self).compute_loss is not Model.compute_loss,
+            )
+            if compile == "step" or cuda_graph
+            else None
+        )
+        self._lr_steps_in_place = self.lr_scheduler is not None and lr_scheduler_interval == "step"
         self.scaler = torch.amp.GradScaler(self.device.type) if precision == "16-mixed" else None
         self._autocast = _autocast_for(precision, self.device)
         # A plain step (no accumulation, clipping or scaler) takes the shortest path.
@@ -269,8 +289,32 @@ class Model:
         across ranks; a step must call the net through here (docs/steps.md).
         """
         state = self._fit_state
-        state.net_calls += 1
+        if not torch.compiler.is_compiling():  # compile="step" counts its graph's call itself
+            state.net_calls += 1
         return call_net(state.forward_net, inputs)  # type: ignore[arg-type]
+
+    def forward_and_loss(
+        self, inputs: Tree, target: Tree, sample_weight: torch.Tensor | None = None
+    ) -> tuple[Any, torch.Tensor]:
+        """``preds = forward(inputs)``, then ``loss = compute_loss(preds, target, sample_weight)``.
+
+        The built-in steps call this; under ``compile="step"`` it is one compiled graph (its
+        backward compiled with it), so a custom ``train_step`` opts in by calling it too.
+
+        Example:
+            >>> model = Model(nn.Linear(2, 1), loss=nn.MSELoss(), device="cpu")
+            >>> preds, loss = model.forward_and_loss(torch.ones(4, 2), torch.zeros(4, 1))
+            >>> tuple(preds.shape), loss.dim()
+            ((4, 1), 0)
+        """
+        compiled = self.compiled_step
+        if compiled is None:
+            preds = self.forward(inputs)
+            if sample_weight is None:
+                return preds, self.compute_loss(preds, target)
+            return preds, self.compute_loss(preds, target, sample_weight)
+        self._fit_state.net_calls += 1
+        return compiled.forward_and_loss(inputs, target, sample_weight)
 
     def optimizers(self) -> list[torch.optim.Optimizer]:
         """The optimizers this model steps; checkpoints save and restore each of them.
@@ -371,14 +415,18 @@ class Model:
         """
         state = self._fit_state
         state.optimizer_steps += 1
-        state.last_step_lr = self.optimizer.param_groups[0]["lr"]  # what the history logs as "lr"
+        lr = self.optimizer.param_groups[0]["lr"]  # what the history logs as "lr"
+        if isinstance(lr, torch.Tensor) and self._lr_steps_in_place:
+            lr = lr.clone()  # compile="step": a per-step scheduler fills this tensor in place
+        state.last_step_lr = lr
         if state.on_nonfinite == "skip" and not self._step_loss_finite():
             self.optimizer.zero_grad(set_to_none=True)
             state.micro_step = 0
             state.skipped_batches += 1
             return False
+        step = self.optimizer.step if self.compiled_step is None else self.compiled_step.optimizer_step
         if self._plain_step:
-            self.optimizer.step()
+            step()
             self.optimizer.zero_grad(set_to_none=True)
         else:
             state.micro_step += 1
@@ -393,7 +441,7 @@ class Model:
                 self.scaler.step(self.optimizer)
                 self.scaler.update()
             else:
-                self.optimizer.step()
+                step()
             self.optimizer.zero_grad(set_to_none=True)
         if self.lr_scheduler is not None and self.lr_scheduler_interval == "step":
             self.lr_scheduler.step()
@@ -425,12 +473,7 @@ class Model:
         inputs, target = self.unpack_batch(batch)
         weight = self.sample_weights(batch)
         with self.autocast():
-            preds = self.forward(inputs)
-            loss = (
-                self.compute_loss(preds, target)
-                if weight is None
-                else self.compute_loss(preds, target, weight)
-            )
+            preds, loss = self.forward_and_loss(inputs, target, weight)
         self.backward(loss)
         self.optimizer_step()
         out = {"loss": loss, "preds": metric_preds(preds), "target": target}
@@ -441,12 +484,7 @@ class Model:
         inputs, target = self.unpack_batch(batch)
         weight = self.sample_weights(batch)
         with self.autocast():
-            preds = self.forward(inputs)
-            loss = (
-                self.compute_loss(preds, target)
-                if weight is None
-                else self.compute_loss(preds, target, weight)
-            )
+            preds, loss = self.forward_and_loss(inputs, target, weight)
         out = {"loss": loss, "preds": metric_preds(preds), "target": target}
         return out if weight is None else {**out, "sample_weight": weight}
 

@@ -31,6 +31,7 @@ from torchhouse.errors import CheckpointError
 from torchhouse.metrics.epoch import EpochMetrics
 from torchhouse.parallel.strategies import SingleProcess, Strategy
 from torchhouse.runs.state import TrainingState
+from torchhouse.train.compiled_step import float_lrs
 from torchhouse.train.spec import FitSpec
 
 if TYPE_CHECKING:
@@ -131,6 +132,8 @@ class FitState:
             )
         for optimizer, state in zip(optimizers, saved.optimizers, strict=True):
             optimizer.load_state_dict(state)
+            if model.compiled_step is None:
+                float_lrs(optimizer)  # a compiled step's state keeps them in tensors
         if model.lr_scheduler is not None and saved.lr_scheduler is not None:
             model.lr_scheduler.load_state_dict(saved.lr_scheduler)
         if model.scaler is not None and saved.scaler is not None:
