@@ -3,7 +3,8 @@
 Each (runner, workload) run is a fresh process; repeats are interleaved; the first epoch
 of every run is a warm-up and is excluded from the steady time, and shown apart ("first
 epoch s": for the compiled rows it holds the compile time; each run gets an empty inductor
-cache, so that is a cold compile). Prints one markdown table per workload with
+cache, so that is a cold compile; with ``--warm-cache`` the runs share one cache, and only
+the first run of each compiled row compiles cold). Prints one markdown table per workload with
 the median s/epoch, min-max over runs, the ratio to the hand loop, the paired ratio (the
 median over repeats of each repeat's ratio to the hand loop's run next to it), the final
 train loss (every row trains the same model) and the peak RSS; then the import cost. The
@@ -50,14 +51,15 @@ def worker(runner: str, workload: str, epochs: int) -> None:
     print(json.dumps({"times": times, "loss": loss, "peak_mb": peak_mb}))
 
 
-def run_one(runner: str, workload: str, epochs: int) -> dict:
-    with tempfile.TemporaryDirectory() as cache:  # a cold torch.compile in every run
+def run_one(runner: str, workload: str, epochs: int, shared_cache: str | None = None) -> dict:
+    # a cold torch.compile in every run, unless the runs share one inductor cache
+    with tempfile.TemporaryDirectory() as cache:
         done = subprocess.run(
             [sys.executable, __file__, "--worker", runner, workload, str(epochs)],
             capture_output=True,
             text=True,
             timeout=1800,
-            env={**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache},
+            env={**os.environ, "TORCHINDUCTOR_CACHE_DIR": shared_cache or cache},
         )
     if done.returncode != 0:
         raise RuntimeError(f"{runner} on {workload} failed:\n{done.stderr[-3000:]}")
@@ -162,6 +164,12 @@ def main() -> None:
     parser.add_argument(
         "--no-run-folder", action="store_true", help="skip the run folder's cost and the per-step call count"
     )
+    parser.add_argument("--no-import-cost", action="store_true", help="skip the import-cost rows")
+    parser.add_argument(
+        "--warm-cache",
+        action="store_true",
+        help="one inductor cache for all runs: only the first run of each compiled row compiles cold",
+    )
     args = parser.parse_args()
     if args.worker:
         runner, workload, epochs = args.worker
@@ -183,12 +191,13 @@ def main() -> None:
         "",
     ]
     print("\n".join(report), flush=True)
+    shared = tempfile.mkdtemp(prefix="inductor-") if args.warm_cache else None
     for workload in args.workloads:
         epochs = 2 if args.quick else EPOCHS[workload]
         results: dict[str, list[dict]] = {r: [] for r in runners}
         for _ in range(repeats):
             for runner in runners:
-                results[runner].append(run_one(runner, workload, epochs))
+                results[runner].append(run_one(runner, workload, epochs, shared))
         raw = Path(args.out).with_suffix(f".{workload}.json")
         raw.parent.mkdir(parents=True, exist_ok=True)
         raw.write_text(json.dumps(results))  # every run's epoch times, to recompute the table
@@ -196,6 +205,9 @@ def main() -> None:
         print(text + "\n", flush=True)
         report += [text, ""]
         write(args.out, report)
+    if args.no_import_cost:
+        print(f"\nwritten to {args.out}")
+        return
     costs = import_cost(5 if not args.quick else 3)
     lines = [
         "### Import cost (median wall time, fresh process)",

@@ -33,7 +33,7 @@ from torch import nn
 from torchhouse.data.trees import describe
 from torchhouse.errors import ConfigError, DataError
 
-__all__ = ["ELEMENTWISE_LOSSES", "RESCALED_LOSSES", "weighted_loss"]
+__all__ = ["ELEMENTWISE_LOSSES", "RESCALED_LOSSES", "check_backward_loss", "weighted_loss"]
 
 # Losses torch computes element by element and then reduces with .mean() / .sum(), whose
 # gradients are the same computed either way: weighing the elements between the two is
@@ -214,3 +214,27 @@ def check_loss_inputs(loss: Any, preds: Any, target: Any) -> None:
             f"{type(loss).__name__} needs a floating-point target, got {target.dtype}; "
             "convert y with y.float() (or .astype('float32'))"
         )
+
+
+def check_backward_loss(loss: Any, net: nn.Module) -> bool:
+    """Whether ``loss`` has a gradient to take into ``net``: False for a frozen net (nothing to
+    backpropagate into); a `DataError` for a loss backward cannot take."""
+    if not isinstance(loss, torch.Tensor):
+        raise DataError(
+            f"the loss is {type(loss).__name__} {loss!r:.40}; it must be a tensor computed from the "
+            "net's output with torch operations (a Python number has no gradient: no .item() or "
+            "float() in the loss)"
+        )
+    if loss.numel() != 1:
+        raise DataError(
+            f"the loss has shape {tuple(loss.shape)}; it must be one number per batch (a loss with "
+            "reduction='none' needs a .mean())"
+        )
+    if loss.requires_grad:
+        return True
+    if any(p.requires_grad for p in net.parameters()):
+        raise DataError(
+            "the loss does not require grad, so backward cannot reach the net: it was computed "
+            "without the net's output (a .detach(), .item(), float() or torch.no_grad() in the loss?)"
+        )
+    return False

@@ -1,12 +1,12 @@
 """Model: fit / evaluate / predict / save / load over a plain `nn.Module`.
 
-One training step is `Model.train_step`, four readable lines (sample weights aside)::
+One training step is `Model.train_step`, two readable lines (sample weights aside)::
 
     inputs, target = self.unpack_batch(batch)
-    with self.autocast():
-        preds, loss = self.forward_and_loss(inputs, target)  # forward, then compute_loss
-    self.backward(loss)
-    self.optimizer_step()
+    preds, loss = self.forward_backward_step(inputs, target)  # forward, loss, backward, step
+
+where ``forward_backward_step`` is ``forward_backward`` (``forward_and_loss`` under
+``autocast``, then ``backward``) and ``optimizer_step``.
 
 Override one of ``unpack_batch``, ``forward``, ``compute_loss``, ``train_step``,
 ``eval_step`` or ``predict_step`` to change what a step does. A `Model` holds the user's
@@ -33,7 +33,7 @@ from torchhouse.callbacks.dispatch import CallbackList
 from torchhouse.data.batches import as_pair, batch_weights, in_dataset_order, inputs_of
 from torchhouse.data.streams import limit_steps
 from torchhouse.data.trees import Batch, Tree, call_net, move_to
-from torchhouse.errors import ConfigError, DataError
+from torchhouse.errors import ConfigError
 from torchhouse.metrics.epoch import EpochMetrics, float32_rounded, num_samples
 from torchhouse.metrics.functions import (
     copy_metrics,
@@ -46,11 +46,18 @@ from torchhouse.runs.history import History
 from torchhouse.train import batch_loop
 from torchhouse.train.activation_checkpointing import apply_activation_checkpointing
 from torchhouse.train.building import build_optimizer, build_scheduler, resolve_device
-from torchhouse.train.compiled_step import CompiledStep, check_compile_settings
+from torchhouse.train.compile_check import check_gradients
+from torchhouse.train.compiled_step import COMPILE_OPTIONS, CompiledStep, check_compile_settings
 from torchhouse.train.determinism import deterministic_algorithms
 from torchhouse.train.fit_data import fit_data, loader_of, model_batches
 from torchhouse.train.loop import FitLoop
-from torchhouse.train.losses import check_loss_inputs, class_weights_of, own_loss, weighted_loss
+from torchhouse.train.losses import (
+    check_backward_loss,
+    check_loss_inputs,
+    class_weights_of,
+    own_loss,
+    weighted_loss,
+)
 from torchhouse.train.spec import FitSpec, check_positive_int
 from torchhouse.train.state import FitState
 from torchhouse.train.suggest import refuse_unknown
@@ -111,8 +118,9 @@ class Model:
         gradient_clip_val: clip gradients to this norm (or value); no clipping by default.
         gradient_clip_algorithm: "norm" or "value".
         compile: ``True`` runs the net through ``torch.compile``; ``"step"`` compiles the whole
-            training step: forward, loss and their backward as one graph, and the optimizer's
-            step (its learning rates kept in tensors, so a scheduler does not recompile). Eager
+            training step: forward, loss, gradients and the optimizer's update as one graph
+            (the learning rates kept in tensors, so a scheduler does not recompile). Each
+            compiled graph's first training call is checked against the eager step. Eager
             (``False``) is the default; see docs/compile.md for what each mode costs and refuses.
         cuda_graph: ``True`` (CUDA only) captures the compiled step in CUDA graphs, once per
             batch shape (the last, shorter batch of an epoch gets its own), and replays it.
@@ -174,7 +182,10 @@ class Model:
         self.accumulate_grad_batches = check_positive_int("accumulate_grad_batches", accumulate_grad_batches)
         self.gradient_clip_val = gradient_clip_val
         self.gradient_clip_algorithm = gradient_clip_algorithm
-        self.optimizer = build_optimizer(self.net, optimizer)
+        # compile="step": the default AdamW is the one torch traces into the step's graph (not fused)
+        self.optimizer = build_optimizer(
+            self.net, optimizer, fused_default=not (compile == "step" or cuda_graph)
+        )
         self.lr_scheduler = build_scheduler(self.optimizer, lr_scheduler)
         self.lr_scheduler_interval = lr_scheduler_interval
         self.lr_scheduler_monitor = lr_scheduler_monitor
@@ -182,17 +193,19 @@ class Model:
         self.cuda_graph = cuda_graph
         self.strategy = strategy
         # the net as the steps call it outside a fit's strategy (compiled when compile=True)
-        self.compiled_net: Callable[..., Any] = torch.compile(self.net) if self.compiled else self.net
-        # compile="step" / cuda_graph=True: the compiled forward-and-loss and optimizer step
-        self.compiled_step = (
-            CompiledStep(
-                self,
-                cuda_graph,
-                own_forward=type(self).forward is not Model.forward,
-                own_loss=type(self).compute_loss is not Model.compute_loss,
-            )
-            if compile == "step" or cuda_graph
-            else None
+        self.compiled_net: Callable[..., Any] = (
+            torch.compile(self.net, options=COMPILE_OPTIONS) if self.compiled else self.net
+        )
+        # compile="step" / cuda_graph=True: the compiled training step (docs/compile.md)
+        self.compiled_step = _compiled_step(self, compile, cuda_graph)
+        # ... which computes the gradients in its graph where forward_backward's parts are the
+        # built-in ones, and the optimizer's update too where the rest of the step is plain
+        self._backward_compiled = _uses_builtin(self, "forward_and_loss", "backward", "autocast")
+        self._step_compiled = (
+            self._backward_compiled
+            and self.accumulate_grad_batches == 1
+            and gradient_clip_val is None
+            and _uses_builtin(self, "forward_backward", "optimizer_step", "optimizers")
         )
         self._lr_steps_in_place = self.lr_scheduler is not None and lr_scheduler_interval == "step"
         self.scaler = torch.amp.GradScaler(self.device.type) if precision == "16-mixed" else None
@@ -316,6 +329,100 @@ class Model:
         self._fit_state.net_calls += 1
         return compiled.forward_and_loss(inputs, target, sample_weight)
 
+    def forward_backward(
+        self, inputs: Tree, target: Tree, sample_weight: torch.Tensor | None = None
+    ) -> tuple[Any, torch.Tensor]:
+        """`forward_and_loss` under `autocast`, then `backward`: the gradients of one batch
+        added into the parameters' ``.grad``. Returns ``(preds, loss)``.
+
+        `forward_backward_step` calls this. Under ``compile="step"`` it is one compiled
+        graph that computes the gradients too (no autograd graph is built), unless the class
+        overrides `forward_and_loss`, `backward` or `autocast` (then it is those, called as
+        written). A custom ``train_step`` that needs the loss's autograd graph (to add another
+        loss, say) calls `forward_and_loss` and `backward` instead.
+
+        Example:
+            >>> model = Model(nn.Linear(2, 1), loss=nn.MSELoss(), device="cpu")
+            >>> preds, loss = model.forward_backward(torch.ones(4, 2), torch.zeros(4, 1))
+            >>> model.net.weight.grad.shape
+            torch.Size([1, 2])
+        """
+        compiled = self.compiled_step
+        if compiled is not None and self._backward_compiled:
+            out = compiled.forward_backward(inputs, target, sample_weight)
+            if out is not None:  # None: no gradient to take, or hooks only backward runs
+                state = self._fit_state
+                state.net_calls += 1
+                if state.on_nonfinite == "skip":
+                    state.step_loss = out[1]
+                return out
+        if self.compiled and not self._fit_state.compiled_net_checked:
+            self._check_compiled_net(inputs, target, sample_weight)
+        with self.autocast():
+            preds, loss = self.forward_and_loss(inputs, target, sample_weight)
+        self.backward(loss)
+        return preds, loss
+
+    def _check_compiled_net(self, inputs: Tree, target: Tree, sample_weight: torch.Tensor | None) -> None:
+        """compile=True: a fit's first step, compiled and eager, computes the same loss and
+        gradients (`compile_check`), in one process (several would have to agree on it)."""
+        state = self._fit_state
+        state.compiled_net_checked = True
+        if state.strategy.world_size > 1:
+            return
+
+        def loss_through(net: Callable[..., Any]) -> Callable[[], torch.Tensor]:
+            def loss() -> torch.Tensor:
+                with self.autocast():
+                    preds = call_net(net, inputs)  # type: ignore[arg-type]  # a compiled net too
+                    if sample_weight is None:
+                        return self.compute_loss(preds, target)
+                    return self.compute_loss(preds, target, sample_weight)
+
+            return loss
+
+        named = [(n, p) for n, p in self.net.named_parameters() if p.requires_grad]
+        check_gradients(
+            loss_through(self.compiled_net),
+            loss_through(self.net),
+            [p for _, p in named],
+            [n for n, _ in named],
+            list(self.net.buffers()),
+            self.precision,
+            "compile=True, the first training step",
+            instead="compile='step' or compile=False",
+        )
+
+    def forward_backward_step(
+        self, inputs: Tree, target: Tree, sample_weight: torch.Tensor | None = None
+    ) -> tuple[Any, torch.Tensor]:
+        """`forward_backward`, then `optimizer_step`: the whole training step on one batch.
+        Returns ``(preds, loss)``.
+
+        The built-in `train_step` calls this. Under ``compile="step"``, a plain step (no
+        accumulation, clipping or ``on_nonfinite="skip"``) of torch's Adam, AdamW or SGD is one
+        compiled graph: forward, loss, gradients and the optimizer's update
+        (`torchhouse.train.traced_update`); anything else runs the two calls.
+
+        Example:
+            >>> model = Model(nn.Linear(2, 1), loss=nn.MSELoss(), device="cpu")
+            >>> before = model.net.weight.detach().clone()
+            >>> _ = model.forward_backward_step(torch.ones(4, 2), torch.zeros(4, 1))
+            >>> bool((model.net.weight != before).all()), model.net.weight.grad is None
+            (True, True)
+        """
+        compiled = self.compiled_step
+        if compiled is not None and self._step_compiled:
+            out = compiled.train_step(inputs, target, sample_weight)
+            if out is not None:  # None: it does not apply to this step (the reasons in its docs)
+                self._fit_state.net_calls += 1
+                self._count_step()
+                self._step_scheduler()
+                return out
+        preds, loss = self.forward_backward(inputs, target, sample_weight)
+        self.optimizer_step()
+        return preds, loss
+
     def optimizers(self) -> list[torch.optim.Optimizer]:
         """The optimizers this model steps; checkpoints save and restore each of them.
 
@@ -376,25 +483,10 @@ class Model:
 
         The loss is also what the next `optimizer_step` checks with ``on_nonfinite="skip"``.
         """
-        if not isinstance(loss, torch.Tensor):
-            raise DataError(
-                f"the loss is {type(loss).__name__} {loss!r:.40}; it must be a tensor computed from the "
-                "net's output with torch operations (a Python number has no gradient: no .item() or "
-                "float() in the loss)"
-            )
+        reaches_net = check_backward_loss(loss, self.net)
         if self._fit_state.on_nonfinite == "skip":
             self._fit_state.step_loss = loss.detach()
-        if loss.numel() != 1:
-            raise DataError(
-                f"the loss has shape {tuple(loss.shape)}; it must be one number per batch (a loss with "
-                "reduction='none' needs a .mean())"
-            )
-        if not loss.requires_grad:
-            if any(p.requires_grad for p in self.net.parameters()):
-                raise DataError(
-                    "the loss does not require grad, so backward cannot reach the net: it was computed "
-                    "without the net's output (a .detach(), .item(), float() or torch.no_grad() in the loss?)"
-                )
+        if not reaches_net:
             return  # a frozen net: nothing to backpropagate into
         if self._plain_step:
             loss.backward()
@@ -414,11 +506,7 @@ class Model:
         step, ``zero_grad`` and a per-step scheduler.
         """
         state = self._fit_state
-        state.optimizer_steps += 1
-        lr = self.optimizer.param_groups[0]["lr"]  # what the history logs as "lr"
-        if isinstance(lr, torch.Tensor) and self._lr_steps_in_place:
-            lr = lr.clone()  # compile="step": a per-step scheduler fills this tensor in place
-        state.last_step_lr = lr
+        self._count_step()
         if state.on_nonfinite == "skip" and not self._step_loss_finite():
             self.optimizer.zero_grad(set_to_none=True)
             state.micro_step = 0
@@ -443,9 +531,22 @@ class Model:
             else:
                 step()
             self.optimizer.zero_grad(set_to_none=True)
+        self._step_scheduler()
+        return True
+
+    def _count_step(self) -> None:
+        """An optimizer step begins: counted, and its learning rate kept for the history."""
+        state = self._fit_state
+        state.optimizer_steps += 1
+        lr = self.optimizer.param_groups[0]["lr"]  # what the history logs as "lr"
+        if isinstance(lr, torch.Tensor) and self._lr_steps_in_place:
+            lr = lr.clone()  # compile="step": a per-step scheduler fills this tensor in place
+        state.last_step_lr = lr
+
+    def _step_scheduler(self) -> None:
+        """After an optimizer step: a per-step scheduler steps."""
         if self.lr_scheduler is not None and self.lr_scheduler_interval == "step":
             self.lr_scheduler.step()
-        return True
 
     def clip_gradients(self) -> None:
         """Clip gradients by norm or value, as configured."""
@@ -472,10 +573,7 @@ class Model:
         """
         inputs, target = self.unpack_batch(batch)
         weight = self.sample_weights(batch)
-        with self.autocast():
-            preds, loss = self.forward_and_loss(inputs, target, weight)
-        self.backward(loss)
-        self.optimizer_step()
+        preds, loss = self.forward_backward_step(inputs, target, weight)
         out = {"loss": loss, "preds": metric_preds(preds), "target": target}
         return out if weight is None else {**out, "sample_weight": weight}
 
@@ -990,6 +1088,18 @@ def _check_construction(
         )
     if gradient_clip_val is not None and not gradient_clip_val > 0:
         raise ConfigError(f"gradient_clip_val: expected a number > 0, got {gradient_clip_val!r}")
+
+
+def _compiled_step(model: Model, compile: bool | str, cuda_graph: bool) -> CompiledStep | None:
+    if compile != "step" and not cuda_graph:
+        return None
+    own_forward, own_loss = not _uses_builtin(model, "forward"), not _uses_builtin(model, "compute_loss")
+    return CompiledStep(model, cuda_graph, own_forward=own_forward, own_loss=own_loss)
+
+
+def _uses_builtin(model: Model, *names: str) -> bool:
+    """Whether ``model``'s class keeps `Model`'s own methods of these names."""
+    return all(getattr(type(model), name) is getattr(Model, name) for name in names)
 
 
 def _autocast_for(precision: str, device: torch.device) -> contextlib.AbstractContextManager[Any]:

@@ -74,6 +74,7 @@ class FitState:
     last_step_lr: Any = None  # the learning rate the last optimizer step used (logged as "lr")
     step_loss: torch.Tensor | None = None  # the loss the next optimizer step checks ("skip")
     check_loss_shapes: bool = True  # the loss's first batch is checked for silent broadcasting
+    compiled_net_checked: bool = False  # compile=True: the first step was compared with eager
     # the fit's progress
     best: float | None = None
     improved: bool = False  # whether this epoch set the best monitored value
@@ -132,8 +133,8 @@ class FitState:
             )
         for optimizer, state in zip(optimizers, saved.optimizers, strict=True):
             optimizer.load_state_dict(state)
-            if model.compiled_step is None:
-                float_lrs(optimizer)  # a compiled step's state keeps them in tensors
+            # a compiled step's state keeps them in tensors; it wraps them again at its next step
+            float_lrs(optimizer)
         if model.lr_scheduler is not None and saved.lr_scheduler is not None:
             model.lr_scheduler.load_state_dict(saved.lr_scheduler)
         if model.scaler is not None and saved.scaler is not None:
