@@ -280,3 +280,30 @@ def test_dict_inputs_with_labels():
     light = th.LightModel(Keyed(), loss=None, optimizer=sgd, metrics=["acc"])
     history = light.fit({"features": x, "labels": y}, **FIT, **ON_CPU)
     assert set(history.history) == {"loss", "acc"} and history.history["acc"][-1] > 0.5
+
+
+def test_compiled_steps_are_th_models_and_compile_true_is_checked_against_eager():
+    # compile="step" / cuda_graph=True compile th.Model's own step, which Lightning does not run;
+    # compile=True's first training step is compared with the eager net's, as under th.Model
+    for options in ({"compile": "step"}, {"cuda_graph": True}):
+        with pytest.raises(th.ConfigError, match="LightModel: compile='step' and cuda_graph=True"):
+            th.LightModel(make(), loss=nn.CrossEntropyLoss(), **options)
+
+    class CompilesOtherwise(nn.Module):  # a compiled forward that differs: a compiler bug's shape
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.layer = nn.Linear(4, 2)
+
+        def forward(self, x):
+            out = self.layer(x)
+            return out * 2 if torch.compiler.is_compiling() else out
+
+    x, y = data()
+    light = th.LightModel(CompilesOtherwise(), loss=nn.CrossEntropyLoss(), optimizer=sgd, compile=True)
+    before = light.net.layer.weight.detach().clone()
+    with pytest.raises(th.ConfigError, match="compile=True.*differs from the eager step"):
+        light.fit(x, y, epochs=1, batch_size=16)
+    assert torch.equal(light.net.layer.weight, before)
+    fine = th.LightModel(make(), loss=nn.CrossEntropyLoss(), optimizer=sgd, compile=True)
+    assert len(fine.fit(x, y, epochs=2, batch_size=16).history["loss"]) == 2

@@ -26,15 +26,21 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from torchhouse.data import rng
+from torchhouse.data.trees import Tree, call_net
 from torchhouse.errors import ConfigError
+
+if TYPE_CHECKING:
+    from torchhouse.train.model import Model
 
 __all__ = [
     "CompiledStepMismatch",
     "Rewind",
+    "check_compiled_net",
     "check_gradients",
     "compare",
     "relative_difference",
@@ -144,3 +150,30 @@ def check_gradients(
     pairs: list[tuple[str, torch.Tensor | None, torch.Tensor | None]] = [("loss", loss_c, loss_e)]
     pairs += [(f"gradient of {name}", c, e) for name, c, e in zip(names, grads_c, grads_e, strict=True)]
     compare(pairs, precision, what, instead)
+
+
+def check_compiled_net(model: Model, inputs: Tree, target: Tree, sample_weight: torch.Tensor | None) -> None:
+    """``compile=True``: the loss and gradients of ``model.compiled_net`` on this batch against
+    those of ``model.net`` itself (`check_gradients`), the step's autocast and loss around both."""
+
+    def loss_through(net: Callable[..., Any]) -> Callable[[], torch.Tensor]:
+        def loss() -> torch.Tensor:
+            with model.autocast():
+                preds = call_net(net, inputs)  # type: ignore[arg-type]  # a compiled net too
+                if sample_weight is None:
+                    return model.compute_loss(preds, target)
+                return model.compute_loss(preds, target, sample_weight)
+
+        return loss
+
+    named = [(n, p) for n, p in model.net.named_parameters() if p.requires_grad]
+    check_gradients(
+        loss_through(model.compiled_net),
+        loss_through(model.net),
+        [p for _, p in named],
+        [n for n, _ in named],
+        list(model.net.buffers()),
+        model.precision,
+        "compile=True, the first training step",
+        instead="compile='step' or compile=False",
+    )

@@ -62,6 +62,11 @@ class LightModel:
 
     def __init__(self, net: torch.nn.Module, loss: Any = None, optimizer: Any = None, **options: Any) -> None:
         options.setdefault("device", "cpu")  # Lightning moves the net to its accelerator
+        if options.get("compile") == "step" or options.get("cuda_graph"):
+            raise ConfigError(
+                "LightModel: compile='step' and cuda_graph=True compile th.Model's own training step, "
+                "and Lightning runs its own: use th.Model for them, or compile=True (the net compiled) here"
+            )
         self.model = _model_class(type(self))(net, loss=loss, optimizer=optimizer, **options)
 
     @property

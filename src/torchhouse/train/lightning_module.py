@@ -111,6 +111,8 @@ class _TorchhouseSteps:
         model = self.model
         inputs, target = model.unpack_batch(batch)
         weight = model.sample_weights(batch)
+        if stage == "train":
+            model.check_compiled_net(inputs, target, weight)  # compile=True: against eager, once
         preds = model.forward(inputs)
         loss = (
             model.compute_loss(preds, target) if weight is None else model.compute_loss(preds, target, weight)

@@ -46,7 +46,7 @@ from torchhouse.runs.history import History
 from torchhouse.train import batch_loop
 from torchhouse.train.activation_checkpointing import apply_activation_checkpointing
 from torchhouse.train.building import build_optimizer, build_scheduler, resolve_device
-from torchhouse.train.compile_check import check_gradients
+from torchhouse.train.compile_check import check_compiled_net
 from torchhouse.train.compiled_step import COMPILE_OPTIONS, CompiledStep, check_compile_settings
 from torchhouse.train.determinism import deterministic_algorithms
 from torchhouse.train.fit_data import fit_data, loader_of, model_batches
@@ -356,42 +356,26 @@ class Model:
                 if state.on_nonfinite == "skip":
                     state.step_loss = out[1]
                 return out
-        if self.compiled and not self._fit_state.compiled_net_checked:
-            self._check_compiled_net(inputs, target, sample_weight)
+        self.check_compiled_net(inputs, target, sample_weight)
         with self.autocast():
             preds, loss = self.forward_and_loss(inputs, target, sample_weight)
         self.backward(loss)
         return preds, loss
 
-    def _check_compiled_net(self, inputs: Tree, target: Tree, sample_weight: torch.Tensor | None) -> None:
-        """compile=True: a fit's first step, compiled and eager, computes the same loss and
-        gradients (`compile_check`), in one process (several would have to agree on it)."""
+    def check_compiled_net(
+        self, inputs: Tree, target: Tree, sample_weight: torch.Tensor | None = None
+    ) -> None:
+        """With ``compile=True``, once per fit (its first training step): the compiled net and
+        the net itself compute the same loss and gradients on this batch, from the same state,
+        or a `ConfigError` names what differs (`torchhouse.train.compile_check`). Nothing
+        otherwise; in one process only (several would have to agree on it).
+        `forward_backward` calls it; so does `LightModel`'s training step."""
         state = self._fit_state
-        state.compiled_net_checked = True
-        if state.strategy.world_size > 1:
+        if not self.compiled or state.compiled_net_checked or not torch.is_grad_enabled():
             return
-
-        def loss_through(net: Callable[..., Any]) -> Callable[[], torch.Tensor]:
-            def loss() -> torch.Tensor:
-                with self.autocast():
-                    preds = call_net(net, inputs)  # type: ignore[arg-type]  # a compiled net too
-                    if sample_weight is None:
-                        return self.compute_loss(preds, target)
-                    return self.compute_loss(preds, target, sample_weight)
-
-            return loss
-
-        named = [(n, p) for n, p in self.net.named_parameters() if p.requires_grad]
-        check_gradients(
-            loss_through(self.compiled_net),
-            loss_through(self.net),
-            [p for _, p in named],
-            [n for n, _ in named],
-            list(self.net.buffers()),
-            self.precision,
-            "compile=True, the first training step",
-            instead="compile='step' or compile=False",
-        )
+        state.compiled_net_checked = True
+        if state.strategy.world_size == 1:
+            check_compiled_net(self, inputs, target, sample_weight)
 
     def forward_backward_step(
         self, inputs: Tree, target: Tree, sample_weight: torch.Tensor | None = None
