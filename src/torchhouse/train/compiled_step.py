@@ -152,6 +152,7 @@ class CompiledStep:
         # a sparse embedding's gradient is sparse eagerly, dense from a graph: eager backward for it
         self._sparse = any(getattr(m, "sparse", False) is True for m in model.net.modules())
         self.shapes: set[Any] = set()
+        self._marked: set[int] = set()  # tensors marked with a static address (cuda_graph)
         self._update_error: CaptureError | None = None  # why the update left the train_step graph
 
     def _set_up_optimizer(self, optimizer: torch.optim.Optimizer, cuda_graph: bool) -> Callable[[], Any]:
@@ -306,6 +307,8 @@ class CompiledStep:
         trainable = [p for params, *_ in groups for p in params]
         if not trainable or any(p.grad is not None or _has_grad_hooks(p) for p in trainable):
             return None
+        if self.cuda_graph:
+            self._static_addresses(groups)
         without_state = tuple(state is None for _, states, *_ in groups for state in states)
         key = (*self._key("train_step", inputs, target, weight), tuple(map(id, trainable)), without_state)
         _mark_static(inputs, target, weight)
@@ -331,6 +334,19 @@ class CompiledStep:
             model.optimizer.step()
             model.optimizer.zero_grad(set_to_none=True)
         return preds, loss
+
+    def _static_addresses(self, groups: list[Group]) -> None:
+        """cuda_graph=True: the parameters, optimizer state and learning rates the train_step
+        graph updates in place keep their addresses between replays (as PyTorch's compiled
+        optimizer marks its state): CUDA graphs then read and write them where they are, where
+        they would otherwise copy them in, or not capture a graph that changes its inputs."""
+        import torch._dynamo
+
+        for params, states, lr, _ in groups:
+            for tensor in (*params, lr, *(t for state in states if state for t in state.values())):
+                if id(tensor) not in self._marked:
+                    torch._dynamo.mark_static_address(tensor)  # re-recorded if one moves
+                    self._marked.add(id(tensor))
 
     def _key(self, graph: str, inputs: Any, target: Any, weight: torch.Tensor | None) -> tuple[Any, ...]:
         """What a compiled graph is specialised to (computed every step: kept cheap)."""
