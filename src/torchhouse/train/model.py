@@ -356,7 +356,8 @@ class Model:
                 if state.on_nonfinite == "skip":
                     state.step_loss = out[1]
                 return out
-        self.check_compiled_net(inputs, target, sample_weight)
+        if self.compiled:
+            self.check_compiled_net(inputs, target, sample_weight)
         with self.autocast():
             preds, loss = self.forward_and_loss(inputs, target, sample_weight)
         self.backward(loss)
