@@ -731,3 +731,20 @@ def test_backbone_finetuning_adds_a_group_whose_first_step_creates_its_state():
     assert max_difference(runs[0].net, runs[1].net) < 1e-5
     stateless = sorted(sum(k[-1]) for k in runs[1].compiled_step.shapes)
     assert stateless == [0, 0, 2, 2]  # each trainable set's first step (no state), then the rest
+
+
+@pytest.mark.slow
+def test_a_torch_that_cannot_trace_autograd_grad_steps_with_the_forward_and_loss_graph(monkeypatch):
+    # before torch 2.11 dynamo has no trace_autograd_ops: the step runs the forward-and-loss
+    # graph (its backward compiled with it, checked against eager) and the optimizer's step
+    from torchhouse.train import compiled_step
+
+    monkeypatch.setattr(compiled_step, "_traces_autograd", lambda: False)
+    x, y = make_classification(n=48)
+    runs = []
+    for compile in (False, "step"):
+        m = model(compile, optimizer=lambda p: torch.optim.Adam(p, lr=1e-2))
+        m.fit(x, y, epochs=2, batch_size=16, seed=0, progress="none")
+        runs.append(m)
+    assert max_difference(runs[0].net, runs[1].net) < 1e-5
+    assert {k[0] for k in runs[1].compiled_step.shapes} == {"forward_and_loss"}

@@ -151,6 +151,9 @@ class CompiledStep:
         self._optimizer_graph = self._set_up_optimizer(model.optimizer, cuda_graph)
         # a sparse embedding's gradient is sparse eagerly, dense from a graph: eager backward for it
         self._sparse = any(getattr(m, "sparse", False) is True for m in model.net.modules())
+        # torch before 2.11 cannot trace torch.autograd.grad into a graph: there the step runs the
+        # forward-and-loss graph and its compiled backward (checked against eager all the same)
+        self._gradient_graphs = _traces_autograd()
         self.shapes: set[Any] = set()
         self._marked: set[int] = set()  # tensors marked with a static address (cuda_graph)
         self._update_error: CaptureError | None = None  # why the update left the train_step graph
@@ -260,7 +263,7 @@ class CompiledStep:
         runs `forward_and_loss` and an eager backward, which runs the hooks.
         """
         trainable = _trainable(self.model)
-        if not trainable or self._sparse or any(map(_has_grad_hooks, trainable)):
+        if not (trainable and self._gradient_graphs) or self._sparse or any(map(_has_grad_hooks, trainable)):
             return None
         key = (*self._key("forward_backward", inputs, target, weight), tuple(map(id, trainable)))
         _mark_static(inputs, target, weight)
@@ -298,7 +301,9 @@ class CompiledStep:
         """
         model = self.model
         self._check_settings()
-        if self.update is None or self._sparse or model.fit_state.on_nonfinite == "skip":
+        if self.update is None or self._sparse or not self._gradient_graphs:
+            return None
+        if model.fit_state.on_nonfinite == "skip":
             return None
         self.tensor_lrs()
         groups = self.update.inputs()
@@ -621,10 +626,18 @@ def _tracing(graph: str) -> Iterator[None]:
     without the latter, and is traced again here; the tensors marked static keep it static."""
     import torch._dynamo.config
 
-    with torch._dynamo.config.patch(
-        automatic_dynamic_shapes=False, trace_autograd_ops=graph != "forward_and_loss"
-    ):
+    settings: dict[str, Any] = {"automatic_dynamic_shapes": False}
+    if graph != "forward_and_loss":
+        settings["trace_autograd_ops"] = True
+    with torch._dynamo.config.patch(**settings):
         yield
+
+
+def _traces_autograd() -> bool:
+    """Whether this torch can trace ``torch.autograd.grad`` into a graph (2.11 and later)."""
+    import torch._dynamo.config
+
+    return hasattr(torch._dynamo.config, "trace_autograd_ops")
 
 
 def _mark_static(inputs: Any, target: Any, weight: torch.Tensor | None) -> None:
