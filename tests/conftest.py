@@ -22,6 +22,19 @@ def make_net(features=6, classes=3, seed=0, dropout=0.0):
     return nn.Sequential(*layers)
 
 
+class CompilesOtherwise(nn.Module):
+    """A net whose compiled forward differs from its eager one: what a compiler bug looks like."""
+
+    def __init__(self, features=6, classes=3):
+        super().__init__()
+        torch.manual_seed(0)
+        self.layer = nn.Linear(features, classes)
+
+    def forward(self, x):
+        out = self.layer(x)
+        return out * 2 if torch.compiler.is_compiling() else out
+
+
 @pytest.fixture
 def data():
     return make_classification()

@@ -12,7 +12,8 @@ def net(seed=0):
 
 
 class ReadmeStep(th.Model):
-    """train_step exactly as the README shows it."""
+    """train_step written out as the README names its parts (autocast, forward, compute_loss,
+    backward, optimizer_step)."""
 
     def train_step(self, batch):
         inputs, target = self.unpack_batch(batch)

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import torchhouse as th
-from conftest import make_classification, params_equal
+from conftest import CompilesOtherwise, make_classification, params_equal
 
 EPS = torch.finfo(torch.float32).eps
 
@@ -638,19 +638,6 @@ def test_many_models_in_one_process_each_compile_their_own_graphs_and_find_lr_le
 
 
 # --------------------------------------------------------------------------- checked against eager
-
-
-class CompilesOtherwise(nn.Module):
-    """A net whose compiled forward differs from its eager one: what a compiler bug looks like."""
-
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.layer = nn.Linear(6, 3)
-
-    def forward(self, x):
-        out = self.layer(x)
-        return out * 2 if torch.compiler.is_compiling() else out
 
 
 @pytest.mark.slow

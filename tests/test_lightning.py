@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 import torchhouse as th
+from conftest import CompilesOtherwise
 
 pytestmark = pytest.mark.slow
 lightning = pytest.importorskip("lightning")
@@ -289,18 +290,10 @@ def test_compiled_steps_are_th_models_and_compile_true_is_checked_against_eager(
         with pytest.raises(th.ConfigError, match="LightModel: compile='step' and cuda_graph=True"):
             th.LightModel(make(), loss=nn.CrossEntropyLoss(), **options)
 
-    class CompilesOtherwise(nn.Module):  # a compiled forward that differs: a compiler bug's shape
-        def __init__(self):
-            super().__init__()
-            torch.manual_seed(0)
-            self.layer = nn.Linear(4, 2)
-
-        def forward(self, x):
-            out = self.layer(x)
-            return out * 2 if torch.compiler.is_compiling() else out
-
     x, y = data()
-    light = th.LightModel(CompilesOtherwise(), loss=nn.CrossEntropyLoss(), optimizer=sgd, compile=True)
+    light = th.LightModel(
+        CompilesOtherwise(features=4, classes=2), loss=nn.CrossEntropyLoss(), optimizer=sgd, compile=True
+    )
     before = light.net.layer.weight.detach().clone()
     with pytest.raises(th.ConfigError, match="compile=True.*differs from the eager step"):
         light.fit(x, y, epochs=1, batch_size=16)
