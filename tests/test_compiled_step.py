@@ -671,6 +671,141 @@ def test_a_compiled_step_that_computes_other_numbers_than_eager_is_refused_befor
         assert all(p.grad is None for p in net.parameters()), options
 
 
+class WrongWhenEvaluating(CompilesOtherwise):
+    def forward(self, x):
+        out = self.layer(x)
+        return out * 2 if not self.training and torch.compiler.is_compiling() else out
+
+
+@pytest.mark.slow
+def test_an_evaluation_graph_that_computes_other_numbers_than_eager_is_refused():
+    # validation losses choose the best checkpoint and stop fits early: an evaluation graph's
+    # first call is compared with the eager forward too, output and loss
+    x, y = make_classification(n=32)
+    m = th.Model(WrongWhenEvaluating(), nn.CrossEntropyLoss(), device="cpu", compile="step")
+    with pytest.raises(
+        th.ConfigError, match=r"compile='step', evaluation.*compiled step's (loss|output) differs"
+    ):
+        m.evaluate(x, y, batch_size=16)
+    with pytest.raises(th.ConfigError, match="differs from the eager"):
+        m.fit(x, y, validation_data=(x, y), batch_size=16, progress="none")
+    # compile=True (the net alone): a forward without gradients that compiled a graph too
+    m = th.Model(WrongWhenEvaluating(), nn.CrossEntropyLoss(), device="cpu", compile=True)
+    with pytest.raises(th.ConfigError, match=r"compile=True, evaluation.*compiled step's output differs"):
+        m.evaluate(x, y, batch_size=16)
+    with pytest.raises(th.ConfigError, match=r"compile=True, evaluation.*differs.*stays refused"):
+        m.predict(x, batch_size=16)  # the same graph, kept by torch: refused again, not run unchecked
+    # graphs that compute what eager does evaluate and predict as eager does
+    eager = model()
+    expected = eager.evaluate(x, y, batch_size=16)
+    for compile in ("step", True):
+        compiled = model(compile)
+        assert compiled.evaluate(x, y, batch_size=16) == pytest.approx(expected, rel=1e-6)
+        torch.testing.assert_close(compiled.predict(x, batch_size=16), eager.predict(x, batch_size=16))
+
+
+class ScaledUntilSwitched(nn.Module):
+    """Reads two attributes in its forward: a change to either makes dynamo compile the graph
+    again, outside the step's key. Once ``switched``, its compiled forward is wrong."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.layer = nn.Linear(6, 3)
+        self.scale, self.switched = 1.0, False
+
+    def forward(self, x):
+        out = self.layer(x) * self.scale
+        return out * 2 if self.switched and torch.compiler.is_compiling() else out
+
+
+class ScaleAtEpoch(th.callbacks.Callback):
+    def __init__(self, net):
+        self.net = net
+
+    def on_epoch_start(self, epoch, logs):
+        self.net.scale = 1.0 + epoch / 2
+
+
+class OwnForwardAndLossStep(th.Model):
+    def train_step(self, batch):
+        inputs, target = self.unpack_batch(batch)
+        preds, loss = self.forward_and_loss(inputs, target)
+        self.backward(loss)
+        self.optimizer_step()
+        return {"loss": loss, "preds": preds, "target": target}
+
+
+@pytest.mark.slow
+def test_a_graph_dynamo_compiles_again_for_a_change_the_step_does_not_key_on_is_checked_too():
+    # dynamo compiles a graph again when an attribute its forward read changes; that graph is
+    # checked against eager as a new batch shape's graph is: a right one trains on (same
+    # numbers as eager), a wrong one is refused before it trains, in each of the three graphs
+    x, y = make_classification(n=32)
+    for cls, options in (
+        (th.Model, {}),  # the train_step graph
+        (th.Model, {"accumulate_grad_batches": 2}),  # forward_backward
+        (OwnForwardAndLossStep, {}),  # forward_and_loss, then eager backward
+    ):
+        runs = []
+        for compile in (False, "step"):
+            net = ScaledUntilSwitched()
+            m = cls(net, nn.CrossEntropyLoss(), device="cpu", compile=compile, **options)
+            m.fit(x, y, epochs=3, batch_size=16, seed=0, progress="none", callbacks=[ScaleAtEpoch(net)])
+            runs.append(m)
+        assert max_difference(runs[0].net, runs[1].net) < 1e-5, options
+
+        net = runs[1].net
+        net.switched = True
+        before = {k: v.clone() for k, v in net.state_dict().items()}
+        for _ in range(2):  # torch keeps the refused graph: it is refused again, not run unchecked
+            with pytest.raises(th.ConfigError, match="differs from the eager"):
+                runs[1].fit(
+                    x, y, epochs=3, batch_size=16, seed=0, progress="none", callbacks=[ScaleAtEpoch(net)]
+                )
+            assert all(torch.equal(before[k], v) for k, v in net.state_dict().items()), options
+
+
+class SwitchAtEpoch(th.callbacks.Callback):
+    def __init__(self, net, epoch):
+        self.net, self.epoch, self.weights = net, epoch, None
+
+    def on_epoch_start(self, epoch, logs):
+        if epoch == self.epoch:
+            self.weights = {k: v.clone() for k, v in self.net.state_dict().items()}
+            self.net.switched = True
+
+
+@pytest.mark.slow
+def test_compile_true_checks_each_graph_a_step_compiles_not_only_the_first_steps():
+    # compile=True (the net alone) compiles a graph for the short last batch and again when an
+    # attribute its forward reads changes: each is checked before its gradients are used
+    x, y = make_classification(n=40)  # batches of 16, 16 and 8
+    runs = []
+    for compile in (False, True):
+        net = ScaledUntilSwitched()
+        m = th.Model(net, nn.CrossEntropyLoss(), device="cpu", compile=compile)
+        m.fit(x, y, epochs=3, batch_size=16, seed=0, progress="none", callbacks=[ScaleAtEpoch(net)])
+        runs.append(m)
+    assert max_difference(runs[0].net, runs[1].net) < 1e-5
+
+    net = ScaledUntilSwitched()
+    switch = SwitchAtEpoch(net, epoch=1)
+    m = th.Model(net, nn.CrossEntropyLoss(), device="cpu", compile=True)
+    with pytest.raises(th.ConfigError, match="compile=True.*differs from the eager"):
+        m.fit(x, y, epochs=3, batch_size=16, seed=0, progress="none", callbacks=[switch])
+    assert switch.weights is not None and params_equal_to(net, switch.weights)
+    # torch keeps the refused graph, which the next fit's step would run without compiling: the
+    # compiled net stays refused
+    with pytest.raises(th.ConfigError, match="stays refused"):
+        m.fit(x, y, epochs=1, batch_size=16, seed=0, progress="none")
+    assert params_equal_to(net, switch.weights)
+
+
+def params_equal_to(net, weights):
+    return all(torch.equal(weights[k], v) for k, v in net.state_dict().items())
+
+
 @pytest.mark.slow
 def test_the_digits_cnn_is_never_trained_on_wrong_gradients():
     # torch 2.13's AOTAutograd backward returns zero gradients for this net's convolutions on

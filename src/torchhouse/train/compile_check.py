@@ -3,16 +3,18 @@
 torch.compile has had silent wrong-gradient bugs: torch 2.13 returns zero gradients for the
 convolutions of `torchhouse.models.digits_cnn` under a plain ``torch.compile`` on the CPU (its
 AOTAutograd backward), and drops ``alpha`` from ``torch.add(a @ b, c, alpha=k)``; pytorch/pytorch
-#185509, #180164 and #182012 report others. So the first training call of each compiled graph
-(`CompiledStep`) and the first training step of a fit with ``compile=True`` run twice from the
+#185509, #180164 and #182012 report others. So the first call of each compiled graph
+(`CompiledStep`; a graph dynamo compiles again too), and under ``compile=True`` the first
+training step of a fit and any step whose forward compiled a graph, run twice from the
 same state — the RNG, the net's buffers, the parameters and the optimizer's state put back in
 between — once compiled and once eagerly, and a difference beyond float rounding is refused
 with the tensor's name (`CompiledStepMismatch`). The compiled results are kept, so a resumed
 fit runs the same numbers. It costs one eager forward and backward per graph.
 
 What is compared: the loss, and the gradients, or, where the graph applies the optimizer's
-update itself, the state tensors the update derives from the gradients (`TracedUpdate`), each
-as the largest difference relative to the largest value (`relative_difference`).
+update itself, the state tensors the update derives from the gradients (`TracedUpdate`); for
+an evaluation graph, the loss and the net's output; each as the largest difference relative
+to the largest value (`relative_difference`).
 
 Example:
     >>> relative_difference(torch.tensor([1.0, 2.0]), torch.tensor([1.0, 2.0 + 1e-7]))
@@ -25,13 +27,14 @@ Example:
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from torchhouse.data import rng
-from torchhouse.data.trees import Tree, call_net
+from torchhouse.data.trees import Tree, call_net, tree_leaves
 from torchhouse.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -42,6 +45,8 @@ __all__ = [
     "Rewind",
     "check_compiled_net",
     "check_gradients",
+    "checked_compiled_output",
+    "compiled_graph_count",
     "compare",
     "relative_difference",
     "tolerance",
@@ -152,6 +157,14 @@ def check_gradients(
     compare(pairs, precision, what, instead)
 
 
+def compiled_graph_count() -> int:
+    """How many graphs torch.compile has compiled in this process so far (dynamo's own count,
+    read in a few hundred nanoseconds; 0 where a torch release does not keep it): a change
+    over a step means that step's forward ran a graph no check has seen."""
+    counters = getattr(sys.modules.get("torch._dynamo.utils"), "counters", None)
+    return int(counters["stats"]["unique_graphs"]) if counters is not None else 0
+
+
 def check_compiled_net(model: Model, inputs: Tree, target: Tree, sample_weight: torch.Tensor | None) -> None:
     """``compile=True``: the loss and gradients of ``model.compiled_net`` on this batch against
     those of ``model.net`` itself (`check_gradients`), the step's autocast and loss around both."""
@@ -177,3 +190,30 @@ def check_compiled_net(model: Model, inputs: Tree, target: Tree, sample_weight: 
         "compile=True, the first training step",
         instead="compile='step' or compile=False",
     )
+
+
+def checked_compiled_output(model: Model, compiled_net: Callable[..., Any], inputs: Tree) -> Any:
+    """``compile=True`` without gradients (evaluation, prediction): the compiled net's output
+    on ``inputs``; where this call made torch compile a graph, first compared with the net's
+    own output from the same state (the RNG and the net's buffers put back after it)."""
+    graphs = compiled_graph_count()
+    out = call_net(compiled_net, inputs)  # type: ignore[arg-type]  # a compiled net too
+    if compiled_graph_count() == graphs:
+        return out
+    after = Rewind(list(model.net.buffers()))
+    try:
+        eager = call_net(model.net, inputs)
+    finally:
+        after.restore()
+    compiled_leaves, eager_leaves = tree_leaves(out), tree_leaves(eager)
+    compare(
+        [
+            (f"output {i}" if len(eager_leaves) > 1 else "output", c, e)
+            for i, (c, e) in enumerate(zip(compiled_leaves, eager_leaves, strict=False))
+            if isinstance(c, torch.Tensor) and isinstance(e, torch.Tensor)
+        ],
+        model.precision,
+        "compile=True, evaluation",
+        instead="compile='step' or compile=False",
+    )
+    return out

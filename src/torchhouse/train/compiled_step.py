@@ -26,6 +26,10 @@ shorter batch of an epoch gets a graph of its own, and a resumed fit runs exactl
 an uninterrupted one runs. Random operations (dropout) draw from torch's generator as eager
 ones do (inductor's ``fallback_random``), so seeding and exact resume keep working.
 
+Not taken on trust: each graph's first call for a key, and any trace dynamo starts again for a
+change the key does not hold (`CompiledStep._call`), is compared with the eager step from the
+same state (`torchhouse.train.compile_check`), and refused with the tensor's name if it differs.
+
 Refused at the first step that meets them, with the reason: a forward or loss that cannot be
 one graph (a host sync such as ``.item()``, data-dependent control flow, a ``print``), and
 more batch shapes than torch keeps graphs for (``recompile_limit``, 8): pad batches to a few
@@ -154,6 +158,9 @@ class CompiledStep:
         # torch before 2.11 cannot trace torch.autograd.grad into a graph: there the step runs the
         # forward-and-loss graph and its compiled backward (checked against eager all the same)
         self._gradient_graphs = _traces_autograd()
+        # a gradient graph's trace fails outside `_tracing` (see `_call`), unless this torch
+        # traces torch.autograd.grad by default
+        self._recompiles_fail = self._gradient_graphs and not _autograd_traced_by_default()
         self.shapes: set[Any] = set()
         self._marked: set[int] = set()  # tensors marked with a static address (cuda_graph)
         self._update_error: CaptureError | None = None  # why the update left the train_step graph
@@ -248,7 +255,7 @@ class CompiledStep:
         if key not in self.shapes:
             preds, loss = self._first_call(key, inputs, target, weight)
         else:
-            preds, loss = self._call(key[0], inputs, target, weight)
+            preds, loss = self._call(key, inputs, target, weight)
         return _copied((preds, loss)) if self.cuda_graph else (preds, loss)
 
     def forward_backward(
@@ -276,7 +283,7 @@ class CompiledStep:
                 warn_user(f"compile='step': the optimizer's update stays out of the step's graph: {reason}")
                 self._update_error = None
         else:
-            preds, loss, grads = self._call(key[0], inputs, target, weight, trainable)
+            preds, loss, grads = self._call(key, inputs, target, weight, trainable)
         if self.cuda_graph:
             preds, loss = _copied((preds, loss))
         if grads is None:  # a loss backward cannot take (its error), or a frozen net (nothing to do)
@@ -317,16 +324,16 @@ class CompiledStep:
         without_state = tuple(state is None for _, states, *_ in groups for state in states)
         key = (*self._key("train_step", inputs, target, weight), tuple(map(id, trainable)), without_state)
         _mark_static(inputs, target, weight)
-        if key not in self.shapes:
-            try:
+        try:
+            if key not in self.shapes:
                 preds, loss, grads, updated = self._first_call(key, inputs, target, weight, groups)
-            except CaptureError as exc:
-                # the forward_backward graph the caller compiles next tells whose fault it was:
-                # if it fails too, its error; if not, the update's (it steps as its own graph)
-                self.update, self._update_error = None, exc
-                return None
-        else:
-            preds, loss, grads, updated = self._call(key[0], inputs, target, weight, groups)
+            else:
+                preds, loss, grads, updated = self._call(key, inputs, target, weight, groups)
+        except CaptureError as exc:
+            # the forward_backward graph the caller compiles next tells whose fault it was:
+            # if it fails too, its error; if not, the update's (it steps as its own graph)
+            self.update, self._update_error = None, exc
+            return None
         if self.cuda_graph:
             preds, loss = _copied((preds, loss))
         if updated:
@@ -366,28 +373,39 @@ class CompiledStep:
             )
         return (graph, torch.is_grad_enabled(), training, (_shapes(inputs), _shapes(target), _shapes(weight)))
 
-    def _call(self, graph_name: str, *args: Any) -> Any:
-        """A graph compiled before. Dynamo may still recompile it for a change our key does not
-        hold (a parameter's dtype, say); that trace needs the same settings as the first one."""
+    def _call(self, key: tuple[Any, ...], *args: Any) -> Any:
+        """A graph compiled before, for this key.
+
+        Dynamo may still compile it again for a change the key does not hold (an attribute the
+        forward reads, a parameter's dtype). Such a trace of a training graph fails before
+        anything runs: the two gradient graphs need ``trace_autograd_ops`` (set only by
+        `_tracing`), and the forward-and-loss graph in training is called here with dynamo's
+        ``error_on_recompile``. It is then compiled by `_first_call`, with our settings and
+        checked against eager as a new graph is: no graph trains unchecked.
+        """
         if self._own_loss:  # a new fit's state: its flag stays out of the traced compute_loss
             self.model.fit_state.check_loss_shapes = False
         if self.cuda_graph:
             torch.compiler.cudagraph_mark_step_begin()
-        graph = self._graphs[graph_name]
+        graph = self._graphs[key[0]]
         try:
+            if key[1] and (key[0] == "forward_and_loss" or not self._recompiles_fail):
+                with _no_recompile():
+                    return graph(*args)
             return graph(*args)
         except RuntimeError as exc:
             if not _is_compile_error(exc):
                 raise
-        with _tracing(graph_name):
-            return graph(*args)
+        return self._first_call(key, *args, again=True)
 
-    def _first_call(self, key: tuple[Any, ...], *args: Any) -> Any:
+    def _first_call(self, key: tuple[Any, ...], *args: Any, again: bool = False) -> Any:
+        """A graph's first call for ``key`` (``again``: dynamo compiles it once more, see `_call`):
+        compiled under our settings and, in training, checked against the eager step."""
         import torch._dynamo.exc  # what compilation raises (no public name yet); loaded with torch.compile
 
         limit = int(getattr(torch._dynamo.config, "recompile_limit", 8))
         same_graph = [k for k in self.shapes if k[0] == key[0]]
-        if len(same_graph) >= limit:
+        if len(same_graph) >= limit and not again:
             seen = sorted({_describe_shape(k) for k in same_graph})[:4]
             raise ConfigError(
                 f"compile='step' compiles one graph per batch shape, and this batch ({_describe(key)}) "
@@ -396,15 +414,19 @@ class CompiledStep:
                 "Pad batches to a few fixed shapes (e.g. padding='max_length'), or use compile=True, "
                 "which compiles the net with dynamic shapes"
             )
+        # a key is in shapes once its graph passed the check: torch keeps a refused graph, and
+        # the key's next call must come here again, to be refused again
+        self.shapes.discard(key)
         model = self.model
         model.fit_state.check_loss_shapes = False  # checked below, on the graph's outputs
-        # a training graph is checked against the eager step, from the state it starts from
-        before = Rewind(self._changed_by(key[0], args)) if torch.is_grad_enabled() else None
+        # each graph is checked against the eager step, from the state it starts from
+        training = torch.is_grad_enabled()
+        before = Rewind(self._changed_by(key[0], args))
         try:
             if self.cuda_graph:
                 torch.compiler.cudagraph_mark_step_begin()
             with _tracing(key[0]):
-                if key[0] == "forward_and_loss" and before is not None:
+                if key[0] == "forward_and_loss" and training:
                     self._check_forward_and_loss(key, args)  # compiles it; the state put back
                 out = self._graphs[key[0]](*args)
         except torch._dynamo.exc.TorchDynamoException as exc:
@@ -413,11 +435,12 @@ class CompiledStep:
         try:
             if model.loss is not None and not self._own_loss:
                 check_loss_inputs(model.loss, out[0], args[1])
-            if before is not None and key[0] != "forward_and_loss":
+            if key[0] != "forward_and_loss":
                 self._check_against_eager(key, args, out, before)
+            elif not training:
+                self._check_evaluation(key, args, out, before)
         except BaseException:
-            if before is not None:
-                before.restore()  # nothing trained on a refused step
+            before.restore()  # nothing trained on a refused step
             raise
         self.shapes.add(key)
         return out
@@ -443,6 +466,25 @@ class CompiledStep:
             self.model.precision,
             f"compile='step', {_describe(key)}",
         )
+
+    def _check_evaluation(
+        self, key: tuple[Any, ...], args: tuple[Any, ...], out: Any, before: Rewind
+    ) -> None:
+        """An evaluation graph's first call: its output and loss against the eager forward's,
+        run from the same state (the compiled results put back after). Validation losses pick
+        the best checkpoint and stop a fit early: they are not taken on trust either."""
+        after = Rewind(before.tensors)
+        before.restore()
+        try:
+            preds, loss = self._forward_and_loss(*args)
+            outputs = list(zip(tree_leaves(out[0]), tree_leaves(preds), strict=False))
+            pairs = [("loss", _tensor_or_none(out[1]), _tensor_or_none(loss))]
+            for i, (compiled, eager) in enumerate(outputs):
+                name = "output" if len(outputs) == 1 else f"output {i}"
+                pairs.append((name, _tensor_or_none(compiled), _tensor_or_none(eager)))
+            compare(pairs, self.model.precision, f"compile='step', {_describe(key)}")
+        finally:
+            after.restore()
 
     def _changed_by(self, graph: str, args: tuple[Any, ...]) -> list[torch.Tensor]:
         """What a training call of ``graph`` changes: the net's buffers (BatchNorm statistics),
@@ -633,6 +675,27 @@ def _tracing(graph: str) -> Iterator[None]:
         yield
 
 
+@contextlib.contextmanager
+def _no_recompile() -> Iterator[None]:
+    """Dynamo raises instead of compiling a graph again (set by hand: ``config.patch`` costs
+    more, and this runs at every step where it is needed)."""
+    import torch._dynamo.config
+
+    config = torch._dynamo.config
+    before = config.error_on_recompile
+    config.error_on_recompile = True
+    try:
+        yield
+    finally:
+        config.error_on_recompile = before
+
+
+def _autograd_traced_by_default() -> bool:
+    import torch._dynamo.config
+
+    return bool(getattr(torch._dynamo.config, "trace_autograd_ops", False))
+
+
 def _traces_autograd() -> bool:
     """Whether this torch can trace ``torch.autograd.grad`` into a graph (2.11 and later)."""
     import torch._dynamo.config
@@ -676,6 +739,10 @@ def _shapes(tree: Any) -> Any:
     if isinstance(tree, (tuple, list)):
         return tuple(_shapes(v) for v in tree)
     return tree if isinstance(tree, (int, float, str, bool, type(None))) else type(tree)
+
+
+def _tensor_or_none(value: Any) -> torch.Tensor | None:
+    return value if isinstance(value, torch.Tensor) else None
 
 
 def _describe_shape(key: tuple[Any, ...]) -> str:

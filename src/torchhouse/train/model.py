@@ -21,7 +21,7 @@ import contextlib
 import inspect
 import os
 import warnings
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -46,7 +46,12 @@ from torchhouse.runs.history import History
 from torchhouse.train import batch_loop
 from torchhouse.train.activation_checkpointing import apply_activation_checkpointing
 from torchhouse.train.building import build_optimizer, build_scheduler, resolve_device
-from torchhouse.train.compile_check import check_compiled_net
+from torchhouse.train.compile_check import (
+    CompiledStepMismatch,
+    check_compiled_net,
+    checked_compiled_output,
+    compiled_graph_count,
+)
 from torchhouse.train.compiled_step import COMPILE_OPTIONS, CompiledStep, check_compile_settings
 from torchhouse.train.determinism import deterministic_algorithms
 from torchhouse.train.fit_data import fit_data, loader_of, model_batches
@@ -120,7 +125,7 @@ class Model:
         compile: ``True`` runs the net through ``torch.compile``; ``"step"`` compiles the whole
             training step: forward, loss, gradients and the optimizer's update as one graph
             (the learning rates kept in tensors, so a scheduler does not recompile). Each
-            compiled graph's first training call is checked against the eager step. Eager
+            compiled graph's first call is checked against the eager step. Eager
             (``False``) is the default; see docs/compile.md for what each mode costs and refuses.
         cuda_graph: ``True`` (CUDA only) captures the compiled step in CUDA graphs, once per
             batch shape (the last, shorter batch of an epoch gets its own), and replays it.
@@ -196,6 +201,8 @@ class Model:
         self.compiled_net: Callable[..., Any] = (
             torch.compile(self.net, options=COMPILE_OPTIONS) if self.compiled else self.net
         )
+        # compile=True: why the compiled net was found wrong (then every later call of it is refused)
+        self._compiled_net_refusal: CompiledStepMismatch | None = None
         # compile="step" / cuda_graph=True: the compiled training step (docs/compile.md)
         self.compiled_step = _compiled_step(self, compile, cuda_graph)
         # ... which computes the gradients in its graph where forward_backward's parts are the
@@ -304,6 +311,11 @@ class Model:
         state = self._fit_state
         if not torch.compiler.is_compiling():  # compile="step" counts its graph's call itself
             state.net_calls += 1
+        if self.compiled:
+            self._refuse_a_wrong_compiled_net()
+            if not torch.is_grad_enabled() and state.strategy.world_size == 1:  # evaluation, prediction
+                with self._refusing_a_wrong_compiled_net():
+                    return checked_compiled_output(self, state.forward_net, inputs)
         return call_net(state.forward_net, inputs)  # type: ignore[arg-type]
 
     def forward_and_loss(
@@ -356,27 +368,54 @@ class Model:
                 if state.on_nonfinite == "skip":
                     state.step_loss = out[1]
                 return out
+        graphs = 0
         if self.compiled:
             self.check_compiled_net(inputs, target, sample_weight)
+            graphs = compiled_graph_count()
         with self.autocast():
             preds, loss = self.forward_and_loss(inputs, target, sample_weight)
+        if self.compiled and compiled_graph_count() != graphs:
+            # torch compiled a graph for this batch (a new shape, an attribute the forward
+            # reads changed): the graph is checked before its gradients are used
+            self.check_compiled_net(inputs, target, sample_weight, again=True)
         self.backward(loss)
         return preds, loss
 
     def check_compiled_net(
-        self, inputs: Tree, target: Tree, sample_weight: torch.Tensor | None = None
+        self, inputs: Tree, target: Tree, sample_weight: torch.Tensor | None = None, again: bool = False
     ) -> None:
-        """With ``compile=True``, once per fit (its first training step): the compiled net and
-        the net itself compute the same loss and gradients on this batch, from the same state,
-        or a `ConfigError` names what differs (`torchhouse.train.compile_check`). Nothing
+        """With ``compile=True``, once per fit (its first training step), and ``again`` after a
+        step whose forward made torch compile another graph: the compiled net and the net
+        itself compute the same loss and gradients on this batch, from the same state, or a
+        `ConfigError` names what differs (`torchhouse.train.compile_check`). Nothing
         otherwise; in one process only (several would have to agree on it).
         `forward_backward` calls it; so does `LightModel`'s training step."""
         state = self._fit_state
-        if not self.compiled or state.compiled_net_checked or not torch.is_grad_enabled():
+        if not self.compiled or (state.compiled_net_checked and not again) or not torch.is_grad_enabled():
             return
         state.compiled_net_checked = True
+        self._refuse_a_wrong_compiled_net()
         if state.strategy.world_size == 1:
-            check_compiled_net(self, inputs, target, sample_weight)
+            with self._refusing_a_wrong_compiled_net():
+                check_compiled_net(self, inputs, target, sample_weight)
+
+    def _refuse_a_wrong_compiled_net(self) -> None:
+        if self._compiled_net_refusal is not None:
+            raise CompiledStepMismatch(
+                f"{self._compiled_net_refusal} (compile=True was refused for this model earlier: torch "
+                "keeps the wrong graph, so the compiled net stays refused; build the Model with "
+                "compile='step' or compile=False)"
+            )
+
+    @contextlib.contextmanager
+    def _refusing_a_wrong_compiled_net(self) -> Iterator[None]:
+        """A compiled net found wrong stays refused: torch keeps its graph, which a later call
+        with the same shapes would run without compiling (and so without a check)."""
+        try:
+            yield
+        except CompiledStepMismatch as refusal:
+            self._compiled_net_refusal = refusal
+            raise
 
     def forward_backward_step(
         self, inputs: Tree, target: Tree, sample_weight: torch.Tensor | None = None
