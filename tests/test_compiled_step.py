@@ -691,9 +691,13 @@ def test_an_evaluation_graph_that_computes_other_numbers_than_eager_is_refused()
         m.fit(x, y, validation_data=(x, y), batch_size=16, progress="none")
     # compile=True (the net alone): a forward without gradients that compiled a graph too
     m = th.Model(WrongWhenEvaluating(), nn.CrossEntropyLoss(), device="cpu", compile=True)
-    with pytest.raises(th.ConfigError, match=r"compile=True, evaluation.*compiled step's output differs"):
+    with pytest.raises(
+        th.ConfigError, match=r"compile=True, a forward without gradients.*compiled step's output differs"
+    ):
         m.evaluate(x, y, batch_size=16)
-    with pytest.raises(th.ConfigError, match=r"compile=True, evaluation.*differs.*stays refused"):
+    with pytest.raises(
+        th.ConfigError, match=r"compile=True, a forward without gradients.*differs.*stays refused"
+    ):
         m.predict(x, batch_size=16)  # the same graph, kept by torch: refused again, not run unchecked
     # graphs that compute what eager does evaluate and predict as eager does
     eager = model()
@@ -800,6 +804,34 @@ def test_compile_true_checks_each_graph_a_step_compiles_not_only_the_first_steps
     with pytest.raises(th.ConfigError, match="stays refused"):
         m.fit(x, y, epochs=1, batch_size=16, seed=0, progress="none")
     assert params_equal_to(net, switch.weights)
+
+
+class SelfDistilling(th.Model):
+    """A custom step with a forward without gradients in training mode (dropout draws)."""
+
+    def train_step(self, batch):
+        inputs, target = self.unpack_batch(batch)
+        with torch.no_grad():
+            soft = self.forward(inputs).softmax(-1)
+        preds = self.forward(inputs)
+        loss = self.compute_loss(preds, target) - (preds.log_softmax(-1) * soft).sum(-1).mean()
+        self.backward(loss)
+        self.optimizer_step()
+        return {"loss": loss, "preds": preds, "target": target}
+
+
+@pytest.mark.slow
+def test_compile_true_checks_a_forward_without_gradients_in_training_mode_on_the_same_draws():
+    # the compiled no-grad forward made torch compile a graph: the eager one it is compared
+    # with draws the same dropout masks, so a right graph is not refused, and trains as eager
+    x, y = make_classification(n=32)
+    runs = [
+        SelfDistilling(mlp(dropout=0.5), nn.CrossEntropyLoss(), device="cpu", compile=compile)
+        for compile in (False, True)
+    ]
+    for m in runs:
+        m.fit(x, y, epochs=2, batch_size=16, seed=0, progress="none")
+    assert max_difference(runs[0].net, runs[1].net) < 1e-5
 
 
 def params_equal_to(net, weights):

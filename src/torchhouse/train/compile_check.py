@@ -197,11 +197,15 @@ def checked_compiled_output(model: Model, compiled_net: Callable[..., Any], inpu
     on ``inputs``; where this call made torch compile a graph, first compared with the net's
     own output from the same state (the RNG and the net's buffers put back after it)."""
     graphs = compiled_graph_count()
+    # in training mode (MC dropout at prediction) the eager run must draw what the compiled one drew
+    seeds = rng.capture() if getattr(model.net, "training", False) else None
     out = call_net(compiled_net, inputs)  # type: ignore[arg-type]  # a compiled net too
     if compiled_graph_count() == graphs:
         return out
     after = Rewind(list(model.net.buffers()))
     try:
+        if seeds is not None:
+            rng.restore(seeds)
         eager = call_net(model.net, inputs)
     finally:
         after.restore()
@@ -213,7 +217,7 @@ def checked_compiled_output(model: Model, compiled_net: Callable[..., Any], inpu
             if isinstance(c, torch.Tensor) and isinstance(e, torch.Tensor)
         ],
         model.precision,
-        "compile=True, evaluation",
+        "compile=True, a forward without gradients (evaluation, prediction)",
         instead="compile='step' or compile=False",
     )
     return out
