@@ -2,6 +2,8 @@ import pytest
 import torch
 from torch import nn
 
+from torchhouse.callbacks.base import Callback
+
 torch.set_num_threads(1)
 
 
@@ -33,6 +35,29 @@ class CompilesOtherwise(nn.Module):
     def forward(self, x):
         out = self.layer(x)
         return out * 2 if torch.compiler.is_compiling() else out
+
+
+class ScaledUntilSwitched(nn.Module):
+    """Reads two attributes in its forward: a change to either makes dynamo compile the graph
+    again, outside the step's key. Once ``switched``, its compiled forward is wrong."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.layer = nn.Linear(6, 3)
+        self.scale, self.switched = 1.0, False
+
+    def forward(self, x):
+        out = self.layer(x) * self.scale
+        return out * 2 if self.switched and torch.compiler.is_compiling() else out
+
+
+class ScaleAtEpoch(Callback):
+    def __init__(self, net):
+        self.net = net
+
+    def on_epoch_start(self, epoch, logs):
+        self.net.scale = 1.0 + epoch / 2
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import torchhouse as th
-from conftest import CompilesOtherwise, make_classification, params_equal
+from conftest import CompilesOtherwise, ScaleAtEpoch, ScaledUntilSwitched, make_classification, params_equal
 
 EPS = torch.finfo(torch.float32).eps
 
@@ -706,29 +706,6 @@ def test_an_evaluation_graph_that_computes_other_numbers_than_eager_is_refused()
         compiled = model(compile)
         assert compiled.evaluate(x, y, batch_size=16) == pytest.approx(expected, rel=1e-6)
         torch.testing.assert_close(compiled.predict(x, batch_size=16), eager.predict(x, batch_size=16))
-
-
-class ScaledUntilSwitched(nn.Module):
-    """Reads two attributes in its forward: a change to either makes dynamo compile the graph
-    again, outside the step's key. Once ``switched``, its compiled forward is wrong."""
-
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.layer = nn.Linear(6, 3)
-        self.scale, self.switched = 1.0, False
-
-    def forward(self, x):
-        out = self.layer(x) * self.scale
-        return out * 2 if self.switched and torch.compiler.is_compiling() else out
-
-
-class ScaleAtEpoch(th.callbacks.Callback):
-    def __init__(self, net):
-        self.net = net
-
-    def on_epoch_start(self, epoch, logs):
-        self.net.scale = 1.0 + epoch / 2
 
 
 class OwnForwardAndLossStep(th.Model):

@@ -6,7 +6,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import torchhouse as th
-from conftest import make_classification, make_net
+from conftest import ScaleAtEpoch, ScaledUntilSwitched, make_classification, make_net
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -288,3 +288,25 @@ def test_cuda_graph_keeps_the_nan_guard_and_the_step_scheduler():
     )
     history = model.fit(x, y, epochs=2, batch_size=16, progress="none").history
     assert history["lr"] == pytest.approx([1e-2 * 0.5**3, 1e-2 * 0.5**7])
+
+
+@pytest.mark.parametrize("mode", [{"compile": "step"}, {"cuda_graph": True}])
+def test_a_graph_the_compiled_step_compiles_again_on_cuda_is_checked(mode):
+    # an attribute the forward reads changes each epoch: dynamo compiles the graph again, which
+    # is checked against eager (and, captured as a CUDA graph, replayed); a wrong one is refused
+    x, y = make_classification(n=32)
+    options = dict(epochs=3, batch_size=16, seed=0, progress="none")
+    runs = []
+    for kwargs in ({}, mode):
+        net = ScaledUntilSwitched()
+        model = th.Model(net, nn.CrossEntropyLoss(), device="cuda", **kwargs)
+        model.fit(x, y, callbacks=[ScaleAtEpoch(net)], **options)
+        runs.append(model)
+    for p, q in zip(runs[0].net.parameters(), runs[1].net.parameters()):
+        torch.testing.assert_close(p, q, atol=1e-4, rtol=1e-4)
+    net = runs[1].net
+    net.switched = True
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    with pytest.raises(th.ConfigError, match="differs from the eager"):
+        runs[1].fit(x, y, callbacks=[ScaleAtEpoch(net)], **options)
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
