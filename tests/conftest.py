@@ -41,10 +41,10 @@ class ScaledUntilSwitched(nn.Module):
     """Reads two attributes in its forward: a change to either makes dynamo compile the graph
     again, outside the step's key. Once ``switched``, its compiled forward is wrong."""
 
-    def __init__(self):
+    def __init__(self, features=6, classes=3):
         super().__init__()
         torch.manual_seed(0)
-        self.layer = nn.Linear(6, 3)
+        self.layer = nn.Linear(features, classes)
         self.scale, self.switched = 1.0, False
 
     def forward(self, x):
@@ -58,6 +58,16 @@ class ScaleAtEpoch(Callback):
 
     def on_epoch_start(self, epoch, logs):
         self.net.scale = 1.0 + epoch / 2
+
+
+class SwitchAtEpoch(Callback):
+    def __init__(self, net, epoch):
+        self.net, self.epoch, self.weights = net, epoch, None
+
+    def on_epoch_start(self, epoch, logs):
+        if epoch == self.epoch:
+            self.weights = {k: v.clone() for k, v in self.net.state_dict().items()}
+            self.net.switched = True
 
 
 @pytest.fixture

@@ -9,7 +9,14 @@ import torch
 from torch import nn
 
 import torchhouse as th
-from conftest import CompilesOtherwise, ScaleAtEpoch, ScaledUntilSwitched, make_classification, params_equal
+from conftest import (
+    CompilesOtherwise,
+    ScaleAtEpoch,
+    ScaledUntilSwitched,
+    SwitchAtEpoch,
+    make_classification,
+    params_equal,
+)
 
 EPS = torch.finfo(torch.float32).eps
 
@@ -745,16 +752,6 @@ def test_a_graph_dynamo_compiles_again_for_a_change_the_step_does_not_key_on_is_
                     x, y, epochs=3, batch_size=16, seed=0, progress="none", callbacks=[ScaleAtEpoch(net)]
                 )
             assert all(torch.equal(before[k], v) for k, v in net.state_dict().items()), options
-
-
-class SwitchAtEpoch(th.callbacks.Callback):
-    def __init__(self, net, epoch):
-        self.net, self.epoch, self.weights = net, epoch, None
-
-    def on_epoch_start(self, epoch, logs):
-        if epoch == self.epoch:
-            self.weights = {k: v.clone() for k, v in self.net.state_dict().items()}
-            self.net.switched = True
 
 
 @pytest.mark.slow

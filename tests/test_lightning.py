@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 import torchhouse as th
-from conftest import CompilesOtherwise
+from conftest import CompilesOtherwise, ScaleAtEpoch, ScaledUntilSwitched, SwitchAtEpoch
 
 pytestmark = pytest.mark.slow
 lightning = pytest.importorskip("lightning")
@@ -300,3 +300,12 @@ def test_compiled_steps_are_th_models_and_compile_true_is_checked_against_eager(
     assert torch.equal(light.net.layer.weight, before)
     fine = th.LightModel(make(), loss=nn.CrossEntropyLoss(), optimizer=sgd, compile=True)
     assert len(fine.fit(x, y, epochs=2, batch_size=16).history["loss"]) == 2
+
+    # a graph torch compiles later in the fit (an attribute the forward reads changed) is checked too
+    net = ScaledUntilSwitched(features=4, classes=2)
+    light = th.LightModel(net, loss=nn.CrossEntropyLoss(), optimizer=sgd, compile=True)
+    light.fit(x, y, epochs=2, batch_size=16, callbacks=[ScaleAtEpoch(net)])
+    switch = SwitchAtEpoch(net, epoch=1)  # after the fit's first step, which is checked anyway
+    with pytest.raises(th.ConfigError, match="compile=True.*differs from the eager step"):
+        light.fit(x, y, epochs=3, batch_size=16, callbacks=[switch])
+    assert switch.weights is not None and torch.equal(net.layer.weight, switch.weights["layer.weight"])

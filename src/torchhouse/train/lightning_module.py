@@ -15,6 +15,7 @@ from torchhouse.data.trees import tree_map
 from torchhouse.errors import import_optional
 from torchhouse.metrics.epoch import num_samples
 from torchhouse.metrics.functions import copy_metrics, is_stateful_metric, metric_preds
+from torchhouse.train.compile_check import compiled_graph_count
 
 if TYPE_CHECKING:
     from torchhouse.train.model import Model
@@ -111,9 +112,14 @@ class _TorchhouseSteps:
         model = self.model
         inputs, target = model.unpack_batch(batch)
         weight = model.sample_weights(batch)
-        if stage == "train":
-            model.check_compiled_net(inputs, target, weight)  # compile=True: against eager, once
+        graphs = 0
+        if stage == "train" and model.compiled:  # compile=True: against eager, at each fit's first step
+            model.check_compiled_net(inputs, target, weight)
+            graphs = compiled_graph_count()
         preds = model.forward(inputs)
+        if stage == "train" and model.compiled and compiled_graph_count() != graphs:
+            # the forward made torch compile another graph: checked before its gradients are used
+            model.check_compiled_net(inputs, target, weight, again=True)
         loss = (
             model.compute_loss(preds, target) if weight is None else model.compute_loss(preds, target, weight)
         )
