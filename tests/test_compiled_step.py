@@ -115,8 +115,9 @@ def test_a_fit_with_dropout_weights_validation_and_schedule_stays_close_to_eager
     for key in ("loss", "val_loss"):
         assert all(abs(a - b) < 1e-5 for a, b in zip(he[key], hc[key], strict=True))
     assert isinstance(hc["lr"][0], float)
-    # train (full and last batch shapes) and evaluation graphs, nothing else
-    assert len(compiled.compiled_step.shapes) == 4
+    # gradients and evaluation for the full and the last batch shapes, and the optimizer's update
+    graphs = sorted(key[0] for key in compiled.compiled_step.shapes)
+    assert graphs == ["forward_and_loss"] * 2 + ["forward_backward"] * 2 + ["update"]
 
 
 @pytest.mark.slow
@@ -163,6 +164,18 @@ def test_resume_is_bit_identical_to_the_uninterrupted_compiled_fit(tmp_path):
     longer.fit(x, y, run_dir=tmp_path / "r", resume=True, **{**options, "epochs": 4})
     assert isinstance(longer.optimizer.param_groups[0]["lr"], float) and len(longer.history) == 4
 
+    # with clipping (the gradient graph, then the update graph) too, interrupted mid-epoch
+    whole = model("step", net=mlp(dropout=0.1), gradient_clip_val=0.5)
+    whole.fit(x, y, **options)
+    with pytest.raises(KeyboardInterrupt):
+        model("step", net=mlp(dropout=0.1), gradient_clip_val=0.5).fit(
+            x, y, run_dir=tmp_path / "c", checkpoint_every=1, callbacks=[Interrupt()], **options
+        )
+    resumed = model("step", net=mlp(dropout=0.1), gradient_clip_val=0.5)
+    resumed.fit(x, y, run_dir=tmp_path / "c", resume=True, **options)
+    assert params_equal(whole.net, resumed.net)
+    assert "update" in {k[0] for k in resumed.compiled_step.shapes}
+
 
 # --------------------------------------------------------------------------- features around the graph
 
@@ -193,7 +206,8 @@ def test_nonfinite_guard_and_a_custom_step_that_opts_in():
         m.fit(x, y, epochs=2, batch_size=16, seed=0, progress="none")
         runs.append(m)
     assert max_difference(runs[0].net, runs[1].net) < 1e-5
-    assert len(runs[1].compiled_step.shapes) == 1
+    # the custom step's forward-and-loss graph, and the optimizer's update as a graph of its own
+    assert {k[0] for k in runs[1].compiled_step.shapes} == {"forward_and_loss", "update"}
 
 
 @pytest.mark.slow
@@ -398,7 +412,7 @@ def test_gradient_hooks_frozen_layers_batchnorm_and_checkpointing_stay_equal_to_
     # with hooks the step stepped aside: eager backward ran them (equal to eager above)
     hooked_model = model("step", net=hooked(), optimizer=sgd)
     hooked_model.fit(x, y, epochs=1, batch_size=16, seed=0, shuffle=False, progress="none")
-    assert {k[0] for k in hooked_model.compiled_step.shapes} == {"forward_and_loss"}
+    assert {k[0] for k in hooked_model.compiled_step.shapes} == {"forward_and_loss", "update"}
     assert hooked_model.net[3].bias.grad is None  # zero_grad after the step, as eagerly
     # a frozen layer trains nothing and gets no gradient; unfrozen, it trains (a graph of its own)
     runs = []
@@ -471,7 +485,7 @@ def test_a_custom_step_opts_in_with_forward_backward_and_an_overridden_backward_
     assert params_equal(builtin.net, runs[Logged].net)  # the same graph, the same numbers
     assert runs[Logged].history.history["twice"] == [2 * v for v in runs[Logged].history.history["loss"]]
     assert Counted.calls == 6  # its backward, every step: no graph computed the gradients around it
-    assert {k[0] for k in runs[Counted].compiled_step.shapes} == {"forward_and_loss"}
+    assert {k[0] for k in runs[Counted].compiled_step.shapes} == {"forward_and_loss", "update"}
     assert max_difference(builtin.net, runs[Counted].net) < 1e-6
 
 
@@ -575,6 +589,41 @@ def test_the_optimizers_update_in_the_steps_graph_equals_its_own_step():
         for p, q in zip(eager.optimizer.state.values(), compiled.optimizer.state.values()):
             assert all(torch.allclose(p[k].float(), q[k].float(), atol=1e-5) for k in p), name
     assert isinstance(compiled.optimizer.param_groups[0]["lr"], torch.Tensor)
+
+
+@pytest.mark.slow
+def test_the_update_graph_of_a_step_that_is_not_one_graph_is_checked_against_step(monkeypatch):
+    # accumulation: the gradient graph, then the optimizer's update as a graph of its own,
+    # equal to the eager step(); an update the compiler got wrong is refused at its first call
+    from torchhouse.train.traced_update import TracedUpdate
+
+    x, y = make_classification(n=64)
+    options = dict(batch_size=16, seed=0, shuffle=False, progress="none")
+    runs = []
+    for compile in (False, "step"):
+        m = model(compile, accumulate_grad_batches=2, optimizer=lambda p: torch.optim.AdamW(p, lr=1e-2))
+        m.fit(x, y, epochs=3, **options)
+        runs.append(m)
+    assert max_difference(runs[0].net, runs[1].net) < 1e-5
+    assert "update" in {k[0] for k in runs[1].compiled_step.shapes}
+
+    right = TracedUpdate.apply
+
+    def doubled_when_compiled(self, groups, grads):
+        if torch.compiler.is_compiling():
+            grads = tuple(None if g is None else 2 * g for g in grads)
+        return right(self, groups, grads)
+
+    monkeypatch.setattr(TracedUpdate, "apply", doubled_when_compiled)
+    # the first optimizer step creates Adam's state eagerly; the second is the update graph's
+    once = model(accumulate_grad_batches=2, optimizer=lambda p: torch.optim.AdamW(p, lr=1e-2))
+    once.fit(x[:32], y[:32], epochs=1, **options)
+    wrong = model("step", accumulate_grad_batches=2, optimizer=lambda p: torch.optim.AdamW(p, lr=1e-2))
+    with pytest.raises(
+        th.ConfigError, match="optimizer's update: the compiled step's change of the .* differs"
+    ):
+        wrong.fit(x, y, epochs=1, **options)
+    assert max_difference(once.net, wrong.net) < 1e-6  # the refused update changed nothing
 
 
 @pytest.mark.slow
@@ -875,4 +924,4 @@ def test_a_torch_that_cannot_trace_autograd_grad_steps_with_the_forward_and_loss
         m.fit(x, y, epochs=2, batch_size=16, seed=0, progress="none")
         runs.append(m)
     assert max_difference(runs[0].net, runs[1].net) < 1e-5
-    assert {k[0] for k in runs[1].compiled_step.shapes} == {"forward_and_loss"}
+    assert {k[0] for k in runs[1].compiled_step.shapes} == {"forward_and_loss", "update"}

@@ -1,6 +1,6 @@
 """``Model(compile="step")`` and ``Model(cuda_graph=True)``: the training step compiled.
 
-Three graphs (``torch.compile``, inductor, ``fullgraph=True``), each compiled per batch shape
+Four graphs (``torch.compile``, inductor, ``fullgraph=True``), each compiled per batch shape
 when first needed (docs/compile.md has the user's view):
 
 - **train_step**: the whole plain training step, what `Model.forward_backward_step` runs: the
@@ -11,9 +11,13 @@ when first needed (docs/compile.md has the user's view):
   optimizer kernel is dispatched one by one: on small nets that is most of an eager step.
 - **forward_backward**: the same without the update, for a step that is not plain
   (accumulation, clipping, the non-finite skip) or an optimizer the update does not cover; its
-  gradients are added into ``.grad`` as ``loss.backward()`` adds them, and the optimizer's
-  ``step()`` runs as PyTorch's recipe compiles it (each group's lr in a 0-d float64 tensor, so
-  a scheduler changes a value, not the graph; a fused optimizer eagerly: it is one kernel).
+  gradients are added into ``.grad`` as ``loss.backward()`` adds them; `Model.optimizer_step`
+  then steps with the **update** graph.
+- **update**: the optimizer's update alone (`TracedUpdate`) on the gradients in ``.grad``.
+  Where it does not apply (a step hook, another optimizer, a parameter's first step, CUDA
+  graphs) the optimizer's ``step()`` runs as PyTorch's recipe compiles it (each group's lr in a
+  0-d float64 tensor, so a scheduler changes a value, not the graph; a fused optimizer
+  eagerly: it is one kernel).
 - **forward_and_loss**: the net and the loss, AOTAutograd compiling their backward with them,
   for evaluation and for a custom step that calls ``forward_and_loss`` and ``backward``.
 
@@ -144,6 +148,9 @@ class CompiledStep:
         ) -> tuple[Any, Any, Grads | None, bool]:
             return self._train_step(inputs, target, weight, groups)
 
+        def update(groups: list[Group], grads: Grads) -> bool:
+            return self._update(groups, grads)
+
         def compiled(fn: Callable[..., Any]) -> Callable[..., Any]:
             return torch.compile(_own_code(fn), fullgraph=True, options=options)
 
@@ -151,6 +158,7 @@ class CompiledStep:
             "forward_and_loss": compiled(forward_and_loss),
             "forward_backward": compiled(forward_backward),
             "train_step": compiled(train_step),
+            "update": compiled(update),
         }
         self._optimizer_graph = self._set_up_optimizer(model.optimizer, cuda_graph)
         # a sparse embedding's gradient is sparse eagerly, dense from a graph: eager backward for it
@@ -245,6 +253,13 @@ class CompiledStep:
             if self.update.apply(groups, grads):
                 return preds, loss, None, True
         return preds, loss, grads, False
+
+    def _update(self, groups: list[Group], grads: Grads) -> bool:
+        """The optimizer's update (`TracedUpdate`) on the gradients in ``.grad``, as a graph of
+        its own: the step after the gradient graph, where the step is not one graph."""
+        assert self.update is not None
+        with torch.no_grad():
+            return self.update.apply(groups, grads)
 
     # ----------------------------------------------------------------------- calling the graphs
 
@@ -566,10 +581,86 @@ class CompiledStep:
                 group["lr"] = torch.tensor(float(lr), dtype=torch.float64, device=self._lr_device)
 
     def optimizer_step(self) -> None:
-        """The compiled ``optimizer.step()`` (a fused optimizer's own step: see ``compiles_optimizer``)."""
+        """``optimizer.step()`` on the gradients in ``.grad``, where the step is not one graph
+        (accumulation, clipping, the non-finite skip, a custom step): the update graph
+        (`TracedUpdate`, checked against ``step()`` like the other graphs) where it applies,
+        else the optimizer's own ``step()``, compiled as PyTorch's recipe compiles it (a
+        fused optimizer's eagerly: see ``compiles_optimizer``)."""
         self._check_settings()
         self.tensor_lrs()
-        self._optimizer_graph()
+        if not self._update_step():
+            self._optimizer_graph()
+
+    def _update_step(self) -> bool:
+        """The update graph's step; False, with nothing run, where ``step()`` must run: an
+        optimizer `TracedUpdate` does not take now (a step hook...), a parameter's first step
+        (``step()`` creates its state), a sparse gradient, or CUDA graphs (whose capturable
+        optimizer step stays torch's)."""
+        if self.update is None or self.cuda_graph:
+            return False
+        groups = self.update.inputs()
+        if groups is None:
+            return False
+        ids, gradients = [], []
+        for params, states, _, _ in groups:
+            for param, state in zip(params, states, strict=True):
+                grad = param.grad
+                if grad is not None and (state is None or grad.is_sparse):
+                    return False  # a first step (step() creates the state), or a sparse gradient
+                ids.append(id(param) if grad is not None else -id(param))
+                gradients.append(grad)
+        key, grads = ("update", True, False, tuple(ids)), tuple(gradients)
+        if key not in self.shapes:
+            self._first_update(key, groups, grads)
+        else:
+            try:
+                with _no_recompile():
+                    self._graphs["update"](groups, grads)
+            except RuntimeError as exc:
+                if not _is_compile_error(exc):
+                    raise
+                self._first_update(key, groups, grads)  # compiled again (a setting changed): checked
+        _mark_stepped(self.model.optimizer)
+        return True
+
+    def _first_update(self, key: tuple[Any, ...], groups: list[Group], grads: Grads) -> None:
+        """The update graph's first call for ``key``, checked: the same step run by the
+        optimizer's own eager ``step()`` from the same state must change every parameter and
+        state tensor by the same amounts within float rounding (`compile_check.compare`)."""
+        import torch._dynamo.exc
+
+        self.shapes.discard(key)
+        names = {id(p): n for n, p in self.model.net.named_parameters()}
+        tensors: list[tuple[str, torch.Tensor]] = []
+        for params, states, _, _ in groups:
+            for param, state in zip(params, states, strict=True):
+                name = names.get(id(param), "a parameter")
+                tensors.append((name, param))
+                tensors += [(f"{what} of {name}", t) for what, t in (state or {}).items()]
+        before = Rewind([t for _, t in tensors])
+        try:
+            with _tracing("update"):
+                self._graphs["update"](groups, grads)
+        except torch._dynamo.exc.TorchDynamoException as exc:
+            before.restore()
+            raise CaptureError(
+                f"compile='step' cannot capture the optimizer's update as a graph; torch.compile says: "
+                f"{' '.join(str(exc).split())[:300]}. Use compile=True or compile=False"
+            ) from exc
+        after = Rewind(before.tensors)
+        before.restore()
+        try:
+            self.model.optimizer.step()  # eagerly: the reference
+            pairs = [
+                (f"change of the {name}", compiled - start, tensor.detach() - start)
+                for (name, tensor), start, compiled in zip(tensors, before.saved, after.saved, strict=True)
+            ]
+            compare(pairs, self.model.precision, "compile='step', the optimizer's update")
+        except BaseException:
+            before.restore()
+            raise
+        after.restore()
+        self.shapes.add(key)
 
     def _check_settings(self) -> None:
         """An optimizer setting other than the lr changed since the graphs were traced (OneCycleLR
