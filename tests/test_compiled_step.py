@@ -916,7 +916,7 @@ def test_a_torch_that_cannot_trace_autograd_grad_steps_with_the_forward_and_loss
     # graph (its backward compiled with it, checked against eager) and the optimizer's step
     from torchhouse.train import compiled_step
 
-    monkeypatch.setattr(compiled_step, "_traces_autograd", lambda: False)
+    monkeypatch.setattr(compiled_step, "traces_autograd", lambda: False)
     x, y = make_classification(n=48)
     runs = []
     for compile in (False, "step"):

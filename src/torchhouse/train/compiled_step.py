@@ -47,9 +47,7 @@ included) are copied out of the graph's static buffers before anything keeps the
 
 from __future__ import annotations
 
-import contextlib
-import types
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -57,6 +55,16 @@ import torch
 from torchhouse.data.trees import call_net, tree_leaves, tree_map
 from torchhouse.errors import ConfigError, warn_user
 from torchhouse.train.compile_check import Rewind, check_gradients, compare
+from torchhouse.train.dynamo import (
+    COMPILE_OPTIONS,
+    autograd_traced_by_default,
+    is_compile_error,
+    mark_static,
+    no_recompile,
+    own_code,
+    traces_autograd,
+    tracing,
+)
 from torchhouse.train.losses import check_backward_loss, check_loss_inputs, weighted_loss
 from torchhouse.train.traced_update import IGNORED_KEYS, Group, TracedUpdate
 
@@ -73,13 +81,6 @@ __all__ = [
 ]
 
 COMPILE_MODES = (False, True, "step")
-
-# inductor's settings for every graph torchhouse compiles (compile=True's too). fallback_random:
-# dropout draws from torch's generator as eager does (seeds, exact resume, the check against
-# eager). pattern_matcher off: torch 2.13's rewrites `add(mm(a, b), c, alpha=k)` as
-# `addmm(c, a, b)`, dropping k, which a traced weight decay (`grad.add(param, alpha=wd)`) meets;
-# no step time was lost without it here (benchmarks/RESULTS.md)
-COMPILE_OPTIONS: dict[str, Any] = {"fallback_random": True, "pattern_matcher": False}
 
 Grads = tuple[torch.Tensor | None, ...]
 
@@ -152,7 +153,7 @@ class CompiledStep:
             return self._update(groups, grads)
 
         def compiled(fn: Callable[..., Any]) -> Callable[..., Any]:
-            return torch.compile(_own_code(fn), fullgraph=True, options=options)
+            return torch.compile(own_code(fn), fullgraph=True, options=options)
 
         self._graphs = {
             "forward_and_loss": compiled(forward_and_loss),
@@ -165,10 +166,10 @@ class CompiledStep:
         self._sparse = any(getattr(m, "sparse", False) is True for m in model.net.modules())
         # torch before 2.11 cannot trace torch.autograd.grad into a graph: there the step runs the
         # forward-and-loss graph and its compiled backward (checked against eager all the same)
-        self._gradient_graphs = _traces_autograd()
-        # a gradient graph's trace fails outside `_tracing` (see `_call`), unless this torch
-        # traces torch.autograd.grad by default
-        self._recompiles_fail = self._gradient_graphs and not _autograd_traced_by_default()
+        self._gradient_graphs = traces_autograd()
+        # a gradient graph's trace fails outside `dynamo.tracing` (see `_call`), unless this
+        # torch traces torch.autograd.grad by default
+        self._recompiles_fail = self._gradient_graphs and not autograd_traced_by_default()
         self.shapes: set[Any] = set()
         self._marked: set[int] = set()  # tensors marked with a static address (cuda_graph)
         self._update_error: CaptureError | None = None  # why the update left the train_step graph
@@ -198,7 +199,7 @@ class CompiledStep:
             optimizer.step()
 
         # no random operations in an optimizer: the options only for cudagraphs
-        return torch.compile(_own_code(step), options={"triton.cudagraphs": True} if cuda_graph else None)
+        return torch.compile(own_code(step), options={"triton.cudagraphs": True} if cuda_graph else None)
 
     # ----------------------------------------------------------------------- what is traced
 
@@ -266,7 +267,7 @@ class CompiledStep:
     def forward_and_loss(self, inputs: Any, target: Any, weight: torch.Tensor | None) -> tuple[Any, Any]:
         """The net's output and the loss from the compiled graph (compiled at a new batch shape)."""
         key = self._key("forward_and_loss", inputs, target, weight)
-        _mark_static(inputs, target, weight)
+        mark_static(inputs, target, weight)
         if key not in self.shapes:
             preds, loss = self._first_call(key, inputs, target, weight)
         else:
@@ -288,7 +289,7 @@ class CompiledStep:
         if not (trainable and self._gradient_graphs) or self._sparse or any(map(_has_grad_hooks, trainable)):
             return None
         key = (*self._key("forward_backward", inputs, target, weight), tuple(map(id, trainable)))
-        _mark_static(inputs, target, weight)
+        mark_static(inputs, target, weight)
         # the parameters are an argument: dynamo then reads each from this list, not by walking
         # the net's parameters once for each of them at every call
         if key not in self.shapes:
@@ -338,7 +339,7 @@ class CompiledStep:
             self._static_addresses(groups)
         without_state = tuple(state is None for _, states, *_ in groups for state in states)
         key = (*self._key("train_step", inputs, target, weight), tuple(map(id, trainable)), without_state)
-        _mark_static(inputs, target, weight)
+        mark_static(inputs, target, weight)
         try:
             if key not in self.shapes:
                 preds, loss, grads, updated = self._first_call(key, inputs, target, weight, groups)
@@ -394,9 +395,9 @@ class CompiledStep:
         Dynamo may still compile it again for a change the key does not hold (an attribute the
         forward reads, a parameter's dtype). Such a trace of a training graph fails before
         anything runs: the two gradient graphs need ``trace_autograd_ops`` (set only by
-        `_tracing`), and the forward-and-loss graph in training is called here with dynamo's
-        ``error_on_recompile``. It is then compiled by `_first_call`, with our settings and
-        checked against eager as a new graph is: no graph trains unchecked.
+        `torchhouse.train.dynamo.tracing`), and the forward-and-loss graph in training is
+        called here with dynamo's ``error_on_recompile``. It is then compiled by `_first_call`,
+        with our settings, and checked against eager as a new graph is.
         """
         if self._own_loss:  # a new fit's state: its flag stays out of the traced compute_loss
             self.model.fit_state.check_loss_shapes = False
@@ -405,11 +406,11 @@ class CompiledStep:
         graph = self._graphs[key[0]]
         try:
             if key[1] and (key[0] == "forward_and_loss" or not self._recompiles_fail):
-                with _no_recompile():
+                with no_recompile():
                     return graph(*args)
             return graph(*args)
         except RuntimeError as exc:
-            if not _is_compile_error(exc):
+            if not is_compile_error(exc):
                 raise
         return self._first_call(key, *args, again=True)
 
@@ -440,7 +441,7 @@ class CompiledStep:
         try:
             if self.cuda_graph:
                 torch.compiler.cudagraph_mark_step_begin()
-            with _tracing(key[0]):
+            with tracing(key[0]):
                 if key[0] == "forward_and_loss" and training:
                     self._check_forward_and_loss(key, args)  # compiles it; the state put back
                 out = self._graphs[key[0]](*args)
@@ -614,10 +615,10 @@ class CompiledStep:
             self._first_update(key, groups, grads)
         else:
             try:
-                with _no_recompile():
+                with no_recompile():
                     self._graphs["update"](groups, grads)
             except RuntimeError as exc:
-                if not _is_compile_error(exc):
+                if not is_compile_error(exc):
                     raise
                 self._first_update(key, groups, grads)  # compiled again (a setting changed): checked
         _mark_stepped(self.model.optimizer)
@@ -639,7 +640,7 @@ class CompiledStep:
                 tensors += [(f"{what} of {name}", t) for what, t in (state or {}).items()]
         before = Rewind([t for _, t in tensors])
         try:
-            with _tracing("update"):
+            with tracing("update"):
                 self._graphs["update"](groups, grads)
         except torch._dynamo.exc.TorchDynamoException as exc:
             before.restore()
@@ -749,76 +750,6 @@ def _accumulate(params: list[torch.Tensor], grads: Grads, copy: bool) -> None:
             param.grad = grad.clone() if copy else grad
         else:
             param.grad.add_(grad)
-
-
-@contextlib.contextmanager
-def _tracing(graph: str) -> Iterator[None]:
-    """Dynamo's settings while one of our graphs is traced (set only here, not for the user's
-    own compiles): static shapes, and ``forward_backward`` traces ``torch.autograd.grad`` into
-    its graph. A trace dynamo starts on its own (a guard our key does not hold failed) fails
-    without the latter, and is traced again here; the tensors marked static keep it static."""
-    import torch._dynamo.config
-
-    settings: dict[str, Any] = {"automatic_dynamic_shapes": False}
-    if graph != "forward_and_loss":
-        settings["trace_autograd_ops"] = True
-    with torch._dynamo.config.patch(**settings):
-        yield
-
-
-@contextlib.contextmanager
-def _no_recompile() -> Iterator[None]:
-    """Dynamo raises instead of compiling a graph again (set by hand: ``config.patch`` costs
-    more, and this runs at every step where it is needed)."""
-    import torch._dynamo.config
-
-    config = torch._dynamo.config
-    before = config.error_on_recompile
-    config.error_on_recompile = True
-    try:
-        yield
-    finally:
-        config.error_on_recompile = before
-
-
-def _autograd_traced_by_default() -> bool:
-    import torch._dynamo.config
-
-    return bool(getattr(torch._dynamo.config, "trace_autograd_ops", False))
-
-
-def _traces_autograd() -> bool:
-    """Whether this torch can trace ``torch.autograd.grad`` into a graph (2.11 and later)."""
-    import torch._dynamo.config
-
-    return hasattr(torch._dynamo.config, "trace_autograd_ops")
-
-
-def _mark_static(inputs: Any, target: Any, weight: torch.Tensor | None) -> None:
-    """Each batch tensor's sizes static: a graph dynamo traces is specialised to them."""
-    import torch._dynamo
-
-    if type(inputs) is torch.Tensor and type(target) is torch.Tensor and weight is None:
-        torch._dynamo.mark_static(inputs)
-        torch._dynamo.mark_static(target)
-        return
-    for tensor in (*tree_leaves(inputs), *tree_leaves(target), *tree_leaves(weight)):
-        torch._dynamo.mark_static(tensor)
-
-
-def _is_compile_error(exc: BaseException) -> bool:
-    import torch._dynamo.exc
-
-    return isinstance(exc, torch._dynamo.exc.TorchDynamoException)
-
-
-def _own_code(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """``fn`` with a code object of its own. torch.compile keeps its graphs, and counts them
-    against ``recompile_limit``, per code object: without a copy, every model a process builds
-    (tuning trials, cross-validation folds) would add graphs to one shared count."""
-    return types.FunctionType(
-        fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__
-    )
 
 
 def _shapes(tree: Any) -> Any:

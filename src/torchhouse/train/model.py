@@ -52,8 +52,9 @@ from torchhouse.train.compile_check import (
     checked_compiled_output,
     compiled_graph_count,
 )
-from torchhouse.train.compiled_step import COMPILE_OPTIONS, CompiledStep, check_compile_settings
+from torchhouse.train.compiled_step import CompiledStep, check_compile_settings
 from torchhouse.train.determinism import deterministic_algorithms
+from torchhouse.train.dynamo import COMPILE_OPTIONS
 from torchhouse.train.fit_data import fit_data, loader_of, model_batches
 from torchhouse.train.loop import FitLoop
 from torchhouse.train.losses import (
