@@ -118,10 +118,10 @@ class CompiledStep:
 
     `Model.forward_backward_step` calls `train_step`; `Model.forward_backward`,
     `Model.forward_and_loss` and `Model.optimizer_step` call the methods of the same names.
-    ``shapes`` holds the graphs compiled so far, as ``(graph, grad enabled, training, what the
-    batch looks like, ...)`` keys; ``update`` is the optimizer's `TracedUpdate` (None: its
-    update stays out of the train_step graph); ``compiles_optimizer`` whether its ``step()``
-    is compiled where it runs on its own.
+    ``shapes`` holds the graphs compiled and checked so far, as ``(graph, grad enabled,
+    training, what the batch looks like, ...)`` keys (the update graph's: the parameters it
+    steps); ``update`` is the optimizer's `TracedUpdate` (None: its update stays out of the
+    graphs); ``compiles_optimizer`` whether its ``step()`` is compiled where it runs on its own.
     """
 
     def __init__(
