@@ -232,15 +232,17 @@ def test_the_compiled_step_on_cuda_tracks_eager_and_captures_the_short_batch(mod
     for p, q in zip(eager.net.parameters(), compiled.net.parameters()):
         torch.testing.assert_close(p, q, atol=1e-4, rtol=1e-4)
     assert all(abs(a - b) < 1e-4 for a, b in zip(he["val_loss"], hc["val_loss"], strict=True))
-    shapes = {key[3] for key in compiled.compiled_step.shapes if key[0] == "forward_backward"}
+    training = ("train_step", "forward_backward")
+    shapes = {key[3] for key in compiled.compiled_step.shapes if key[0] in training}
     assert len(shapes) == 2  # the full batch and the short last one each have a graph
 
 
 @pytest.mark.parametrize("mode", [{"compile": "step"}, {"cuda_graph": True}])
 def test_the_compiled_step_on_cuda_accumulates_and_clips_like_eager(mode):
     # the graph's gradients are copied out of CUDA graphs' static buffers before they are
-    # summed over the window (a replay overwrites those buffers); the default fused AdamW is
-    # compiled (capturable) under cuda_graph=True and steps its fused kernel under compile="step"
+    # summed over the window (a replay overwrites those buffers). The default AdamW (not fused
+    # under either mode) steps as the update graph under compile="step", and as torch's
+    # compiled, capturable step() under cuda_graph=True
     x, y = make_classification(n=96)
     options = dict(epochs=2, batch_size=16, seed=0, progress="none")
     eager = cuda_model(accumulate_grad_batches=3, gradient_clip_val=0.5)
@@ -249,7 +251,9 @@ def test_the_compiled_step_on_cuda_accumulates_and_clips_like_eager(mode):
     compiled.fit(x, y, **options)
     for p, q in zip(eager.net.parameters(), compiled.net.parameters()):
         torch.testing.assert_close(p, q, atol=1e-4, rtol=1e-4)
-    assert compiled.compiled_step.compiles_optimizer == ("cuda_graph" in mode)
+    graphs = {key[0] for key in compiled.compiled_step.shapes}
+    assert ("update" in graphs) == ("cuda_graph" not in mode)
+    assert compiled.compiled_step.compiles_optimizer
 
 
 def test_cuda_graph_resume_is_bit_identical(tmp_path):
