@@ -17,7 +17,9 @@ def cuda_model(**kwargs):
 
 
 def test_default_device_is_cuda_and_arrays_move_once():
-    assert th.model.default_device().type == "cuda"
+    from torchhouse.train.building import default_device
+
+    assert default_device().type == "cuda"
     x, y = make_classification(n=256)
     model = cuda_model()
     history = model.fit(x, y, epochs=3, batch_size=32, seed=0, progress="none")
