@@ -608,9 +608,10 @@ def test_the_update_graph_of_a_step_that_is_not_one_graph_is_checked_against_ste
     assert "update" in {k[0] for k in runs[1].compiled_step.shapes}
 
     right = TracedUpdate.apply
+    switch = {"wrong": True}  # read while traced: flipping it makes dynamo compile the graph again
 
     def doubled_when_compiled(self, groups, grads):
-        if torch.compiler.is_compiling():
+        if switch["wrong"] and torch.compiler.is_compiling():
             grads = tuple(None if g is None else 2 * g for g in grads)
         return right(self, groups, grads)
 
@@ -624,6 +625,17 @@ def test_the_update_graph_of_a_step_that_is_not_one_graph_is_checked_against_ste
     ):
         wrong.fit(x, y, epochs=1, **options)
     assert max_difference(once.net, wrong.net) < 1e-6  # the refused update changed nothing
+
+    # a graph dynamo compiles again, later, is checked too (and refused when wrong)
+    switch["wrong"] = False
+    later = model("step", accumulate_grad_batches=2, optimizer=lambda p: torch.optim.AdamW(p, lr=1e-2))
+    later.fit(x, y, epochs=1, **options)
+    assert "update" in {k[0] for k in later.compiled_step.shapes}
+    switch["wrong"] = True
+    before = {k: v.clone() for k, v in later.net.state_dict().items()}
+    with pytest.raises(th.ConfigError, match="optimizer's update: the compiled step's change"):
+        later.fit(x, y, epochs=1, **options)
+    assert all(torch.equal(before[k], v) for k, v in later.net.state_dict().items())
 
 
 @pytest.mark.slow
@@ -899,15 +911,20 @@ def test_backbone_finetuning_adds_a_group_whose_first_step_creates_its_state():
         net.add_module("head", nn.Linear(16, 3))
         return net
 
-    runs = []
-    for compile in (False, "step"):
-        m = model(compile, net=build(), optimizer=lambda p: torch.optim.Adam(p, lr=1e-2))
-        unfreeze = th.callbacks.BackboneFinetuning(unfreeze_at_epoch=2)
-        m.fit(x, y, epochs=4, batch_size=16, seed=0, progress="none", callbacks=[unfreeze])
-        runs.append(m)
-    assert max_difference(runs[0].net, runs[1].net) < 1e-5
-    stateless = sorted(sum(k[-1]) for k in runs[1].compiled_step.shapes)
-    assert stateless == [0, 0, 2, 2]  # each trainable set's first step (no state), then the rest
+    for options in ({}, {"accumulate_grad_batches": 2}):
+        runs = []
+        for compile in (False, "step"):
+            m = model(compile, net=build(), optimizer=lambda p: torch.optim.Adam(p, lr=1e-2), **options)
+            unfreeze = th.callbacks.BackboneFinetuning(unfreeze_at_epoch=2)
+            m.fit(x, y, epochs=4, batch_size=16, seed=0, progress="none", callbacks=[unfreeze])
+            runs.append(m)
+        assert max_difference(runs[0].net, runs[1].net) < 1e-5, options
+        shapes = runs[1].compiled_step.shapes
+        if options:  # the update graph: one per trainable set, after its first step() made the state
+            assert sorted(len(k[3]) for k in shapes if k[0] == "update") == [2, 4]
+        else:
+            stateless = sorted(sum(k[-1]) for k in shapes)
+            assert stateless == [0, 0, 2, 2]  # each trainable set's first step (no state), then the rest
 
 
 @pytest.mark.slow

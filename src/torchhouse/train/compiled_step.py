@@ -395,9 +395,10 @@ class CompiledStep:
         Dynamo may still compile it again for a change the key does not hold (an attribute the
         forward reads, a parameter's dtype). Such a trace of a training graph fails before
         anything runs: the two gradient graphs need ``trace_autograd_ops`` (set only by
-        `torchhouse.train.dynamo.tracing`), and the forward-and-loss graph in training is
-        called here with dynamo's ``error_on_recompile``. It is then compiled by `_first_call`,
-        with our settings, and checked against eager as a new graph is.
+        `torchhouse.train.dynamo.tracing`), and the forward-and-loss graph in training and the
+        update graph are called here with dynamo's ``error_on_recompile``. It is then compiled
+        by `_first_call` (`_first_update`), with our settings, and checked against eager as a
+        new graph is.
         """
         if self._own_loss:  # a new fit's state: its flag stays out of the traced compute_loss
             self.model.fit_state.check_loss_shapes = False
@@ -405,13 +406,15 @@ class CompiledStep:
             torch.compiler.cudagraph_mark_step_begin()
         graph = self._graphs[key[0]]
         try:
-            if key[1] and (key[0] == "forward_and_loss" or not self._recompiles_fail):
+            if key[1] and (key[0] in ("forward_and_loss", "update") or not self._recompiles_fail):
                 with no_recompile():
                     return graph(*args)
             return graph(*args)
         except RuntimeError as exc:
             if not is_compile_error(exc):
                 raise
+        if key[0] == "update":
+            return self._first_update(key, *args)
         return self._first_call(key, *args, again=True)
 
     def _first_call(self, key: tuple[Any, ...], *args: Any, again: bool = False) -> Any:
@@ -614,13 +617,7 @@ class CompiledStep:
         if key not in self.shapes:
             self._first_update(key, groups, grads)
         else:
-            try:
-                with no_recompile():
-                    self._graphs["update"](groups, grads)
-            except RuntimeError as exc:
-                if not is_compile_error(exc):
-                    raise
-                self._first_update(key, groups, grads)  # compiled again (a setting changed): checked
+            self._call(key, groups, grads)
         _mark_stepped(self.model.optimizer)
         return True
 
